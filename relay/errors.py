@@ -1,0 +1,88 @@
+"""Sluice's exceptions.
+
+    SluiceError
+    ├── ConfigError            the TOML file is wrong (file, line, key)
+    ├── SignatureError         a request's signature cannot be accepted
+    │   └── KeyFetchError      the signer's key could not be fetched
+    ├── FetchError             a remote document or media could not be fetched
+    │   └── BlockedAddress     the URL points at a refused address or scheme
+    ├── DecodeError            fetched bytes are not what they claim to be
+    └── PolicyError            the policy cannot decide
+
+Lower libraries' errors (aiohttp, asyncpg, cryptography) are translated where
+they enter, with ``raise ... from exc``, so callers catch only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BlockedAddress",
+    "ConfigError",
+    "ConfigProblem",
+    "DecodeError",
+    "FetchError",
+    "KeyFetchError",
+    "PolicyError",
+    "SignatureError",
+    "SluiceError",
+]
+
+
+class SluiceError(Exception):
+    """Base class for every error Sluice raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a configuration file, located for the admin."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}"
+
+
+class ConfigError(SluiceError):
+    """The configuration is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class SignatureError(SluiceError):
+    """A request's signature is missing, malformed, stale or does not verify."""
+
+
+class KeyFetchError(SignatureError):
+    """The signer's public key could not be fetched.
+
+    ``gone`` is true when the origin answered 404 or 410: the actor was deleted,
+    which matters for a Delete of that actor (answered 202 and dropped).
+    """
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
+
+
+class FetchError(SluiceError):
+    """A remote document or media file could not be fetched."""
+
+
+class BlockedAddress(FetchError):
+    """The URL's scheme, host or resolved address is refused by ``[network]``."""
+
+
+class DecodeError(SluiceError):
+    """Fetched bytes could not be decoded (broken JSON, image, bomb)."""
+
+
+class PolicyError(SluiceError):
+    """The policy could not reach a decision."""
