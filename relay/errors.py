@@ -73,7 +73,14 @@ class KeyFetchError(SignatureError):
 
 
 class FetchError(SluiceError):
-    """A remote document or media file could not be fetched."""
+    """A remote document or media file could not be fetched.
+
+    ``status`` is the HTTP status when the origin answered, else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BlockedAddress(FetchError):
