@@ -1,0 +1,134 @@
+"""Assemble one Sluice process: storage, sessions, workers and the doors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from relay.config import Config
+from relay.deliver import HttpUpstream, Upstream
+from relay.doors.admin import AdminDoor
+from relay.doors.inbound import InboundDoor, inbox_matcher
+from relay.doors.passthrough import Passthrough
+from relay.flow import Flow
+from relay.hold import Check, Hold
+from relay.metrics import Metrics
+from relay.network import NetworkPolicy, client_session, fetch_json
+from relay.signature import KeyCache
+from relay.store import connect
+from relay.store.activities import ActivityStore
+from relay.verdict import Action
+
+__all__ = ["SLUICE", "Sluice", "build_app"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Sluice:
+    """The running parts of one process, for handlers, CLI helpers and tests."""
+
+    config: Config
+    pool: asyncpg.Pool
+    store: ActivityStore
+    flow: Flow
+    metrics: Metrics
+    inbound: InboundDoor
+
+
+SLUICE = web.AppKey("sluice", Sluice)
+
+
+def build_app(
+    config: Config, *, checks: tuple[Check, ...] = (), upstream: Upstream | None = None
+) -> web.Application:
+    """The aiohttp application; resources open and close in ``cleanup_ctx``."""
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    inbox = inbox_matcher(config.server.inbox_paths)
+    passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        metrics = Metrics()
+        pool, embedded = await connect(
+            config.database.url, config.storage.data_dir, pool_size=config.database.pool_size
+        )
+        policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
+        session = client_session(
+            policy,
+            connect_timeout=config.network.connect_timeout_seconds,
+            read_timeout=config.network.read_timeout_seconds,
+        )
+        keys = KeyCache(
+            partial(fetch_json, session, policy), ttl=config.signatures.key_cache_seconds
+        )
+        store = ActivityStore(
+            pool,
+            owner=f"sluice-{uuid.uuid4().hex[:12]}",
+            lease_seconds=config.delivery.lease_seconds,
+            dedup_window_seconds=config.delivery.dedup_window_seconds,
+            max_age_seconds=config.delivery.max_age_seconds,
+        )
+        deliverer = upstream or HttpUpstream(
+            config.upstream.url,
+            timeout=config.upstream.timeout_seconds,
+            concurrency=config.upstream.concurrency,
+        )
+        hold = Hold(
+            checks,
+            max_seconds=config.hold.max_seconds,
+            on_timeout=Action(config.hold.on_timeout),
+        )
+        flow = Flow(
+            store,
+            hold,
+            deliverer,
+            metrics,
+            concurrency=config.upstream.concurrency,
+            backoff_initial=config.delivery.backoff_initial_seconds,
+            backoff_max=config.delivery.backoff_max_seconds,
+        )
+        inbound = InboundDoor(
+            store,
+            flow,
+            keys,
+            metrics,
+            require_signatures=config.signatures.require,
+            max_age=config.signatures.max_age_seconds,
+            clock_skew=config.signatures.clock_skew_seconds,
+        )
+        app[SLUICE] = Sluice(config, pool, store, flow, metrics, inbound)
+        flow.start()
+        log.info(
+            "started",
+            listen=config.server.listen,
+            upstream=config.upstream.url,
+            owner=store.owner,
+            embedded_database=embedded is not None,
+        )
+        try:
+            yield
+        finally:
+            await flow.stop()
+            await deliverer.close()
+            await passthrough.close()
+            await session.close()
+            await pool.close()
+            if embedded is not None:
+                embedded.stop()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and inbox.match(request.path):
+            return await request.app[SLUICE].inbound.handle(request)
+        return await passthrough.handle(request)
+
+    app.cleanup_ctx.append(lifecycle)
+    # Admin routes first: the router falls through to the catch-all for anything else.
+    app.router.add_routes(AdminDoor(lambda request: request.app[SLUICE]).routes())
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app

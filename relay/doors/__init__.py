@@ -1,0 +1,1 @@
+"""The doors through which traffic enters and leaves the instance (see DESIGN.md)."""

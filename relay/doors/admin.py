@@ -1,0 +1,107 @@
+"""The admin door: health, metrics, and the JSON API behind a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.store.activities import ActivityStore
+
+__all__ = ["API_PREFIX", "AdminDoor"]
+
+API_PREFIX = "/_sluice/api"
+
+
+class AdminDoor:
+    """Routes exist before the process's parts do; ``parts`` finds them per request."""
+
+    def __init__(self, parts: Callable[[web.Request], Any]) -> None:
+        self._parts = parts
+
+    def _store(self, request: web.Request) -> ActivityStore:
+        return self._parts(request).store
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.prometheus),
+            web.get(API_PREFIX + "/activities", self.activity),
+            web.get(API_PREFIX + "/activities/{key}", self.activity),
+            web.get(API_PREFIX + "/dead-letters", self.dead_letters),
+            web.post(API_PREFIX + "/dead-letters/replay", self.replay),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self._store(request).pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError) as exc:
+            return web.json_response({"status": "database unavailable", "error": str(exc)}, 503)
+        return web.json_response({"status": "ready"})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._parts(request).metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _authorize(self, request: web.Request) -> None:
+        token = self._parts(request).config.admin.token
+        if not token:
+            raise web.HTTPForbidden(
+                text=json.dumps(
+                    {"error": "admin API disabled: set [admin] token_file or SLUICE_ADMIN_TOKEN"}
+                ),
+                content_type="application/json",
+            )
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPUnauthorized(
+                text='{"error": "missing or wrong bearer token"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="sluice"'},
+            )
+
+    async def activity(self, request: web.Request) -> web.Response:
+        """Why was this held? ``/activities/ROW`` or ``/activities?id=ACTIVITY-ID``."""
+        self._authorize(request)
+        key: int | str = request.match_info.get("key") or request.query.get("id", "")
+        if isinstance(key, str) and key.isdigit():
+            key = int(key)
+        record = await self._store(request).get(key)
+        if record is None:
+            return web.json_response({"error": f"no activity {key}"}, status=404)
+        return web.json_response(record)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        limit = min(1000, int(request.query.get("limit", "100")))
+        return web.json_response({"dead_letters": await self._store(request).dead_letters(limit)})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """Body ``{"ids": [..]}`` replays those; ``{"all": true}`` replays every one."""
+        self._authorize(request)
+        try:
+            payload = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        if payload.get("all") is True:
+            ids = None
+        elif isinstance(payload.get("ids"), list) and all(
+            isinstance(i, int) for i in payload["ids"]
+        ):
+            ids = payload["ids"]
+        else:
+            return web.json_response(
+                {"error": 'expected {"ids": [row ids]} or {"all": true}'}, status=400
+            )
+        count = await self._store(request).replay(ids)
+        self._parts(request).flow.wake()
+        return web.json_response({"replayed": count})

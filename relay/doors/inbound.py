@@ -1,0 +1,176 @@
+"""The inbound door: inbox POSTs are verified, stored, answered 202, then held.
+
+Only cheap work happens before the 202 (limits, parse, signature, one INSERT);
+the hold and the delivery run in ``relay.flow``. The sender learns nothing of
+what is checked: every stored activity gets the same 202.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+
+import structlog
+from aiohttp import web
+
+from relay.activity import Activity, parse_activity
+from relay.envelope import Envelope, forwardable_headers
+from relay.errors import DecodeError, KeyFetchError, SignatureError
+from relay.flow import Flow
+from relay.metrics import Metrics
+from relay.signature import KeyResolver, Verified, verify_object, verify_request
+from relay.state import State
+from relay.store.activities import ActivityStore, Item
+
+__all__ = ["InboundDoor", "inbox_matcher"]
+
+log = structlog.get_logger(__name__)
+
+
+def inbox_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regex for the configured globs; ``*`` stands for exactly one path segment."""
+    parts = [re.escape(p).replace(r"\*", "[^/]+") for p in patterns]
+    return re.compile("^(?:" + "|".join(parts) + ")/?$")
+
+
+class InboundDoor:
+    def __init__(
+        self,
+        store: ActivityStore,
+        flow: Flow,
+        keys: KeyResolver,
+        metrics: Metrics,
+        *,
+        require_signatures: bool = True,
+        max_age: float = 43200,
+        clock_skew: float = 3600,
+    ) -> None:
+        self.store = store
+        self.flow = flow
+        self.keys = keys
+        self.metrics = metrics
+        self.require_signatures = require_signatures
+        self.max_age = max_age
+        self.clock_skew = clock_skew
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            response = await self._handle(request)
+        finally:
+            self.metrics.receive_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            self.metrics.received.labels("too_large").inc()
+            return _refuse(413, f"body too large: {exc.text}")
+        envelope = Envelope(
+            method=request.method,
+            target=request.path_qs,
+            headers=tuple(forwardable_headers(request.headers)),
+            body=body,
+            remote=request.remote,
+            received_at=time.time(),
+        )
+        try:
+            activity = parse_activity(body)
+        except DecodeError as exc:
+            self.metrics.received.labels("malformed").inc()
+            log.info("malformed", target=envelope.target, remote=envelope.remote, error=str(exc))
+            return _refuse(400, str(exc))
+
+        bound = log.bind(
+            activity_id=activity.id,
+            type=activity.type,
+            actor=activity.actor,
+            remote=envelope.remote,
+        )
+        verified: Verified | None
+        try:
+            verified = await self._verify(request, envelope, activity)
+        except SignatureError as exc:
+            if isinstance(exc, KeyFetchError) and exc.gone and activity.type == "Delete":
+                # The actor is gone and took its key with it: there is nothing left to
+                # verify or to deliver. Mastodon and relays drop these the same way.
+                self.metrics.received.labels("gone_delete").inc()
+                bound.info("dropped_delete_of_gone_actor", reason=str(exc))
+                return web.Response(status=202)
+            if self.require_signatures:
+                self.metrics.received.labels("bad_signature").inc()
+                bound.warning("signature_refused", reason=str(exc))
+                return _refuse(401, f"signature not accepted: {exc}")
+            # Accepted unverified by configuration; the row's NULL signer says so.
+            bound.warning("signature_not_verified", reason=str(exc))
+            verified = None
+
+        stored = await self.store.insert(
+            envelope,
+            activity,
+            signer=verified.signer if verified else None,
+            key_id=verified.key_id if verified else None,
+        )
+        if stored is None:
+            self.metrics.received.labels("duplicate").inc()
+            bound.info("duplicate", signer=verified and verified.signer)
+            return web.Response(status=202)
+        self.metrics.received.labels("accepted").inc()
+        bound.info(
+            "received",
+            row=stored.id,
+            signer=verified and verified.signer,
+            claimed=stored.claimed,
+            cancelled=stored.cancelled,
+        )
+        if stored.claimed:
+            self.flow.submit(
+                Item(
+                    id=stored.id,
+                    state=State.RECEIVED,
+                    target=envelope.target,
+                    headers=list(envelope.headers),
+                    body=body,
+                    attempts=0,
+                    received_at=envelope.received_at,
+                    ap_id=activity.id,
+                    actor=activity.actor,
+                    signer=verified.signer if verified else None,
+                    _activity=activity,
+                )
+            )
+        if stored.cancelled:
+            self.flow.wake()
+        return web.Response(status=202)
+
+    async def _verify(
+        self, request: web.Request, envelope: Envelope, activity: Activity
+    ) -> Verified:
+        """Who signed the request, and may they speak for the activity's actor?"""
+        verified = await verify_request(
+            request.method,
+            envelope.target,
+            request.headers,
+            envelope.body,
+            self.keys,
+            max_age=self.max_age,
+            clock_skew=self.clock_skew,
+        )
+        if verified.signer != activity.actor:
+            # Relayed or forwarded activities: the signer only carried it. Accept it
+            # only with the actor's own signature on the document itself.
+            try:
+                await verify_object(activity.document, activity.actor, self.keys)
+            except SignatureError as exc:
+                raise SignatureError(
+                    f"request signed by {verified.signer}, not by the actor "
+                    f"{activity.actor}, and the activity carries no valid signature "
+                    f"of its actor: {exc}"
+                ) from exc
+        return verified
+
+
+def _refuse(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)

@@ -1,0 +1,191 @@
+"""The workers that move stored activities through the hold and on to the instance.
+
+An activity stored by the inbound door is usually claimed in the same statement
+and handed over in memory (the fast path: no polling delay). Everything else —
+retries, activities that waited behind another about the same object, rows a
+crashed process left — is claimed by the poller once its lease has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import structlog
+
+from relay.deliver import Upstream, is_retryable
+from relay.errors import DecodeError
+from relay.hold import Hold
+from relay.metrics import Metrics
+from relay.state import State
+from relay.store.activities import ActivityStore, Item
+from relay.verdict import Action, Verdict
+
+__all__ = ["Flow", "backoff"]
+
+log = structlog.get_logger(__name__)
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with ±20 % jitter, so a recovering upstream is not stampeded."""
+    delay = min(maximum, initial * 2 ** max(0, attempt - 1))
+    return delay * random.uniform(0.8, 1.2)
+
+
+class Flow:
+    def __init__(
+        self,
+        store: ActivityStore,
+        hold: Hold,
+        upstream: Upstream,
+        metrics: Metrics,
+        *,
+        concurrency: int = 32,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 600.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.hold = hold
+        self.upstream = upstream
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.poll_interval = poll_interval
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._poller()))
+        self._tasks.append(asyncio.create_task(self._housekeeper()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        # Whatever is still in memory goes back to the database for the next process.
+        while not self.queue.empty():
+            await self.store.release(self.queue.get_nowait().id)
+
+    def submit(self, item: Item) -> None:
+        """Hand over an activity this process claimed when storing it."""
+        self.queue.put_nowait(item)
+
+    def wake(self) -> None:
+        """Something may have become claimable (a cancellation, a replay)."""
+        self._wake.set()
+
+    # -- loops -----------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                await self.process(item)
+            except asyncio.CancelledError:
+                await asyncio.shield(self.store.release(item.id))
+                raise
+            except Exception:  # the lease expires and another attempt follows
+                log.exception("flow_error", row=item.id, activity_id=item.ap_id)
+
+    async def _poller(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            room = 2 * self.concurrency - self.queue.qsize()
+            if room <= 0:
+                continue
+            try:
+                for item in await self.store.claim(room):
+                    self.queue.put_nowait(item)
+            except Exception:
+                log.exception("claim_failed")
+
+    async def _housekeeper(self) -> None:
+        interval = max(0.2, self.store.lease / 3)
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.renew_leases()
+                if time.monotonic() - last_prune > 60:
+                    last_prune = time.monotonic()
+                    await self.store.prune_seen()
+                    for state, n in (await self.store.counts()).items():
+                        self.metrics.held.labels(state).set(n)
+            except Exception:
+                log.exception("housekeeping_failed")
+
+    # -- one activity ----------------------------------------------------------
+
+    async def process(self, item: Item) -> None:
+        if item.state == State.RECEIVED:
+            verdict = await self._decide(item)
+            if not await self.store.decide(item.id, verdict):
+                log.info("left_hold_meanwhile", row=item.id, activity_id=item.ap_id)
+                return
+            self.metrics.verdicts.labels(verdict.action.value).inc()
+            self.metrics.hold_seconds.observe(verdict.timings.get("hold_seconds", 0.0))
+            log.info(
+                "verdict",
+                row=item.id,
+                activity_id=item.ap_id,
+                actor=item.actor,
+                signer=item.signer,
+                verdict=verdict.action.value,
+                rule=verdict.rule,
+                signals=[s.as_json() for s in verdict.signals],
+                timings=verdict.timings,
+            )
+            if verdict.action != Action.DELIVER:
+                self.wake()  # later activities about the same object may proceed
+                return
+            item.state = State.QUEUED
+        await self._deliver(item)
+
+    async def _decide(self, item: Item) -> Verdict:
+        try:
+            activity = item.activity
+        except DecodeError as exc:  # stored bytes were checked on the way in; belt and braces
+            return Verdict(Action.REVIEW, f"stored body unreadable: {exc}")
+        return await self.hold.decide(activity)
+
+    async def _deliver(self, item: Item) -> None:
+        result = await self.upstream.deliver(item.target, item.headers, item.body)
+        self.metrics.upstream_seconds.observe(result.seconds)
+        fields = dict(
+            row=item.id, activity_id=item.ap_id, status=result.status, attempt=item.attempts + 1
+        )
+        if result.ok:
+            assert result.status is not None
+            await self.store.delivered(item.id, result.status)
+            self.metrics.delivered.inc()
+            self.metrics.delivery_seconds.observe(max(0.0, time.time() - item.received_at))
+            log.info("delivered", seconds=round(result.seconds, 4), **fields)
+            self.wake()
+        elif is_retryable(result):
+            delay = backoff(item.attempts + 1, self.backoff_initial, self.backoff_max)
+            state = await self.store.retry(item.id, result.status, result.error or "", delay)
+            if state == State.DEAD:
+                self.metrics.dead_lettered.inc()
+                log.warning("dead_lettered", error=result.error, **fields)
+                self.wake()
+            else:
+                self.metrics.retried.inc()
+                log.info("retry_scheduled", error=result.error, delay=round(delay, 2), **fields)
+        else:
+            assert result.status is not None
+            await self.store.refused(item.id, result.status, result.error or "")
+            self.metrics.refused.inc()
+            log.warning("refused_by_upstream", error=result.error, **fields)
+            self.wake()

@@ -1,0 +1,319 @@
+"""Queries on the ``activity`` table: the durable hold and the delivery queue.
+
+Every state change is one statement guarded by the state it leaves (see
+``relay.state``), so concurrent workers, cancellations and admin decisions
+cannot overwrite each other. Leases (``owner``, ``locked_until``) let several
+Sluice processes share one database: a crashed worker's rows come back when its
+lease expires.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from relay.activity import Activity, parse_activity
+from relay.envelope import Envelope
+from relay.state import HELD, PENDING, State
+from relay.verdict import Verdict
+
+__all__ = ["ActivityStore", "Item"]
+
+_PENDING = [s.value for s in PENDING]
+_HELD = [s.value for s in HELD]
+#: Activities that take back an earlier one: they cancel it if it is still held.
+CANCELLING_TYPES = frozenset({"Delete", "Undo"})
+
+# One statement, one round trip: suppress a duplicate, cancel what a Delete/Undo
+# takes back, store the activity, and claim it for this worker unless an earlier
+# activity about the same object is still pending (then the poller takes it later).
+_INSERT = f"""
+WITH fresh AS (
+    INSERT INTO seen (key) VALUES ($1)
+    ON CONFLICT (key) DO UPDATE SET seen_at = now()
+        WHERE seen.seen_at < now() - make_interval(secs => $2::float8)
+    RETURNING key
+), cancelled AS (
+    UPDATE activity SET state = 'cancelled', finished_at = now(),
+           last_error = 'cancelled by ' || $4 || ' ' || coalesce($3, '(no id)')
+    WHERE $5::boolean AND state = ANY('{{{",".join(_HELD)}}}')
+      AND (object_id = $8 OR ap_id = $8) AND actor = $6
+      AND EXISTS (SELECT 1 FROM fresh)
+    RETURNING id
+), blocked AS (
+    SELECT EXISTS (
+        SELECT 1 FROM activity
+        WHERE $8::text IS NOT NULL AND (object_id = $8 OR ap_id = $8)
+          AND state = ANY('{{{",".join(_PENDING)}}}')
+          AND id NOT IN (SELECT id FROM cancelled)
+    ) AS b
+)
+INSERT INTO activity (ap_id, type, actor, signer, key_id, object_id, target, headers, body,
+                      remote, received_at, deadline, owner, locked_until)
+SELECT $3::text, $4::text, $6::text, $7::text, $9::text, $8::text, $10::text, $11::jsonb,
+       $12::bytea, $13::text, to_timestamp($14::float8),
+       to_timestamp($14::float8) + make_interval(secs => $15::float8),
+       CASE WHEN blocked.b THEN NULL ELSE $16::text END,
+       CASE WHEN blocked.b THEN NULL ELSE now() + make_interval(secs => $17::float8) END
+FROM fresh, blocked
+RETURNING id, owner IS NOT NULL AS claimed, (SELECT count(*) FROM cancelled) AS cancelled
+"""
+
+_CLAIM = f"""
+WITH c AS (
+    SELECT a.id FROM activity a
+    WHERE a.state IN ('received', 'queued') AND a.next_attempt_at <= now()
+      AND (a.locked_until IS NULL OR a.locked_until < now())
+      AND NOT EXISTS (
+          SELECT 1 FROM activity p
+          WHERE a.object_id IS NOT NULL AND p.id < a.id
+            AND (p.object_id = a.object_id OR p.ap_id = a.object_id)
+            AND p.state = ANY('{{{",".join(_PENDING)}}}'))
+    ORDER BY a.next_attempt_at, a.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE activity SET owner = $1, locked_until = now() + make_interval(secs => $3)
+FROM c WHERE activity.id = c.id
+RETURNING activity.id, activity.state, activity.target, activity.headers, activity.body,
+          activity.attempts, activity.ap_id, activity.actor, activity.signer,
+          extract(epoch FROM activity.received_at)::float8 AS received_at
+"""
+
+
+@dataclass(slots=True)
+class Item:
+    """A claimed activity, in the memory of the worker that holds its lease."""
+
+    id: int
+    state: State
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    attempts: int
+    received_at: float
+    ap_id: str | None = None
+    actor: str | None = None
+    signer: str | None = None
+    _activity: Activity | None = field(default=None, repr=False)
+
+    @property
+    def activity(self) -> Activity:
+        if self._activity is None:
+            self._activity = parse_activity(self.body)
+        return self._activity
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    id: int
+    claimed: bool
+    cancelled: int
+
+
+class ActivityStore:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        owner: str,
+        lease_seconds: float,
+        dedup_window_seconds: float,
+        max_age_seconds: float,
+    ) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.lease = float(lease_seconds)
+        self.dedup_window = float(dedup_window_seconds)
+        self.max_age = float(max_age_seconds)
+
+    async def insert(
+        self,
+        envelope: Envelope,
+        activity: Activity,
+        *,
+        signer: str | None,
+        key_id: str | None,
+    ) -> Stored | None:
+        """Commit the activity; None when it is a duplicate within the window."""
+        row = await self.pool.fetchrow(
+            _INSERT,
+            activity.dedup_key,
+            self.dedup_window,
+            activity.id,
+            activity.type,
+            activity.type in CANCELLING_TYPES,
+            activity.actor,
+            signer,
+            activity.object_id,
+            key_id,
+            envelope.target,
+            json.dumps(envelope.headers),
+            envelope.body,
+            envelope.remote,
+            envelope.received_at,
+            self.max_age,
+            self.owner,
+            self.lease,
+        )
+        if row is None:
+            return None
+        return Stored(id=row["id"], claimed=row["claimed"], cancelled=row["cancelled"])
+
+    async def claim(self, limit: int) -> list[Item]:
+        """Take up to ``limit`` rows whose turn has come and whose lease is free."""
+        rows = await self.pool.fetch(_CLAIM, self.owner, limit, self.lease)
+        return [
+            Item(
+                id=r["id"],
+                state=State(r["state"]),
+                target=r["target"],
+                headers=[tuple(h) for h in json.loads(r["headers"])],
+                body=r["body"],
+                attempts=r["attempts"],
+                received_at=r["received_at"],
+                ap_id=r["ap_id"],
+                actor=r["actor"],
+                signer=r["signer"],
+            )
+            for r in rows
+        ]
+
+    async def renew_leases(self) -> int:
+        """Extend every lease this worker holds; run well within ``lease_seconds``."""
+        result = await self.pool.execute(
+            "UPDATE activity SET locked_until = now() + make_interval(secs => $2) "
+            "WHERE owner = $1 AND locked_until IS NOT NULL AND state IN ('received', 'queued')",
+            self.owner,
+            self.lease,
+        )
+        return int(result.split()[-1])
+
+    async def decide(self, item_id: int, verdict: Verdict) -> bool:
+        """Record the hold's verdict; False when the row left the hold meanwhile."""
+        target = verdict.action.state
+        done = target != State.QUEUED
+        result = await self._async_commit(
+            "UPDATE activity SET state = $3, verdict = $4::jsonb, decided_at = now(), "
+            "finished_at = CASE WHEN $5 THEN now() END, "
+            "owner = CASE WHEN $5 THEN NULL ELSE owner END, "
+            "locked_until = CASE WHEN $5 THEN NULL ELSE locked_until END "
+            "WHERE id = $1 AND owner = $2 AND state = 'received'",
+            item_id,
+            self.owner,
+            target.value,
+            json.dumps(verdict.as_json()),
+            done,
+        )
+        return result.endswith(" 1")
+
+    async def delivered(self, item_id: int, status: int) -> None:
+        await self._async_commit(
+            "UPDATE activity SET state = 'delivered', last_status = $2, attempts = attempts + 1, "
+            "finished_at = now(), owner = NULL, locked_until = NULL "
+            "WHERE id = $1 AND state = 'queued'",
+            item_id,
+            status,
+        )
+
+    async def refused(self, item_id: int, status: int, error: str) -> None:
+        """The upstream said no (4xx): recorded, not retried."""
+        await self._async_commit(
+            "UPDATE activity SET state = 'refused', last_status = $2, last_error = $3, "
+            "attempts = attempts + 1, finished_at = now(), owner = NULL, locked_until = NULL "
+            "WHERE id = $1 AND state = 'queued'",
+            item_id,
+            status,
+            error,
+        )
+
+    async def retry(self, item_id: int, status: int | None, error: str, delay: float) -> State:
+        """Schedule another attempt, or dead-letter the row once past its deadline."""
+        state = await self.pool.fetchval(
+            "UPDATE activity SET attempts = attempts + 1, last_status = $2, last_error = $3, "
+            "  state = CASE WHEN now() + make_interval(secs => $4) > deadline "
+            "               THEN 'dead' ELSE 'queued' END, "
+            "  finished_at = CASE WHEN now() + make_interval(secs => $4) > deadline "
+            "                     THEN now() END, "
+            "  next_attempt_at = now() + make_interval(secs => $4), "
+            "  owner = NULL, locked_until = NULL "
+            "WHERE id = $1 AND state = 'queued' RETURNING state",
+            item_id,
+            status,
+            error,
+            delay,
+        )
+        return State(state) if state else State.QUEUED
+
+    async def release(self, item_id: int) -> None:
+        """Give a row back untouched (shutting down mid-work)."""
+        await self.pool.execute(
+            "UPDATE activity SET owner = NULL, locked_until = NULL WHERE id = $1 AND owner = $2",
+            item_id,
+            self.owner,
+        )
+
+    async def _async_commit(self, query: str, *args: Any) -> str:
+        # A state change after the 202 may be lost only if PostgreSQL itself crashes,
+        # and then the activity is delivered again (at least once); a Sluice crash
+        # loses nothing. Skipping the WAL flush keeps delivery off the fsync path.
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            return await conn.execute(query, *args)
+
+    # -- admin ---------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT id, ap_id, type, actor, target, attempts, last_status, last_error, "
+            "received_at, finished_at FROM activity WHERE state = 'dead' ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [_jsonable(dict(r)) for r in rows]
+
+    async def replay(self, ids: list[int] | None) -> int:
+        """Put dead letters back in the queue with a fresh deadline; None replays all."""
+        result = await self.pool.execute(
+            "UPDATE activity SET state = 'queued', attempts = 0, next_attempt_at = now(), "
+            "deadline = now() + make_interval(secs => $2), finished_at = NULL, "
+            "owner = NULL, locked_until = NULL "
+            "WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))",
+            ids,
+            self.max_age,
+        )
+        return int(result.split()[-1])
+
+    async def get(self, key: int | str) -> dict[str, Any] | None:
+        """One activity's record, by row id or activity id, for "why was this held?"."""
+        column = "id" if isinstance(key, int) else "ap_id"
+        row = await self.pool.fetchrow(
+            "SELECT id, ap_id, type, actor, signer, key_id, object_id, state, target, remote, "
+            "received_at, decided_at, finished_at, attempts, last_status, last_error, verdict "
+            f"FROM activity WHERE {column} = $1 ORDER BY id DESC LIMIT 1",
+            key,
+        )
+        if row is None:
+            return None
+        record = _jsonable(dict(row))
+        if record["verdict"] is not None:
+            record["verdict"] = json.loads(record["verdict"])
+        return record
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT state, count(*) AS n FROM activity GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    async def prune_seen(self) -> int:
+        result = await self.pool.execute(
+            "DELETE FROM seen WHERE seen_at < now() - make_interval(secs => $1)",
+            self.dedup_window,
+        )
+        return int(result.split()[-1])
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in record.items()}

@@ -1,0 +1,93 @@
+"""Open the database: the configured one, or an embedded PostgreSQL under data_dir."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import warnings
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from relay.errors import SluiceError
+
+__all__ = ["EmbeddedPostgres", "connect", "migrate"]
+
+log = structlog.get_logger(__name__)
+
+# Any constant works; it serialises migrations between processes sharing a database.
+_MIGRATION_LOCK = 0x51_1C_E0_01
+
+
+class EmbeddedPostgres:
+    """PostgreSQL run by ``pgserver`` on a Unix socket under ``data_dir/postgres``.
+
+    As root, pgserver runs the server as a ``pgserver`` system user. The server
+    outlives a crashed Sluice (it is a daemon), and the next start reuses it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "postgres"
+        self._server = None
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (services, containers);
+            # pgserver then keeps its lock file under /tmp, which is fine.
+            warnings.simplefilter("ignore")
+            import pgserver  # imported late: it is heavy and unused with a configured URL
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        return self._server.get_uri()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply numbered SQL migrations not yet applied; safe with several processes."""
+    scripts = sorted(
+        (
+            p
+            for p in importlib.resources.files("relay.store.migrations").iterdir()
+            if p.name.endswith(".sql")
+        ),
+        key=lambda p: p.name,
+    )
+    applied: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migration "
+            "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migration")}
+        for script in scripts:
+            if script.name in done:
+                continue
+            await conn.execute(script.read_text())
+            await conn.execute("INSERT INTO schema_migration (name) VALUES ($1)", script.name)
+            applied.append(script.name)
+    if applied:
+        log.info("migrations_applied", migrations=applied)
+    return applied
+
+
+async def connect(
+    url: str, data_dir: Path, *, pool_size: int = 10
+) -> tuple[asyncpg.Pool, EmbeddedPostgres | None]:
+    """Open a pool (starting embedded PostgreSQL when ``url`` is empty) and migrate."""
+    embedded = None
+    if not url:
+        embedded = EmbeddedPostgres(data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    try:
+        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SluiceError(f"cannot connect to PostgreSQL: {exc}") from exc
+    await migrate(pool)
+    return pool, embedded

@@ -1,0 +1,528 @@
+"""The inbound door against real PostgreSQL, real HTTP servers and real signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+
+from relay.activity import Activity
+from relay.signal import Signal
+from tests.conftest import Fediverse, Running, Upstream, wait_for
+
+SIGNED = ("host", "date", "digest", "signature", "content-type")
+
+
+async def test_signed_activity_is_forwarded_byte_exact(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    body = json.dumps(activity, indent=1).encode()  # odd spacing: must survive unchanged
+    headers = alice.sign("https://social.example/users/bob/inbox?x=1", body)
+    async with sluice.session.post(
+        sluice.url + "/users/bob/inbox?x=1", data=body, headers=headers
+    ) as response:
+        assert response.status == 202, await response.text()
+
+    [got] = await wait_for(upstream.inbox_posts)
+    assert got.path == "/users/bob/inbox?x=1"
+    assert got.body == body
+    for name in SIGNED:
+        assert got.headers[name.title()] == headers[name.title()], name
+    record = await sluice.parts.store.get(activity["id"])
+    assert record["state"] == "delivered"
+    assert record["signer"] == alice.id
+    assert record["verdict"]["action"] == "deliver"
+
+
+async def test_rfc9421_signature_is_verified_and_forwarded(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = alice.activity("Like", obj="https://social.example/notes/1")
+    status, text = await sluice.post(alice, activity, scheme="rfc9421")
+    assert status == 202, text
+    [got] = await wait_for(upstream.inbox_posts)
+    for name in ("Signature-Input", "Signature", "Content-Digest", "Host"):
+        assert name in got.headers
+    assert got.json()["id"] == activity["id"]
+
+
+async def test_202_only_after_commit(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    upstream.status = 503  # nothing gets delivered: the row must be there on its own
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    status, _ = await sluice.post(alice, activity)
+    assert status == 202
+    count = await sluice.parts.pool.fetchval(
+        "SELECT count(*) FROM activity WHERE ap_id = $1", activity["id"]
+    )
+    assert count == 1
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("body", "digest"),
+        ("signature", "verif"),
+        ("stale", "date"),
+        ("unsigned", "signature"),
+    ],
+)
+async def test_bad_signatures_get_401_with_the_reason(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream, tamper: str, reason: str
+) -> None:
+    alice = fediverse.actor("alice")
+    body = json.dumps(alice.activity()).encode()
+    url = "https://social.example/inbox"
+    if tamper == "stale":
+        headers = alice.sign(url, body, now=time.time() - 13 * 3600)
+    else:
+        headers = alice.sign(url, body)
+    if tamper == "body":
+        body = body.replace(b"note", b"nope")
+    elif tamper == "signature":
+        sig = headers["Signature"]
+        cut = sig.index('signature="') + len('signature="')
+        flipped = "A" if sig[cut] != "A" else "B"
+        headers["Signature"] = sig[:cut] + flipped + sig[cut + 1 :]
+    elif tamper == "unsigned":
+        headers = {"Content-Type": "application/activity+json"}
+    async with sluice.session.post(sluice.url + "/inbox", data=body, headers=headers) as response:
+        assert response.status == 401
+        error = (await response.json())["error"]
+    assert reason in error.lower(), error
+    assert await sluice.parts.pool.fetchval("SELECT count(*) FROM activity") == 0
+    await asyncio.sleep(0.1)
+    assert upstream.inbox_posts() == []
+
+
+async def test_unknown_key_is_refused(sluice: Running, fediverse: Fediverse) -> None:
+    alice = fediverse.actor("alice")
+    fediverse.actors.clear()  # the key URL now answers 404
+    status, text = await sluice.post(alice, alice.activity())
+    assert status == 401
+    assert "404" in text or "fetch" in text.lower(), text
+
+
+async def test_delete_from_gone_actor_is_accepted_and_dropped(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice")
+    fediverse.gone.add(alice.id)
+    status, _ = await sluice.post(alice, alice.activity("Delete", obj=alice.id))
+    assert status == 202
+    # A Create from a gone actor is not a Delete: refused.
+    status, _ = await sluice.post(alice, alice.activity())
+    assert status == 401
+    await asyncio.sleep(0.1)
+    assert upstream.inbox_posts() == []
+    assert await sluice.parts.pool.fetchval("SELECT count(*) FROM activity") == 0
+
+
+async def test_rotated_key_is_refetched_once(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice", key_index=0)
+    assert (await sluice.post(alice, alice.activity()))[0] == 202
+    fetches = len(fediverse.fetches)
+    rotated = fediverse.actor("alice", key_index=1)  # same id, new key
+    assert (await sluice.post(rotated, rotated.activity()))[0] == 202
+    assert len(fediverse.fetches) == fetches + 1
+    await wait_for(lambda: len(upstream.inbox_posts()) == 2)
+
+
+async def test_relayed_activity_needs_the_actors_own_signature(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    from relay.signature import sign_ld
+
+    alice = fediverse.actor("alice", key_index=0)
+    relay = fediverse.actor("relay", key_index=1)
+    activity = alice.activity()
+    status, text = await sluice.post(relay, activity)  # relay signs, alice is the actor
+    assert status == 401
+    assert "not by the actor" in text
+    signed = sign_ld(activity, alice.key, alice.key_id)
+    status, text = await sluice.post(relay, signed)
+    assert status == 202, text
+    [got] = await wait_for(upstream.inbox_posts)
+    assert got.json()["id"] == activity["id"]
+    record = await sluice.parts.store.get(activity["id"])
+    assert record["signer"] == relay.id
+
+
+async def test_unsigned_accepted_when_signatures_not_required(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    sluice = await sluice_factory(signatures={"require": False})
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    async with sluice.session.post(
+        sluice.url + "/inbox", json=activity, headers={"Host": "social.example"}
+    ) as response:
+        assert response.status == 202
+    await wait_for(upstream.inbox_posts)
+    record = await sluice.parts.store.get(activity["id"])
+    assert record["signer"] is None
+
+
+async def test_malformed_and_oversized_bodies(sluice_factory: Any, fediverse: Fediverse) -> None:
+    sluice = await sluice_factory(server={"max_body_bytes": 2048})
+    alice = fediverse.actor("alice")
+    status, text = await sluice.post(alice, b"{not json")
+    assert status == 400
+    assert "not valid JSON" in text
+    status, text = await sluice.post(alice, b'["an", "array"]')
+    assert status == 400
+    assert "JSON object" in text
+    status, text = await sluice.post(alice, json.dumps({"type": "Create"}).encode())
+    assert status == 400
+    assert "actor" in text
+    big = alice.activity()
+    big["object"]["content"] = "x" * 4096
+    status, text = await sluice.post(alice, big)
+    assert status == 413
+    assert "too large" in text
+
+
+async def test_duplicate_activity_is_delivered_once(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    for _ in range(3):
+        assert (await sluice.post(alice, activity))[0] == 202
+    await wait_for(upstream.inbox_posts)
+    await asyncio.sleep(0.2)
+    assert upstream.ids() == [activity["id"]]
+
+
+async def test_5xx_is_retried_until_accepted(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    upstream.status = 503
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    assert (await sluice.post(alice, activity))[0] == 202
+    await wait_for(lambda: getattr(upstream, "refused", 0) >= 2)
+    upstream.status = 202
+    await wait_for(upstream.inbox_posts, timeout=5)
+    record = await sluice.parts.store.get(activity["id"])
+    assert record["state"] == "delivered"
+    assert record["attempts"] >= 3
+    assert upstream.ids() == [activity["id"]]
+
+
+async def test_4xx_is_recorded_and_not_retried(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    upstream.status = 400
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    assert (await sluice.post(alice, activity))[0] == 202
+    record = await wait_for(lambda: _state_is(sluice, activity["id"], "refused"), timeout=5)
+    assert record["last_status"] == 400
+    assert "upstream says 400" in record["last_error"]
+    await asyncio.sleep(0.3)
+    assert upstream.refused == 1
+
+
+async def _state_is(sluice: Running, ap_id: str, state: str) -> dict[str, Any] | None:
+    record = await sluice.parts.store.get(ap_id)
+    return record if record and record["state"] == state else None
+
+
+async def test_dead_letters_are_listed_and_replayed(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    sluice = await sluice_factory(delivery={"max_age_seconds": 1}, admin={"token_file": ""})
+    upstream.status = 500
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    assert (await sluice.post(alice, activity))[0] == 202
+    record = await wait_for(lambda: _state_is(sluice, activity["id"], "dead"), timeout=10)
+    assert "upstream says 500" in record["last_error"]
+    [dead] = await sluice.parts.store.dead_letters()
+    assert dead["ap_id"] == activity["id"]
+    upstream.status = 202
+    assert await sluice.parts.store.replay([dead["id"]]) == 1
+    sluice.parts.flow.wake()
+    await wait_for(upstream.inbox_posts)
+    assert upstream.ids() == [activity["id"]]
+
+
+# -- the hold and per-object order ----------------------------------------------
+
+
+class Gate:
+    """A check that holds activities about chosen objects until the test opens it."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.opened = asyncio.Event()
+        self.signals: list[Signal] = []
+
+    def applies(self, activity: Activity) -> bool:
+        return activity.object_id in self.held
+
+    async def run(self, activity: Activity) -> list[Signal]:
+        await self.opened.wait()
+        return self.signals
+
+
+async def test_delete_cancels_a_held_create(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(checks=(gate,))
+    alice = fediverse.actor("alice")
+    create = alice.activity()
+    note = create["object"]["id"]
+    gate.held.add(note)
+    assert (await sluice.post(alice, create))[0] == 202
+    delete = alice.activity("Delete", obj={"id": note, "type": "Tombstone"})
+    assert (await sluice.post(alice, delete))[0] == 202
+    await wait_for(upstream.inbox_posts)
+    gate.opened.set()
+    await asyncio.sleep(0.3)
+    assert upstream.ids() == [delete["id"]]
+    record = await sluice.parts.store.get(create["id"])
+    assert record["state"] == "cancelled"
+    assert delete["id"] in record["last_error"]
+
+
+async def test_delete_by_another_actor_does_not_cancel(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(checks=(gate,))
+    alice = fediverse.actor("alice", key_index=0)
+    mallory = fediverse.actor("mallory", key_index=1)
+    create = alice.activity()
+    note = create["object"]["id"]
+    gate.held.add(note)
+    assert (await sluice.post(alice, create))[0] == 202
+    assert (await sluice.post(mallory, mallory.activity("Delete", obj=note)))[0] == 202
+    await asyncio.sleep(0.2)
+    assert (await sluice.parts.store.get(create["id"]))["state"] == "received"
+    gate.opened.set()
+    await wait_for(lambda: len(upstream.inbox_posts()) == 2)
+    assert upstream.ids()[0] == create["id"]
+
+
+async def test_undo_cancels_a_held_announce(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(checks=(gate,))
+    alice = fediverse.actor("alice")
+    boosted = "https://elsewhere.example/notes/7"
+    gate.held.add(boosted)
+    announce = alice.activity("Announce", obj=boosted)
+    assert (await sluice.post(alice, announce))[0] == 202
+    undo = alice.activity("Undo", obj=announce["id"])
+    assert (await sluice.post(alice, undo))[0] == 202
+    await wait_for(upstream.inbox_posts)
+    assert upstream.ids() == [undo["id"]]
+    assert (await sluice.parts.store.get(announce["id"]))["state"] == "cancelled"
+
+
+async def test_update_waits_behind_its_held_create(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(checks=(gate,))
+    alice = fediverse.actor("alice")
+    create = alice.activity()
+    gate.held.add(create["object"]["id"])
+    assert (await sluice.post(alice, create))[0] == 202
+    update = alice.activity("Update", obj={**create["object"], "content": "edited"})
+    assert (await sluice.post(alice, update))[0] == 202
+    other = alice.activity()  # about another object: not held up
+    assert (await sluice.post(alice, other))[0] == 202
+    await wait_for(upstream.inbox_posts)
+    await asyncio.sleep(0.3)
+    assert upstream.ids() == [other["id"]]
+    gate.held.clear()  # the Update itself must not be held by the gate
+    gate.opened.set()
+    await wait_for(lambda: len(upstream.inbox_posts()) == 3)
+    assert upstream.ids() == [other["id"], create["id"], update["id"]]
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "state"),
+    [("reject", "rejected"), ("review", "review"), ("deliver", "delivered")],
+)
+async def test_hold_timeout_follows_on_timeout(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream, on_timeout: str, state: str
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(
+        checks=(gate,), hold={"max_seconds": 0.2, "on_timeout": on_timeout}
+    )
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    gate.held.add(activity["object"]["id"])
+    assert (await sluice.post(alice, activity))[0] == 202
+    record = await wait_for(lambda: _state_is(sluice, activity["id"], state), timeout=5)
+    assert record["verdict"]["rule"] == "hold.on_timeout"
+    assert record["verdict"]["signals"][0]["kind"] == "timeout"
+    assert (upstream.ids() == [activity["id"]]) == (state == "delivered")
+
+
+async def test_a_failing_check_is_a_signal_not_a_loss(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    class Broken(Gate):
+        name = "broken"
+
+        async def run(self, activity: Activity) -> list[Signal]:
+            raise RuntimeError("checker exploded")
+
+    broken = Broken()
+    sluice = await sluice_factory(checks=(broken,))
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    broken.held.add(activity["object"]["id"])
+    assert (await sluice.post(alice, activity))[0] == 202
+    await wait_for(upstream.inbox_posts)
+    record = await sluice.parts.store.get(activity["id"])
+    [signal] = record["verdict"]["signals"]
+    assert signal == {"kind": "error", "source": "broken", "detail": {"error": "checker exploded"}}
+
+
+# -- everything else ----------------------------------------------------------------
+
+
+async def test_other_requests_pass_through_unchanged(sluice: Running, upstream: Upstream) -> None:
+    async with sluice.session.get(
+        sluice.url + "/users/alice?page=2", headers={"Accept": "application/activity+json"}
+    ) as response:
+        assert response.status == 202
+        assert await response.text() == "upstream says 202"
+    async with sluice.session.post(
+        sluice.url + "/api/v1/statuses", data=b"status=hello", headers={"Host": "social.example"}
+    ) as response:
+        assert response.status == 202
+    get, post = upstream.requests
+    assert (get.method, get.path) == ("GET", "/users/alice?page=2")
+    assert get.headers["Accept"] == "application/activity+json"
+    assert (post.method, post.path, post.body) == ("POST", "/api/v1/statuses", b"status=hello")
+    assert post.headers["Host"] == "social.example"
+
+
+async def test_passthrough_streams_large_bodies(sluice: Running, upstream: Upstream) -> None:
+    blob = bytes(range(256)) * 40_000  # 10 MB, beyond max_body_bytes of the inbox
+    async with sluice.session.put(sluice.url + "/api/v2/media", data=blob) as response:
+        assert response.status == 202
+    assert upstream.requests[-1].body == blob
+
+
+async def test_passthrough_with_upstream_down_is_502(
+    sluice_factory: Any, make_config: Any, upstream: Upstream
+) -> None:
+    config = make_config(upstream={"url": "http://127.0.0.1:9"})
+    sluice = await sluice_factory(config)
+    async with sluice.session.get(sluice.url + "/about") as response:
+        assert response.status == 502
+        assert "upstream unreachable" in (await response.json())["error"]
+
+
+async def test_health_readiness_and_metrics(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    for path in ("/healthz", "/readyz"):
+        async with sluice.session.get(sluice.url + path) as response:
+            assert response.status == 200
+    alice = fediverse.actor("alice")
+    await sluice.post(alice, alice.activity())
+    await sluice.post(alice, b"{")
+    await wait_for(upstream.inbox_posts)
+    await asyncio.sleep(0.05)
+    async with sluice.session.get(sluice.url + "/metrics") as response:
+        text = await response.text()
+    assert 'sluice_activities_received_total{result="accepted"} 1.0' in text
+    assert 'sluice_activities_received_total{result="malformed"} 1.0' in text
+    assert "sluice_activities_delivered_total 1.0" in text
+    assert "sluice_delivery_latency_seconds_bucket" in text
+    assert upstream.requests == upstream.inbox_posts()  # /metrics is Sluice's own
+
+
+async def test_admin_api_requires_the_token(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream, monkeypatch: Any
+) -> None:
+    sluice = await sluice_factory()
+    async with sluice.session.get(sluice.url + "/_sluice/api/dead-letters") as response:
+        assert response.status == 403
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
+    sluice = await sluice_factory()
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    await sluice.post(alice, activity)
+    await wait_for(upstream.inbox_posts)
+    api = sluice.url + "/_sluice/api"
+    async with sluice.session.get(api + "/dead-letters") as response:
+        assert response.status == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    async with sluice.session.get(
+        api + "/activities", params={"id": activity["id"]}, headers=auth
+    ) as response:
+        record = await response.json()
+    assert record["state"] == "delivered"
+    assert record["verdict"]["rule"] == "fast path: nothing to check"
+    async with sluice.session.get(api + f"/activities/{record['id']}", headers=auth) as response:
+        assert (await response.json())["ap_id"] == activity["id"]
+    async with sluice.session.post(
+        api + "/dead-letters/replay", json={"all": True}, headers=auth
+    ) as response:
+        assert await response.json() == {"replayed": 0}
+
+
+async def test_two_processes_share_one_queue(
+    sluice_factory: Any, make_config: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    config = make_config()
+    first = await sluice_factory(config)
+    second = await sluice_factory(config)
+    alice = fediverse.actor("alice")
+    sent = [alice.activity() for _ in range(20)]
+    await asyncio.gather(
+        *(s.post(alice, a) for s, a in zip([first, second] * 10, sent, strict=True))
+    )
+    await wait_for(lambda: len(upstream.inbox_posts()) == 20)
+    await asyncio.sleep(0.3)
+    assert sorted(upstream.ids()) == sorted(a["id"] for a in sent)
+
+
+async def test_an_expired_lease_is_taken_over(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    sluice = await sluice_factory(delivery={"lease_seconds": 0.5})
+    pool = sluice.parts.pool
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    body = json.dumps(activity).encode()
+    # A row claimed by a worker that died: its lease runs out, then it is delivered.
+    await pool.execute(
+        "INSERT INTO activity (ap_id, type, actor, object_id, target, headers, body, deadline, "
+        "owner, locked_until) VALUES ($1, 'Create', $2, NULL, '/inbox', $3::jsonb, $4, "
+        "now() + interval '1 hour', 'dead-worker', now() + interval '0.5 seconds')",
+        activity["id"],
+        alice.id,
+        json.dumps([["Host", "social.example"], ["Date", formatdate(usegmt=True)]]),
+        body,
+    )
+    await asyncio.sleep(0.2)
+    assert upstream.inbox_posts() == []
+    [got] = await wait_for(upstream.inbox_posts, timeout=5)
+    assert got.body == body
