@@ -40,6 +40,7 @@ class Sluice:
     flow: Flow
     metrics: Metrics
     inbound: InboundDoor
+    passthrough: Passthrough
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -51,7 +52,6 @@ def build_app(
     """The aiohttp application; resources open and close in ``cleanup_ctx``."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     inbox = inbox_matcher(config.server.inbox_paths)
-    passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
@@ -102,7 +102,8 @@ def build_app(
             max_age=config.signatures.max_age_seconds,
             clock_skew=config.signatures.clock_skew_seconds,
         )
-        app[SLUICE] = Sluice(config, pool, store, flow, metrics, inbound)
+        passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
+        app[SLUICE] = Sluice(config, pool, store, flow, metrics, inbound, passthrough)
         flow.start()
         log.info(
             "started",
@@ -125,7 +126,7 @@ def build_app(
     async def dispatch(request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and inbox.match(request.path):
             return await request.app[SLUICE].inbound.handle(request)
-        return await passthrough.handle(request)
+        return await request.app[SLUICE].passthrough.handle(request)
 
     app.cleanup_ctx.append(lifecycle)
     # Admin routes first: the router falls through to the catch-all for anything else.

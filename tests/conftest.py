@@ -16,10 +16,11 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,14 @@ async def wait_for(
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_cluster() -> Iterator[str]:
+    # Not under pytest's basetemp: pytest resets its permissions to 0700 when another
+    # pytest starts, and PostgreSQL runs as the `pgserver` user when we are root.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    pgdata = Path(tempfile.mkdtemp(prefix="sluice-test-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
 
@@ -150,7 +154,7 @@ async def start_server(app: web.Application, port: int | None = None) -> TestSer
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     recorder = Upstream()
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=32 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", recorder.handle)
     recorder.server = await start_server(app)
     yield recorder
@@ -285,12 +289,17 @@ async def fediverse() -> AsyncIterator[Fediverse]:
 
 
 def config_text(
-    *, listen: str, upstream: str, database_url: str, data_dir: Path, **sections: dict[str, Any]
+    *,
+    listen: str,
+    upstream_url: str,
+    database_url: str,
+    data_dir: Path,
+    **sections: dict[str, Any],
 ) -> str:
     """A TOML file as an admin would write it, loopback allowed for the test peers."""
     base: dict[str, dict[str, Any]] = {
         "server": {"listen": listen},
-        "upstream": {"url": upstream, "timeout_seconds": 5.0},
+        "upstream": {"url": upstream_url, "timeout_seconds": 5.0},
         "database": {"url": database_url},
         "storage": {"data_dir": str(data_dir)},
         "network": {"allow": ["127.0.0.0/8"], "allow_http": True},
@@ -313,8 +322,8 @@ def make_config(tmp_path: Path, database_url: str, upstream: Upstream) -> Callab
         path = tmp_path / f"sluice-{uuid.uuid4().hex[:6]}.toml"
         path.write_text(
             config_text(
-                listen="127.0.0.1:0",
-                upstream=upstream.url,
+                listen="127.0.0.1:8080",  # unused: the tests serve on a port of their own
+                upstream_url=upstream.url,
                 database_url=database_url,
                 data_dir=tmp_path / "data",
                 **sections,

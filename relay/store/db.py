@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
+import os
 import warnings
 from pathlib import Path
 
@@ -39,13 +41,37 @@ class EmbeddedPostgres:
             import pgserver  # imported late: it is heavy and unused with a configured URL
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_handles()
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         return self._server.get_uri()
+
+    def _forget_dead_handles(self) -> None:
+        """pgserver stops the server when its last user exits, counting users by pid in
+        a file; a Sluice killed with -9 stays in that list forever, and the server would
+        then never be stopped. Drop pids that no longer run."""
+        handles = self.pgdata / ".handle_pids.json"
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if _running(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def migrate(pool: asyncpg.Pool) -> list[str]:
