@@ -55,9 +55,10 @@ def build_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
-        pool, embedded = await connect(
+        database = await connect(
             config.database.url, config.storage.data_dir, pool_size=config.database.pool_size
         )
+        pool = database.pool
         policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
         session = client_session(
             policy,
@@ -69,6 +70,7 @@ def build_app(
         )
         store = ActivityStore(
             pool,
+            lazy=database.lazy,
             owner=f"sluice-{uuid.uuid4().hex[:12]}",
             lease_seconds=config.delivery.lease_seconds,
             dedup_window_seconds=config.delivery.dedup_window_seconds,
@@ -110,7 +112,7 @@ def build_app(
             listen=config.server.listen,
             upstream=config.upstream.url,
             owner=store.owner,
-            embedded_database=embedded is not None,
+            embedded_database=database.embedded is not None,
         )
         try:
             yield
@@ -119,9 +121,7 @@ def build_app(
             await deliverer.close()
             await passthrough.close()
             await session.close()
-            await pool.close()
-            if embedded is not None:
-                embedded.stop()
+            await database.close()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and inbox.match(request.path):

@@ -49,10 +49,10 @@ async def _with_store(config_path: str | None, action):  # type: ignore[no-untyp
     from relay.store.activities import ActivityStore
 
     config = load_config(config_path)
-    pool, embedded = await connect(config.database.url, config.storage.data_dir)
+    database = await connect(config.database.url, config.storage.data_dir)
     try:
         store = ActivityStore(
-            pool,
+            database.pool,
             owner="sluice-cli",
             lease_seconds=config.delivery.lease_seconds,
             dedup_window_seconds=config.delivery.dedup_window_seconds,
@@ -60,9 +60,7 @@ async def _with_store(config_path: str | None, action):  # type: ignore[no-untyp
         )
         return await action(store)
     finally:
-        await pool.close()
-        if embedded is not None:
-            embedded.stop()
+        await database.close()
 
 
 def _dead_letters(args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ class Flow:
         self.poll_interval = poll_interval
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._blocked_at = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------
@@ -82,6 +83,16 @@ class Flow:
     def wake(self) -> None:
         """Something may have become claimable (a cancellation, a replay)."""
         self._wake.set()
+
+    def note_blocked(self) -> None:
+        """An activity was stored behind another about the same object."""
+        self._blocked_at = time.monotonic()
+
+    def _finished(self) -> None:
+        # Claiming costs a query: only look at once when something here was waiting
+        # lately; otherwise (or in another process) the poll interval finds it.
+        if time.monotonic() - self._blocked_at < 60:
+            self._wake.set()
 
     # -- loops -----------------------------------------------------------------
 
@@ -148,7 +159,7 @@ class Flow:
                 timings=verdict.timings,
             )
             if verdict.action != Action.DELIVER:
-                self.wake()  # later activities about the same object may proceed
+                self._finished()  # later activities about the same object may proceed
                 return
             item.state = State.QUEUED
         await self._deliver(item)
@@ -172,14 +183,14 @@ class Flow:
             self.metrics.delivered.inc()
             self.metrics.delivery_seconds.observe(max(0.0, time.time() - item.received_at))
             log.info("delivered", seconds=round(result.seconds, 4), **fields)
-            self.wake()
+            self._finished()
         elif is_retryable(result):
             delay = backoff(item.attempts + 1, self.backoff_initial, self.backoff_max)
             state = await self.store.retry(item.id, result.status, result.error or "", delay)
             if state == State.DEAD:
                 self.metrics.dead_lettered.inc()
                 log.warning("dead_lettered", error=result.error, **fields)
-                self.wake()
+                self._finished()
             else:
                 self.metrics.retried.inc()
                 log.info("retry_scheduled", error=result.error, delay=round(delay, 2), **fields)
@@ -188,4 +199,4 @@ class Flow:
             await self.store.refused(item.id, result.status, result.error or "")
             self.metrics.refused.inc()
             log.warning("refused_by_upstream", error=result.error, **fields)
-            self.wake()
+            self._finished()

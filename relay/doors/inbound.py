@@ -125,7 +125,9 @@ class InboundDoor:
             claimed=stored.claimed,
             cancelled=stored.cancelled,
         )
-        if stored.claimed:
+        if not stored.claimed:
+            self.flow.note_blocked()
+        else:
             self.flow.submit(
                 Item(
                     id=stored.id,

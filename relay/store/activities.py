@@ -120,12 +120,14 @@ class ActivityStore:
         self,
         pool: asyncpg.Pool,
         *,
+        lazy: asyncpg.Pool | None = None,
         owner: str,
         lease_seconds: float,
         dedup_window_seconds: float,
         max_age_seconds: float,
     ) -> None:
         self.pool = pool
+        self.lazy = lazy or pool  # synchronous_commit off: see relay.store.db.Database
         self.owner = owner
         self.lease = float(lease_seconds)
         self.dedup_window = float(dedup_window_seconds)
@@ -197,7 +199,7 @@ class ActivityStore:
         """Record the hold's verdict; False when the row left the hold meanwhile."""
         target = verdict.action.state
         done = target != State.QUEUED
-        result = await self._async_commit(
+        result = await self.lazy.execute(
             "UPDATE activity SET state = $3, verdict = $4::jsonb, decided_at = now(), "
             "finished_at = CASE WHEN $5 THEN now() END, "
             "owner = CASE WHEN $5 THEN NULL ELSE owner END, "
@@ -212,7 +214,7 @@ class ActivityStore:
         return result.endswith(" 1")
 
     async def delivered(self, item_id: int, status: int) -> None:
-        await self._async_commit(
+        await self.lazy.execute(
             "UPDATE activity SET state = 'delivered', last_status = $2, attempts = attempts + 1, "
             "finished_at = now(), owner = NULL, locked_until = NULL "
             "WHERE id = $1 AND state = 'queued'",
@@ -222,7 +224,7 @@ class ActivityStore:
 
     async def refused(self, item_id: int, status: int, error: str) -> None:
         """The upstream said no (4xx): recorded, not retried."""
-        await self._async_commit(
+        await self.lazy.execute(
             "UPDATE activity SET state = 'refused', last_status = $2, last_error = $3, "
             "attempts = attempts + 1, finished_at = now(), owner = NULL, locked_until = NULL "
             "WHERE id = $1 AND state = 'queued'",
@@ -233,7 +235,7 @@ class ActivityStore:
 
     async def retry(self, item_id: int, status: int | None, error: str, delay: float) -> State:
         """Schedule another attempt, or dead-letter the row once past its deadline."""
-        state = await self.pool.fetchval(
+        state = await self.lazy.fetchval(
             "UPDATE activity SET attempts = attempts + 1, last_status = $2, last_error = $3, "
             "  state = CASE WHEN now() + make_interval(secs => $4) > deadline "
             "               THEN 'dead' ELSE 'queued' END, "
@@ -256,14 +258,6 @@ class ActivityStore:
             item_id,
             self.owner,
         )
-
-    async def _async_commit(self, query: str, *args: Any) -> str:
-        # A state change after the 202 may be lost only if PostgreSQL itself crashes,
-        # and then the activity is delivered again (at least once); a Sluice crash
-        # loses nothing. Skipping the WAL flush keeps delivery off the fsync path.
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            return await conn.execute(query, *args)
 
     # -- admin ---------------------------------------------------------------
 

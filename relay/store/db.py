@@ -7,6 +7,7 @@ import importlib.resources
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -14,7 +15,7 @@ import structlog
 
 from relay.errors import SluiceError
 
-__all__ = ["EmbeddedPostgres", "connect", "migrate"]
+__all__ = ["Database", "EmbeddedPostgres", "connect", "migrate"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,11 @@ class EmbeddedPostgres:
             self._server = None
 
 
+async def _keep(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset round trip on every release: Sluice leaves no session state
+    behind (its settings are per pool, its locks per transaction)."""
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -103,17 +109,46 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
     return applied
 
 
-async def connect(
-    url: str, data_dir: Path, *, pool_size: int = 10
-) -> tuple[asyncpg.Pool, EmbeddedPostgres | None]:
-    """Open a pool (starting embedded PostgreSQL when ``url`` is empty) and migrate."""
+@dataclass
+class Database:
+    """Two pools on one database.
+
+    ``pool`` commits synchronously: the inbound door answers 202 only after the
+    activity is on disk. ``lazy`` skips the WAL flush for the state changes that
+    follow (verdicts, deliveries): a Sluice crash loses none of them, and a
+    PostgreSQL crash at worst makes an activity be delivered again (at least
+    once), which keeps delivery off the fsync path.
+    """
+
+    pool: asyncpg.Pool
+    lazy: asyncpg.Pool
+    embedded: EmbeddedPostgres | None
+
+    async def close(self) -> None:
+        await self.lazy.close()
+        await self.pool.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+async def connect(url: str, data_dir: Path, *, pool_size: int = 10) -> Database:
+    """Open the pools (starting embedded PostgreSQL when ``url`` is empty) and migrate."""
     embedded = None
     if not url:
         embedded = EmbeddedPostgres(data_dir)
         url = await asyncio.to_thread(embedded.start)
     try:
-        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size)
+        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, reset=_keep)
+        lazy = await asyncpg.create_pool(
+            url,
+            min_size=2,
+            max_size=pool_size,
+            reset=_keep,
+            server_settings={"synchronous_commit": "off"},
+        )
     except (OSError, asyncpg.PostgresError) as exc:
+        if embedded is not None:
+            embedded.stop()
         raise SluiceError(f"cannot connect to PostgreSQL: {exc}") from exc
     await migrate(pool)
-    return pool, embedded
+    return Database(pool, lazy, embedded)
