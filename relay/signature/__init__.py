@@ -1,0 +1,79 @@
+"""Who sent this? HTTP signatures on requests, and signatures carried inside objects.
+
+Requests: draft-cavage-12 ``Signature`` (what Mastodon, Misskey, Pleroma send) or RFC 9421
+``Signature-Input``/``Signature`` (Mastodon 4.5+, Fedify). Objects relayed on behalf of
+someone else: Mastodon's RsaSignature2017 or a FEP-8b32 eddsa-jcs-2022 proof.
+
+Every refusal raises relay.errors.SignatureError whose message is safe to return to the
+sender: it names the reason, never our internals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from relay.errors import SignatureError
+from relay.signature import linked_data, proof
+from relay.signature.cavage import header_getter, sign_cavage, verify_cavage
+from relay.signature.keys import KeyCache, KeyResolver, PublicKey, Verified
+from relay.signature.linked_data import sign_ld
+from relay.signature.proof import sign_proof
+from relay.signature.rfc9421 import sign_rfc9421, verify_rfc9421
+
+__all__ = [
+    "KeyCache",
+    "KeyResolver",
+    "PublicKey",
+    "Verified",
+    "sign_cavage",
+    "sign_ld",
+    "sign_proof",
+    "sign_rfc9421",
+    "verify_object",
+    "verify_request",
+]
+
+
+async def verify_request(
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    keys: KeyResolver,
+    *,
+    now: float | None = None,
+    max_age: float = 43200,
+    clock_skew: float = 3600,
+) -> Verified:
+    """Verify a request's HTTP signature and say who signed it.
+
+    `target` is the path and query as received; `headers` a case-insensitive mapping
+    (aiohttp's) or a plain dict. RFC 9421 is used when Signature-Input is present,
+    else draft-cavage. Raises SignatureError (KeyFetchError when the key is unreachable).
+    """
+    get = header_getter(headers)
+    when = time.time() if now is None else now
+    limits = {"now": when, "max_age": max_age, "clock_skew": clock_skew}
+    if get("signature-input") is not None:
+        return await verify_rfc9421(method, target, headers, get, body, keys, **limits)
+    return await verify_cavage(method, target, get, body, keys, **limits)
+
+
+async def verify_object(document: Mapping[str, Any], actor_id: str, keys: KeyResolver) -> str:
+    """Verify a signature carried by an object itself; return which kind it was.
+
+    Used for activities relayed by someone other than their actor, where the HTTP
+    signature proves only the relaying server. A FEP-8b32 eddsa-jcs-2022 proof is
+    preferred (cheap, no JSON-LD); else a Mastodon RsaSignature2017. The signing key
+    must belong to `actor_id`.
+    """
+    if proof.find_proof(document) is not None:
+        await proof.verify_proof(document, actor_id, keys)
+        return proof.CRYPTOSUITE
+    signature = document.get("signature")
+    if isinstance(signature, Mapping) and signature.get("type") == linked_data.SIGNATURE_TYPE:
+        await linked_data.verify_ld(document, actor_id, keys)
+        return linked_data.SIGNATURE_TYPE
+    raise SignatureError("object carries no RsaSignature2017 signature or eddsa-jcs-2022 proof")
