@@ -29,9 +29,14 @@ log = structlog.get_logger(__name__)
 
 
 def inbox_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
-    """One regex for the configured globs; ``*`` stands for exactly one path segment."""
+    """One regex for the configured globs; ``*`` stands for exactly one path segment.
+
+    Matching is as lenient as the servers behind us: any case, a trailing slash, a
+    format suffix (Rails routes ``/inbox.json`` to the inbox). A spelling the
+    instance accepts but Sluice did not recognise would pass through unchecked.
+    """
     parts = [re.escape(p).replace(r"\*", "[^/]+") for p in patterns]
-    return re.compile("^(?:" + "|".join(parts) + ")/?$")
+    return re.compile("^(?:" + "|".join(parts) + r")(?:\.[^/.]+)?/?$", re.IGNORECASE)
 
 
 class InboundDoor:

@@ -28,9 +28,11 @@ _HELD = [s.value for s in HELD]
 #: Activities that take back an earlier one: they cancel it if it is still held.
 CANCELLING_TYPES = frozenset({"Delete", "Undo"})
 
-# One statement, one round trip: suppress a duplicate, cancel what a Delete/Undo
-# takes back, store the activity, and claim it for this worker unless an earlier
-# activity about the same object is still pending (then the poller takes it later).
+# One statement, one round trip: suppress a duplicate; cancel what a Delete or Undo
+# takes back (a Delete: the held Create and Updates of its object; an Undo: the held
+# activity it undoes; both only by the same actor); store the activity; and claim it
+# for this worker unless an earlier activity about the same object is still pending
+# (then the poller takes it once that one is done).
 _INSERT = f"""
 WITH fresh AS (
     INSERT INTO seen (key) VALUES ($1)
@@ -40,8 +42,9 @@ WITH fresh AS (
 ), cancelled AS (
     UPDATE activity SET state = 'cancelled', finished_at = now(),
            last_error = 'cancelled by ' || $4 || ' ' || coalesce($3, '(no id)')
-    WHERE $5::boolean AND state = ANY('{{{",".join(_HELD)}}}')
-      AND (object_id = $8 OR ap_id = $8) AND actor = $6
+    WHERE $5::boolean AND state = ANY('{{{",".join(_HELD)}}}') AND actor = $6
+      AND (($4 = 'Delete' AND object_id = $8 AND type IN ('Create', 'Update'))
+           OR ($4 = 'Undo' AND ap_id = $8))
       AND EXISTS (SELECT 1 FROM fresh)
     RETURNING id
 ), blocked AS (

@@ -526,3 +526,44 @@ async def test_an_expired_lease_is_taken_over(
     assert upstream.inbox_posts() == []
     [got] = await wait_for(upstream.inbox_posts, timeout=5)
     assert got.body == body
+
+
+async def test_delete_leaves_held_likes_alone(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(checks=(gate,))
+    alice = fediverse.actor("alice")
+    note = f"{alice.id}/statuses/liked"
+    like = alice.activity("Like", obj=note)
+    gate.held.add(like["id"])
+    assert (await sluice.post(alice, like))[0] == 202
+    assert (await sluice.post(alice, alice.activity("Delete", obj=note)))[0] == 202
+    await asyncio.sleep(0.2)
+    assert (await sluice.parts.store.get(like["id"]))["state"] == "received"
+    gate.opened.set()
+    await wait_for(lambda: len(upstream.inbox_posts()) == 2)
+
+
+@pytest.mark.parametrize(
+    ("path", "inbox"),
+    [
+        ("/inbox", True),
+        ("/users/alice/inbox", True),
+        ("/users/alice/inbox/", True),
+        ("/users/Alice/INBOX", True),
+        ("/users/alice/inbox.json", True),  # Rails format suffix: Mastodon routes it
+        ("/c/cats/inbox", True),
+        ("/site_inbox", True),
+        ("/users/alice/outbox", False),
+        ("/users/alice/inbox/extra", False),
+        ("/users/a/b/inbox", False),
+        ("/api/v1/statuses", False),
+    ],
+)
+def test_inbox_paths_match_every_spelling_the_instance_accepts(path: str, inbox: bool) -> None:
+    from relay.config import load_config
+    from relay.doors.inbound import inbox_matcher
+
+    matcher = inbox_matcher(load_config(None).server.inbox_paths)
+    assert bool(matcher.match(path)) is inbox
