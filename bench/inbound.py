@@ -164,6 +164,13 @@ async def throughput(session, target: str, upstream: str, batch, concurrency: in
     return len(batch) / (time.perf_counter() - started)
 
 
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) > 1 else values[0]
 
@@ -224,6 +231,7 @@ async def main(args: argparse.Namespace) -> None:
         via_rate = await throughput(
             session, target, upstream, sender.make(args.burst), args.concurrency
         )
+    peak_rss = _peak_rss_mib(sluice.pid)
     sluice.terminate()
     await sluice.wait()
     child.terminate()
@@ -247,6 +255,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"added latency                   p50 {added50:7.2f} ms  p99 {added99:7.2f} ms")
     print(f"throughput direct      {direct_rate:8.0f} activities/s")
     print(f"throughput via Sluice  {via_rate:8.0f} activities/s (stored durably, then forwarded)")
+    print(f"Sluice peak RSS {peak_rss:.0f} MiB (VmHWM; PostgreSQL's processes not counted)")
     print(
         f"ratio via/direct: latency p50 x{pct(via, 50) / pct(direct, 50):.2f}, "
         f"throughput x{via_rate / direct_rate:.2f}"
