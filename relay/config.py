@@ -126,6 +126,36 @@ class DeliveryConfig:
 class HoldConfig:
     max_seconds: float
     on_timeout: str
+    on_error: str
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    max_bytes: int
+    max_pixels: int
+    max_refs: int
+    per_host_concurrency: int
+    fetch_timeout_seconds: float
+    cache_seconds: int
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    key_file: Path | None
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    name: str
+    category: str
+    pdq_max_distance: int
+    dihedral: bool
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    match: str
+    action: str
 
 
 @dataclass(frozen=True)
@@ -153,6 +183,10 @@ class Config:
     hold: HoldConfig
     admin: AdminConfig
     log: LogConfig
+    media: MediaConfig
+    evidence: EvidenceConfig
+    bank: tuple[BankConfig, ...]
+    rule: tuple[RuleConfig, ...]
     source: str  # the file read, or "<defaults>"
 
 
@@ -282,6 +316,21 @@ def not_negative(value: float) -> str | None:
 
 def not_empty(value: str | list[Any]) -> str | None:
     return None if value else "must not be empty"
+
+
+def at_most(limit: int) -> Check:
+    def check(value: int) -> str | None:
+        if not 0 <= value <= limit:
+            return f"must be between 0 and {limit}"
+        return None
+
+    return check
+
+
+def bank_name(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        return "letters, digits, `_`, `.` and `-` only (rules refer to it by this name)"
+    return None
 
 
 def one_of(*choices: str) -> Check:
@@ -481,6 +530,9 @@ SCHEMA: tuple[Section, ...] = (
               check=positive),
         Field("on_timeout", STRING, "review", "what happens when the checks take too long",
               check=one_of("deliver", "review", "reject")),
+        Field("on_error", STRING, "review",
+              "what happens when media cannot be fetched or decoded after retries",
+              check=one_of("deliver", "review", "reject")),
     ), "Holding activities until their checks are done."),
     Section("admin", AdminConfig, (
         Field("token_file", OPTIONAL_PATH, "",
@@ -490,7 +542,45 @@ SCHEMA: tuple[Section, ...] = (
         Field("level", STRING, "info", "the least severe level logged",
               check=one_of("debug", "info", "warning", "error")),
     ), "Logging."),
+    Section("media", MediaConfig, (
+        Field("max_bytes", INTEGER, 33_554_432, "largest media file fetched (32 MiB)",
+              check=positive),
+        Field("max_pixels", INTEGER, 50_000_000, "larger images are decompression bombs",
+              check=positive),
+        Field("max_refs", INTEGER, 32, "media URLs checked per activity; more: on_error",
+              check=positive),
+        Field("per_host_concurrency", INTEGER, 4, "simultaneous fetches from one host",
+              check=positive),
+        Field("fetch_timeout_seconds", NUMBER, 30.0, "the longest one media fetch may take",
+              check=positive),
+        Field("cache_seconds", INTEGER, 86_400,
+              "how long a URL's or a file's result is reused without fetching again",
+              check=not_negative),
+    ), "Fetching and hashing the media of held activities."),
+    Section("evidence", EvidenceConfig, (
+        Field("key_file", OPTIONAL_PATH, "",
+              "file with the 32-byte AES-GCM key that encrypts quarantined evidence"),
+    ), "Evidence kept for quarantined activities."),
+    Section("bank", BankConfig, (
+        Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",
+              check=bank_name),
+        Field("category", STRING, REQUIRED, "what it lists: csam, ncii, terrorism, unwanted…",
+              check=not_empty),
+        Field("pdq_max_distance", INTEGER, 31, "PDQ matches within this Hamming distance",
+              check=at_most(128)),
+        Field("dihedral", BOOLEAN, False, "also match rotated and flipped copies"),
+    ), "Hash lists to match media against.", array=True),
+    Section("rule", RuleConfig, (
+        Field("match", STRING, REQUIRED,
+              "a bank name, category:NAME, or signal:unchecked (media that cannot be hashed)",
+              check=not_empty),
+        Field("action", STRING, REQUIRED, "what to do when it fires",
+              check=one_of("deliver", "review", "reject", "quarantine")),
+    ), "The policy: the strongest action among the rules that fire wins.", array=True),
 )
+
+#: Rule targets that are not banks: signals the media checks raise themselves.
+SIGNAL_MATCHES = ("signal:unchecked",)
 # fmt: on
 
 
@@ -827,7 +917,41 @@ class _Checker:
                     table = self.table(section, raw, path)
                     if table is not None:
                         built[section.name] = table
+        self.relations(built)
         return built
+
+    def relations(self, built: dict[str, Any]) -> None:
+        """Checks across tables: rules name configured banks; quarantine has its key."""
+        banks = built.get("bank") or ()
+        seen: set[str] = set()
+        for index, bank in enumerate(banks):
+            if bank.name in seen:
+                self.problem(("bank", index, "name"), f"a bank named `{bank.name}` exists already")
+            seen.add(bank.name)
+        categories = {b.category for b in banks}
+        targets = sorted(seen) + [f"category:{c}" for c in sorted(categories)]
+        for index, rule in enumerate(built.get("rule") or ()):
+            match = rule.match
+            known = (
+                match in seen
+                or match in SIGNAL_MATCHES
+                or (match.startswith("category:") and match[9:] in categories)
+            )
+            if not known:
+                hint = difflib.get_close_matches(match, targets + list(SIGNAL_MATCHES), n=1)
+                what = "category" if match.startswith("category:") else "bank"
+                message = f"no [[bank]] {what} `{match}`"
+                message += f"; did you mean `{hint[0]}`?" if hint else (
+                    f" (configured: {', '.join(targets) or 'none'})"
+                )
+                self.problem(("rule", index, "match"), message)
+            if rule.action == "quarantine":
+                evidence = built.get("evidence")
+                if evidence is not None and evidence.key_file is None:
+                    self.problem(
+                        ("rule", index, "action"),
+                        "quarantine keeps encrypted evidence: set [evidence] key_file",
+                    )
 
     def table(self, section: Section, raw: dict[str, Any], path: KeyPath) -> Any:
         names = [f.name for f in section.fields]
