@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from relay.errors import DecodeError
 
@@ -22,6 +23,10 @@ def _id_of(value: Any) -> str | None:
     if isinstance(value, list) and len(value) == 1:
         return _id_of(value[0])
     return None
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc.lower()
 
 
 def _type_of(value: Any) -> str | None:
@@ -42,11 +47,15 @@ class Activity:
 
     @property
     def dedup_key(self) -> str:
-        """The activity id, or a digest of the document for id-less (transient) activities."""
+        """The actor and the activity id (or a digest of an id-less, transient document).
+
+        Keyed on the actor too, so that nobody can pre-empt another actor's activity
+        by sending something else under its (predictable) id first.
+        """
         if self.id:
-            return self.id
+            return f"{self.actor} {self.id}"
         canonical = json.dumps(self.document, sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+        return f"{self.actor} sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def parse_activity(body: bytes) -> Activity:
@@ -66,6 +75,9 @@ def parse_activity(body: bytes) -> Activity:
     ident = document.get("id")
     if ident is not None and not isinstance(ident, str):
         raise DecodeError("activity `id` is not a string")
+    if ident is not None and _host(ident) != _host(actor):
+        # Mastodon refuses these too: an actor may only speak for ids of its own server.
+        raise DecodeError(f"activity id {ident} is not on the actor's host {_host(actor)}")
     obj = document.get("object")
     return Activity(
         id=ident,

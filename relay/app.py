@@ -14,7 +14,7 @@ from aiohttp import web
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor
-from relay.doors.inbound import InboundDoor, inbox_matcher
+from relay.doors.inbound import InboundDoor, inbox_matcher, normalized_path
 from relay.doors.passthrough import Passthrough
 from relay.flow import Flow
 from relay.hold import Check, Hold
@@ -124,7 +124,7 @@ def build_app(
             await database.close()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and inbox.match(request.path):
+        if request.method == "POST" and inbox.match(normalized_path(request.path)):
             return await request.app[SLUICE].inbound.handle(request)
         return await request.app[SLUICE].passthrough.handle(request)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 __all__ = ["Delivery", "HttpUpstream", "Upstream", "is_retryable"]
 
@@ -61,18 +62,24 @@ class HttpUpstream(Upstream):
         started = time.perf_counter()
         try:
             async with self.session.post(
-                self.base + target, data=body, headers=list(headers), allow_redirects=False
+                URL(self.base + target, encoded=True),
+                data=body,
+                headers=list(headers),
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 error = None
+                body = await response.read()
                 if status >= 300:
-                    error = f"upstream answered {status}: {(await response.text())[:200]}"
-                else:
-                    await response.read()
+                    # The sender's Accept-Encoding went along: the page may be compressed.
+                    snippet = body[:200].decode("utf-8", errors="replace")
+                    error = f"upstream answered {status}: {snippet}"
         except TimeoutError:
             return Delivery(None, "upstream timed out", time.perf_counter() - started)
         except aiohttp.ClientError as exc:
             return Delivery(None, f"upstream unreachable: {exc}", time.perf_counter() - started)
+        except Exception as exc:  # never let a delivery fault strand the row
+            return Delivery(None, f"delivery failed: {exc!r}", time.perf_counter() - started)
         return Delivery(status, error, time.perf_counter() - started)
 
     async def close(self) -> None:

@@ -58,26 +58,49 @@ class Flow:
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._blocked_at = float("-inf")
-        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._loops: list[asyncio.Task[None]] = []
+        #: Rows this process holds the lease of (queued here or being worked on):
+        #: the only ones whose leases it renews.
+        self.held: set[int] = set()
+        self._busy = 0
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
-        self._tasks.append(asyncio.create_task(self._poller()))
-        self._tasks.append(asyncio.create_task(self._housekeeper()))
+        self._workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        self._loops = [
+            asyncio.create_task(self._poller()),
+            asyncio.create_task(self._housekeeper()),
+        ]
 
-    async def stop(self) -> None:
-        for task in self._tasks:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work, let deliveries in flight finish, give the rest back."""
+        self._stopping = True
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        # Whatever is still in memory goes back to the database for the next process.
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        # A delivery cut short would be sent again by the next process: let it end.
+        deadline = time.monotonic() + grace
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
         while not self.queue.empty():
-            await self.store.release(self.queue.get_nowait().id)
+            item = self.queue.get_nowait()
+            await self.store.release(item.id)
+            self.held.discard(item.id)
+
+    def has_room(self) -> bool:
+        """Whether the door should claim what it stores: bounded memory, shared work."""
+        return not self._stopping and self.queue.qsize() < 4 * self.concurrency
 
     def submit(self, item: Item) -> None:
         """Hand over an activity this process claimed when storing it."""
+        self.held.add(item.id)
         self.queue.put_nowait(item)
 
     def wake(self) -> None:
@@ -97,15 +120,24 @@ class Flow:
     # -- loops -----------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             item = await self.queue.get()
+            self._busy += 1
             try:
                 await self.process(item)
             except asyncio.CancelledError:
                 await asyncio.shield(self.store.release(item.id))
                 raise
-            except Exception:  # the lease expires and another attempt follows
+            except Exception:
+                # Give the row back with a pause, so a persistent fault is neither a
+                # row stuck in this process nor a tight loop.
                 log.exception("flow_error", row=item.id, activity_id=item.ap_id)
+                delay = backoff(item.attempts + 1, self.backoff_initial, self.backoff_max)
+                with contextlib.suppress(Exception):
+                    await self.store.release(item.id, delay=delay)
+            finally:
+                self._busy -= 1
+                self.held.discard(item.id)
 
     async def _poller(self) -> None:
         while True:
@@ -118,7 +150,7 @@ class Flow:
                 continue
             try:
                 for item in await self.store.claim(room):
-                    self.queue.put_nowait(item)
+                    self.submit(item)
             except Exception:
                 log.exception("claim_failed")
 
@@ -128,12 +160,13 @@ class Flow:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.store.renew_leases()
+                await self.store.renew_leases(list(self.held))
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     await self.store.prune_seen()
-                    for state, n in (await self.store.counts()).items():
-                        self.metrics.held.labels(state).set(n)
+                    counts = await self.store.counts()
+                    for state in State:
+                        self.metrics.held.labels(state.value).set(counts.get(state.value, 0))
             except Exception:
                 log.exception("housekeeping_failed")
 
@@ -187,7 +220,9 @@ class Flow:
         elif is_retryable(result):
             delay = backoff(item.attempts + 1, self.backoff_initial, self.backoff_max)
             state = await self.store.retry(item.id, result.status, result.error or "", delay)
-            if state == State.DEAD:
+            if state is None:
+                log.warning("lease_lost", **fields)
+            elif state == State.DEAD:
                 self.metrics.dead_lettered.inc()
                 log.warning("dead_lettered", error=result.error, **fields)
                 self._finished()

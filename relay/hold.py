@@ -56,7 +56,12 @@ class Hold:
 
     async def decide(self, activity: Activity) -> Verdict:
         started = time.perf_counter()
-        applicable = [c for c in self.checks if c.applies(activity)]
+        try:
+            applicable = [c for c in self.checks if c.applies(activity)]
+        except Exception as exc:  # a check that cannot even tell is an error signal
+            log.warning("check_applies_failed", activity_id=activity.id, error=str(exc))
+            signal = Signal("error", "hold", {"error": f"a check failed to start: {exc}"})
+            return self.policy.decide([signal])
         if not applicable:
             return Verdict(Action.DELIVER, "fast path: nothing to check")
         try:

@@ -32,6 +32,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from yarl import URL
 
 from relay.app import SLUICE, Sluice, build_app
 from relay.config import Config, load_config
@@ -137,7 +138,7 @@ class Upstream:
         body = await request.read()
         if self.delay:
             await asyncio.sleep(self.delay)
-        received = Received(request.method, request.path_qs, dict(request.headers), body)
+        received = Received(request.method, request.raw_path, dict(request.headers), body)
         if self.status < 300:
             self.requests.append(received)
         else:
@@ -361,7 +362,8 @@ class Running:
     ) -> tuple[int, str]:
         body = activity if isinstance(activity, bytes) else json.dumps(activity).encode()
         headers = actor.sign(f"https://{host}{path}", body, scheme=scheme, **sign_kwargs)
-        async with self.session.post(self.url + path, data=body, headers=headers) as response:
+        url = URL(self.url + path, encoded=True)  # as signed, byte for byte
+        async with self.session.post(url, data=body, headers=headers) as response:
             return response.status, await response.text()
 
 

@@ -82,7 +82,10 @@ class AdminDoor:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        limit = min(1000, int(request.query.get("limit", "100")))
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return web.json_response({"error": "limit must be a number"}, status=400)
         return web.json_response({"dead_letters": await self._store(request).dead_letters(limit)})
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -92,6 +95,8 @@ class AdminDoor:
             payload = await request.json()
         except ValueError:
             return web.json_response({"error": "body is not JSON"}, status=400)
+        if not isinstance(payload, dict):
+            payload = {}
         if payload.get("all") is True:
             ids = None
         elif isinstance(payload.get("ids"), list) and all(

@@ -7,6 +7,7 @@ what is checked: every stored activity gets the same 202.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
 from collections.abc import Iterable
@@ -37,6 +38,14 @@ def inbox_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
     """
     parts = [re.escape(p).replace(r"\*", "[^/]+") for p in patterns]
     return re.compile("^(?:" + "|".join(parts) + r")(?:\.[^/.]+)?/?$", re.IGNORECASE)
+
+
+def normalized_path(path: str) -> str:
+    """The path as the instance's router will see it: repeated slashes collapsed and
+    dot-segments resolved (Rails and nginx both do), so ``//inbox`` is still an inbox."""
+    collapsed = re.sub("/{2,}", "/", path)
+    normal = posixpath.normpath(collapsed)
+    return normal + "/" if collapsed.endswith("/") and normal != "/" else normal
 
 
 class InboundDoor:
@@ -75,7 +84,7 @@ class InboundDoor:
             return _refuse(413, f"body too large: {exc.text}")
         envelope = Envelope(
             method=request.method,
-            target=request.path_qs,
+            target=request.raw_path,  # raw: what the sender signed, byte for byte
             headers=tuple(forwardable_headers(request.headers)),
             body=body,
             remote=request.remote,
@@ -117,6 +126,7 @@ class InboundDoor:
             activity,
             signer=verified.signer if verified else None,
             key_id=verified.key_id if verified else None,
+            claim=self.flow.has_room(),
         )
         if stored is None:
             self.metrics.received.labels("duplicate").inc()
@@ -132,6 +142,7 @@ class InboundDoor:
         )
         if not stored.claimed:
             self.flow.note_blocked()
+            self.flow.wake()
         else:
             self.flow.submit(
                 Item(

@@ -6,14 +6,29 @@ then pages, API calls and media must pass as if Sluice were not there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from relay.envelope import HOP_BY_HOP
 
 __all__ = ["Passthrough"]
 
 _CHUNK = 64 * 1024
+
+
+def _end_to_end(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Headers without the hop-by-hop ones, including those the Connection header names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])  # type: ignore[attr-defined]
+        for token in value.split(",")
+    }
+    return [
+        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
+    ]
 
 
 class Passthrough:
@@ -26,22 +41,29 @@ class Passthrough:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        if request.remote and not any(k.lower() == "x-forwarded-for" for k, _ in headers):
-            headers.append(("X-Forwarded-For", request.remote))
+        headers = _end_to_end(request.headers)
+        # Append, never trust: a client talking to Sluice directly must not choose the
+        # address the instance rate-limits by.
+        forwarded = request.headers.get("X-Forwarded-For")
+        if request.remote:
+            headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
+            chain = f"{forwarded}, {request.remote}" if forwarded else request.remote
+            headers.append(("X-Forwarded-For", chain))
+        if request.content_length is not None:  # keep it: some servers refuse chunked uploads
+            headers.append(("Content-Length", str(request.content_length)))
         body = request.content if request.body_exists else None
+        response: web.StreamResponse | None = None
         try:
             async with self.session.request(
                 request.method,
-                self.base + request.path_qs,
+                URL(self.base + request.raw_path, encoded=True),  # byte for byte
                 headers=headers,
                 data=body,
                 allow_redirects=False,
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in upstream.headers.items():
-                    if name.lower() not in HOP_BY_HOP:
-                        response.headers.add(name, value)
+                for name, value in _end_to_end(upstream.headers):
+                    response.headers.add(name, value)
                 if upstream.headers.get("Content-Length") is not None:
                     response.content_length = int(upstream.headers["Content-Length"])
                 await response.prepare(request)
@@ -50,6 +72,10 @@ class Passthrough:
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if response is not None and response.prepared:
+                # Part of the answer is out: a second one would corrupt the stream.
+                # Raising makes aiohttp drop the connection, so the client sees the cut.
+                raise
             return web.json_response(
                 {"error": f"upstream unreachable: {exc or type(exc).__name__}"}, status=502
             )

@@ -18,7 +18,7 @@ import asyncpg
 
 from relay.activity import Activity, parse_activity
 from relay.envelope import Envelope
-from relay.state import HELD, PENDING, State
+from relay.state import HELD, PENDING, TERMINAL, State
 from relay.verdict import Verdict
 
 __all__ = ["ActivityStore", "Item"]
@@ -30,9 +30,10 @@ CANCELLING_TYPES = frozenset({"Delete", "Undo"})
 
 # One statement, one round trip: suppress a duplicate; cancel what a Delete or Undo
 # takes back (a Delete: the held Create and Updates of its object; an Undo: the held
-# activity it undoes; both only by the same actor); store the activity; and claim it
-# for this worker unless an earlier activity about the same object is still pending
-# (then the poller takes it once that one is done).
+# activity it undoes; both only by the same, verified actor); store the activity; and
+# claim it for this worker unless an earlier activity of the same actor about the same
+# object is still pending (then the poller takes it once that one is done). Two
+# activities about one object arriving in the same instant may not see each other.
 _INSERT = f"""
 WITH fresh AS (
     INSERT INTO seen (key) VALUES ($1)
@@ -42,7 +43,8 @@ WITH fresh AS (
 ), cancelled AS (
     UPDATE activity SET state = 'cancelled', finished_at = now(),
            last_error = 'cancelled by ' || $4 || ' ' || coalesce($3, '(no id)')
-    WHERE $5::boolean AND state = ANY('{{{",".join(_HELD)}}}') AND actor = $6
+    WHERE $5::boolean AND $7::text IS NOT NULL
+      AND state = ANY('{{{",".join(_HELD)}}}') AND actor = $6
       AND (($4 = 'Delete' AND object_id = $8 AND type IN ('Create', 'Update'))
            OR ($4 = 'Undo' AND ap_id = $8))
       AND EXISTS (SELECT 1 FROM fresh)
@@ -50,7 +52,7 @@ WITH fresh AS (
 ), blocked AS (
     SELECT EXISTS (
         SELECT 1 FROM activity
-        WHERE $8::text IS NOT NULL AND (object_id = $8 OR ap_id = $8)
+        WHERE $8::text IS NOT NULL AND (object_id = $8 OR ap_id = $8) AND actor = $6
           AND state = ANY('{{{",".join(_PENDING)}}}')
           AND id NOT IN (SELECT id FROM cancelled)
     ) AS b
@@ -60,8 +62,9 @@ INSERT INTO activity (ap_id, type, actor, signer, key_id, object_id, target, hea
 SELECT $3::text, $4::text, $6::text, $7::text, $9::text, $8::text, $10::text, $11::jsonb,
        $12::bytea, $13::text, to_timestamp($14::float8),
        to_timestamp($14::float8) + make_interval(secs => $15::float8),
-       CASE WHEN blocked.b THEN NULL ELSE $16::text END,
-       CASE WHEN blocked.b THEN NULL ELSE now() + make_interval(secs => $17::float8) END
+       CASE WHEN blocked.b OR NOT $18 THEN NULL ELSE $16::text END,
+       CASE WHEN blocked.b OR NOT $18 THEN NULL
+            ELSE now() + make_interval(secs => $17::float8) END
 FROM fresh, blocked
 RETURNING id, owner IS NOT NULL AS claimed, (SELECT count(*) FROM cancelled) AS cancelled
 """
@@ -74,7 +77,7 @@ WITH c AS (
       AND NOT EXISTS (
           SELECT 1 FROM activity p
           WHERE a.object_id IS NOT NULL AND p.id < a.id
-            AND (p.object_id = a.object_id OR p.ap_id = a.object_id)
+            AND (p.object_id = a.object_id OR p.ap_id = a.object_id) AND p.actor = a.actor
             AND p.state = ANY('{{{",".join(_PENDING)}}}'))
     ORDER BY a.next_attempt_at, a.id
     LIMIT $2
@@ -143,8 +146,13 @@ class ActivityStore:
         *,
         signer: str | None,
         key_id: str | None,
+        claim: bool = True,
     ) -> Stored | None:
-        """Commit the activity; None when it is a duplicate within the window."""
+        """Commit the activity; None when it is a duplicate within the window.
+
+        With ``claim`` the row is leased to this worker at once (the fast path);
+        without, the poller of any process takes it.
+        """
         row = await self.pool.fetchrow(
             _INSERT,
             activity.dedup_key,
@@ -164,6 +172,7 @@ class ActivityStore:
             self.max_age,
             self.owner,
             self.lease,
+            claim,
         )
         if row is None:
             return None
@@ -188,12 +197,15 @@ class ActivityStore:
             for r in rows
         ]
 
-    async def renew_leases(self) -> int:
-        """Extend every lease this worker holds; run well within ``lease_seconds``."""
-        result = await self.pool.execute(
-            "UPDATE activity SET locked_until = now() + make_interval(secs => $2) "
-            "WHERE owner = $1 AND locked_until IS NOT NULL AND state IN ('received', 'queued')",
+    async def renew_leases(self, ids: list[int]) -> int:
+        """Extend the leases of the rows this worker still has in hand."""
+        if not ids:
+            return 0
+        result = await self.lazy.execute(
+            "UPDATE activity SET locked_until = now() + make_interval(secs => $3) "
+            "WHERE id = ANY($2::bigint[]) AND owner = $1",
             self.owner,
+            ids,
             self.lease,
         )
         return int(result.split()[-1])
@@ -204,7 +216,7 @@ class ActivityStore:
         done = target != State.QUEUED
         result = await self.lazy.execute(
             "UPDATE activity SET state = $3, verdict = $4::jsonb, decided_at = now(), "
-            "finished_at = CASE WHEN $5 THEN now() END, "
+            "finished_at = CASE WHEN $6 THEN now() END, "
             "owner = CASE WHEN $5 THEN NULL ELSE owner END, "
             "locked_until = CASE WHEN $5 THEN NULL ELSE locked_until END "
             "WHERE id = $1 AND owner = $2 AND state = 'received'",
@@ -213,6 +225,7 @@ class ActivityStore:
             target.value,
             json.dumps(verdict.as_json()),
             done,
+            target in TERMINAL,
         )
         return result.endswith(" 1")
 
@@ -220,9 +233,10 @@ class ActivityStore:
         await self.lazy.execute(
             "UPDATE activity SET state = 'delivered', last_status = $2, attempts = attempts + 1, "
             "finished_at = now(), owner = NULL, locked_until = NULL "
-            "WHERE id = $1 AND state = 'queued'",
+            "WHERE id = $1 AND state = 'queued' AND owner = $3",
             item_id,
             status,
+            self.owner,
         )
 
     async def refused(self, item_id: int, status: int, error: str) -> None:
@@ -230,13 +244,16 @@ class ActivityStore:
         await self.lazy.execute(
             "UPDATE activity SET state = 'refused', last_status = $2, last_error = $3, "
             "attempts = attempts + 1, finished_at = now(), owner = NULL, locked_until = NULL "
-            "WHERE id = $1 AND state = 'queued'",
+            "WHERE id = $1 AND state = 'queued' AND owner = $4",
             item_id,
             status,
             error,
+            self.owner,
         )
 
-    async def retry(self, item_id: int, status: int | None, error: str, delay: float) -> State:
+    async def retry(
+        self, item_id: int, status: int | None, error: str, delay: float
+    ) -> State | None:
         """Schedule another attempt, or dead-letter the row once past its deadline."""
         state = await self.lazy.fetchval(
             "UPDATE activity SET attempts = attempts + 1, last_status = $2, last_error = $3, "
@@ -246,20 +263,24 @@ class ActivityStore:
             "                     THEN now() END, "
             "  next_attempt_at = now() + make_interval(secs => $4), "
             "  owner = NULL, locked_until = NULL "
-            "WHERE id = $1 AND state = 'queued' RETURNING state",
+            "WHERE id = $1 AND state = 'queued' AND owner = $5 RETURNING state",
             item_id,
             status,
             error,
             delay,
+            self.owner,
         )
-        return State(state) if state else State.QUEUED
+        return State(state) if state else None  # None: another worker has the row now
 
-    async def release(self, item_id: int) -> None:
-        """Give a row back untouched (shutting down mid-work)."""
+    async def release(self, item_id: int, *, delay: float = 0.0) -> None:
+        """Give a row back (shutting down, or after an unexpected fault: then with a pause)."""
         await self.pool.execute(
-            "UPDATE activity SET owner = NULL, locked_until = NULL WHERE id = $1 AND owner = $2",
+            "UPDATE activity SET owner = NULL, locked_until = NULL, "
+            "next_attempt_at = now() + make_interval(secs => $3) "
+            "WHERE id = $1 AND owner = $2",
             item_id,
             self.owner,
+            float(delay),
         )
 
     # -- admin ---------------------------------------------------------------

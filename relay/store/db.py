@@ -65,6 +65,13 @@ class EmbeddedPostgres:
             self._server = None
 
 
+async def _close_all(pools: list[asyncpg.Pool], embedded: EmbeddedPostgres | None) -> None:
+    for pool in pools:
+        await pool.close()
+    if embedded is not None:
+        embedded.stop()
+
+
 async def _keep(connection: asyncpg.Connection) -> None:
     """Skip asyncpg's reset round trip on every release: Sluice leaves no session state
     behind (its settings are per pool, its locks per transaction)."""
@@ -137,18 +144,24 @@ async def connect(url: str, data_dir: Path, *, pool_size: int = 10) -> Database:
     if not url:
         embedded = EmbeddedPostgres(data_dir)
         url = await asyncio.to_thread(embedded.start)
+    pools: list[asyncpg.Pool] = []
     try:
-        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, reset=_keep)
-        lazy = await asyncpg.create_pool(
-            url,
-            min_size=2,
-            max_size=pool_size,
-            reset=_keep,
-            server_settings={"synchronous_commit": "off"},
+        pools.append(await asyncpg.create_pool(url, min_size=2, max_size=pool_size, reset=_keep))
+        pools.append(
+            await asyncpg.create_pool(
+                url,
+                min_size=2,
+                max_size=pool_size,
+                reset=_keep,
+                server_settings={"synchronous_commit": "off"},
+            )
         )
+        await migrate(pools[0])
     except (OSError, asyncpg.PostgresError) as exc:
-        if embedded is not None:
-            embedded.stop()
+        await _close_all(pools, embedded)
         raise SluiceError(f"cannot connect to PostgreSQL: {exc}") from exc
-    await migrate(pool)
+    except BaseException:
+        await _close_all(pools, embedded)
+        raise
+    pool, lazy = pools
     return Database(pool, lazy, embedded)

@@ -74,7 +74,7 @@ async def test_202_only_after_commit(
         ("body", "digest"),
         ("signature", "verif"),
         ("stale", "date"),
-        ("unsigned", "signature"),
+        ("unsigned", "no signature header"),
     ],
 )
 async def test_bad_signatures_get_401_with_the_reason(
@@ -318,7 +318,9 @@ async def test_delete_by_another_actor_does_not_cancel(
     assert (await sluice.parts.store.get(create["id"]))["state"] == "received"
     gate.opened.set()
     await wait_for(lambda: len(upstream.inbox_posts()) == 2)
-    assert upstream.ids()[0] == create["id"]
+    # Nor does it wait behind alice's Create: ordering is per actor, so mallory cannot
+    # stall alice's activities by sending his own about her objects.
+    assert upstream.ids()[1] == create["id"]
 
 
 async def test_undo_cancels_a_held_announce(
@@ -495,13 +497,20 @@ async def test_two_processes_share_one_queue(
     first = await sluice_factory(config)
     second = await sluice_factory(config)
     alice = fediverse.actor("alice")
-    sent = [alice.activity() for _ in range(20)]
+    sent = [alice.activity() for _ in range(40)]
+    upstream.status = 503  # every first attempt fails: retries go through both pollers
     await asyncio.gather(
-        *(s.post(alice, a) for s, a in zip([first, second] * 10, sent, strict=True))
+        *(s.post(alice, a) for s, a in zip([first, second] * 20, sent, strict=True))
     )
-    await wait_for(lambda: len(upstream.inbox_posts()) == 20)
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: getattr(upstream, "refused", 0) >= 40)
+    upstream.status = 202
+    await wait_for(lambda: len(upstream.inbox_posts()) == 40)
+    await asyncio.sleep(0.5)
     assert sorted(upstream.ids()) == sorted(a["id"] for a in sent)
+    owners = await first.parts.pool.fetchval(
+        "SELECT count(DISTINCT owner) FROM activity"  # released after delivery: all NULL
+    )
+    assert owners == 0
 
 
 async def test_an_expired_lease_is_taken_over(
@@ -567,3 +576,56 @@ def test_inbox_paths_match_every_spelling_the_instance_accepts(path: str, inbox:
 
     matcher = inbox_matcher(load_config(None).server.inbox_paths)
     assert bool(matcher.match(path)) is inbox
+
+
+async def test_doubled_slashes_do_not_bypass_the_hold(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = alice.activity()
+    status, _ = await sluice.post(alice, activity, path="//users//bob/%69nbox")
+    assert status == 202
+    [got] = await wait_for(upstream.inbox_posts)
+    assert got.path == "//users//bob/%69nbox"  # forwarded as signed, byte for byte
+    assert (await sluice.parts.store.get(activity["id"]))["state"] == "delivered"
+
+
+async def test_an_actor_cannot_preempt_another_actors_activity_id(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    alice = fediverse.actor("alice", key_index=0)
+    mallory = fediverse.actor("mallory", key_index=1)
+    real = alice.activity("Delete", obj=f"{alice.id}/statuses/9")
+    decoy = {**mallory.activity("Like", obj=f"{alice.id}/statuses/9"), "id": real["id"]}
+    assert (await sluice.post(mallory, decoy))[0] == 202
+    assert (await sluice.post(alice, real))[0] == 202
+    await wait_for(lambda: len(upstream.inbox_posts()) == 2)
+    assert [r.json()["actor"] for r in upstream.inbox_posts()] == [mallory.id, alice.id]
+
+
+async def test_activity_id_on_another_host_is_refused(
+    sluice: Running, fediverse: Fediverse
+) -> None:
+    alice = fediverse.actor("alice")
+    forged = {**alice.activity(), "id": "https://victim.example/statuses/1/activity"}
+    status, text = await sluice.post(alice, forged)
+    assert status == 400
+    assert "not on the actor's host" in text
+
+
+async def test_passthrough_forwarding_headers(sluice: Running, upstream: Upstream) -> None:
+    async with sluice.session.post(
+        sluice.url + "/api/v1/media",
+        data=b"x" * 1000,
+        headers={
+            "X-Forwarded-For": "203.0.113.9",
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "hop",
+        },
+    ) as response:
+        assert response.status == 202
+    got = upstream.requests[-1]
+    assert got.headers["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
+    assert "X-Secret" not in got.headers
+    assert got.headers["Content-Length"] == "1000"
+    assert "Transfer-Encoding" not in got.headers
