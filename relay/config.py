@@ -941,8 +941,10 @@ class _Checker:
                 hint = difflib.get_close_matches(match, targets + list(SIGNAL_MATCHES), n=1)
                 what = "category" if match.startswith("category:") else "bank"
                 message = f"no [[bank]] {what} `{match}`"
-                message += f"; did you mean `{hint[0]}`?" if hint else (
-                    f" (configured: {', '.join(targets) or 'none'})"
+                message += (
+                    f"; did you mean `{hint[0]}`?"
+                    if hint
+                    else (f" (configured: {', '.join(targets) or 'none'})")
                 )
                 self.problem(("rule", index, "match"), message)
             if rule.action == "quarantine":
