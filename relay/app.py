@@ -11,15 +11,20 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from relay.bank import BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor
 from relay.doors.inbound import InboundDoor, inbox_matcher, normalized_path
 from relay.doors.passthrough import Passthrough
+from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
+from relay.media.check import MediaCheck
+from relay.media.fetch import HashCache, MediaFetcher
 from relay.metrics import Metrics
 from relay.network import NetworkPolicy, client_session, fetch_json
+from relay.policy import Policy
 from relay.signature import KeyCache
 from relay.store import connect
 from relay.store.activities import ActivityStore
@@ -41,6 +46,7 @@ class Sluice:
     metrics: Metrics
     inbound: InboundDoor
     passthrough: Passthrough
+    banks: BankWatcher
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -49,7 +55,10 @@ SLUICE = web.AppKey("sluice", Sluice)
 def build_app(
     config: Config, *, checks: tuple[Check, ...] = (), upstream: Upstream | None = None
 ) -> web.Application:
-    """The aiohttp application; resources open and close in ``cleanup_ctx``."""
+    """The aiohttp application; resources open and close in ``cleanup_ctx``.
+
+    ``checks`` run in the hold beside the media check (tests add their own).
+    """
     app = web.Application(client_max_size=config.server.max_body_bytes)
     inbox = inbox_matcher(config.server.inbox_paths)
 
@@ -68,6 +77,27 @@ def build_app(
         keys = KeyCache(
             partial(fetch_json, session, policy), ttl=config.signatures.key_cache_seconds
         )
+        media_session = client_session(
+            policy,
+            connect_timeout=config.network.connect_timeout_seconds,
+            read_timeout=config.network.read_timeout_seconds,
+            limit_per_host=config.media.per_host_concurrency,
+        )
+        banks = BankWatcher(pool, config.bank)
+        await banks.start()
+        media = MediaCheck(
+            MediaFetcher(
+                media_session,
+                policy,
+                max_bytes=config.media.max_bytes,
+                timeout=config.media.fetch_timeout_seconds,
+                max_redirects=config.network.max_redirects,
+            ),
+            lambda: banks.index,
+            HashCache(config.media.cache_seconds),
+            max_refs=config.media.max_refs,
+            max_pixels=config.media.max_pixels,
+        )
         store = ActivityStore(
             pool,
             lazy=database.lazy,
@@ -82,7 +112,8 @@ def build_app(
             concurrency=config.upstream.concurrency,
         )
         hold = Hold(
-            checks,
+            (media, *checks),
+            policy=Policy.from_config(config.rule, config.hold.on_error),
             max_seconds=config.hold.max_seconds,
             on_timeout=Action(config.hold.on_timeout),
         )
@@ -94,6 +125,7 @@ def build_app(
             concurrency=config.upstream.concurrency,
             backoff_initial=config.delivery.backoff_initial_seconds,
             backoff_max=config.delivery.backoff_max_seconds,
+            evidence=EvidenceStore.from_config(pool, config),
         )
         inbound = InboundDoor(
             store,
@@ -105,7 +137,7 @@ def build_app(
             clock_skew=config.signatures.clock_skew_seconds,
         )
         passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
-        app[SLUICE] = Sluice(config, pool, store, flow, metrics, inbound, passthrough)
+        app[SLUICE] = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
         flow.start()
         log.info(
             "started",
@@ -118,9 +150,11 @@ def build_app(
             yield
         finally:
             await flow.stop()
+            await banks.stop()
             await deliverer.close()
             await passthrough.close()
             await session.close()
+            await media_session.close()
             await database.close()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from relay import __version__
 
@@ -76,6 +77,322 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(args.config, run))
 
 
+# -- sluice evidence -------------------------------------------------------------
+
+_EXTRACT_WARNING = """\
+WARNING: writing {count} decrypted media file(s) in clear to {directory}.
+They may be illegal to possess or to share. Open them only if you must, keep them
+off synced, shared or backed-up storage, and delete them when you are done.
+This extraction is recorded in the evidence audit log."""
+
+
+def _evidence(action):  # type: ignore[no-untyped-def]
+    """Run ``action(args, store)`` on the configured evidence store; errors on stderr."""
+
+    async def with_store(args: argparse.Namespace) -> int:
+        from relay.config import load_config
+        from relay.evidence import EvidenceStore
+        from relay.log import configure_logging
+        from relay.store import connect
+
+        config = load_config(args.config)
+        configure_logging(config.log.level)  # logs to stderr: stdout carries the JSON
+        database = await connect(config.database.url, config.storage.data_dir)
+        try:
+            return int(await action(args, EvidenceStore.from_config(database.pool, config)))
+        finally:
+            await database.close()
+
+    def run(args: argparse.Namespace) -> int:
+        from relay.errors import ConfigError, SluiceError
+
+        try:
+            return asyncio.run(with_store(args))
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        except SluiceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _evidence_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay.errors import SluiceError
+    from relay.evidence import EvidenceKey
+
+    try:
+        EvidenceKey.generate(Path(args.file))
+    except SluiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote a new evidence key to {args.file} (mode 0600)", file=sys.stderr)
+    print("keep a copy somewhere safe: without it the evidence cannot be read", file=sys.stderr)
+    return 0
+
+
+def _jsonable(value: object) -> str:
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+async def _evidence_list(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    for row in await store.list(args.limit):
+        print(json.dumps(row, default=_jsonable))
+    return 0
+
+
+async def _evidence_audit(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    for row in await store.audit(args.id):
+        print(json.dumps(row, default=_jsonable))
+    return 0
+
+
+async def _evidence_orphans(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    for path in await store.orphans():
+        print(path)
+    return 0
+
+
+async def _evidence_show(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    import os
+    import re
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    directory = Path(args.extract).absolute() if args.extract else None
+    what = f"extract to {directory}" if directory else "show"
+    record, media = await store.read(args.id, who=args.who, why=args.why, what=what)
+    shown = {
+        "id": record.id,
+        "activity_row": record.activity_row,
+        "created_at": record.created_at,
+        "retain_until": record.retain_until,
+        "facts": record.facts,
+        "media": record.media,
+    }
+    print(json.dumps(shown, indent=2, ensure_ascii=False, default=_jsonable))
+    if directory is None:
+        return 0
+    print(_EXTRACT_WARNING.format(count=len(media), directory=directory), file=sys.stderr)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for entry, data in zip(record.media, media, strict=True):
+        suffix = Path(urlsplit(entry["url"]).path).suffix
+        suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,5}", suffix) else ".bin"
+        path = directory / f"evidence-{record.id}-{entry['blob']}{suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            print(f"error: {path} exists already; not overwritten", file=sys.stderr)
+            return 1
+        with open(fd, "wb") as out:
+            out.write(data)
+        print(path, file=sys.stderr)
+    return 0
+
+
+def _with_banks(config_path: str | None, action) -> int:  # type: ignore[no-untyped-def]
+    """Run ``action(store, config)`` against the configured database; errors become exit 1
+    (exit 2 for a bad configuration, as ``serve`` does)."""
+    from relay.bank import BankStore
+    from relay.config import load_config
+    from relay.errors import ConfigError, SluiceError
+    from relay.log import configure_logging
+    from relay.store import connect
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # The command prints its own summary; info logs (migrations, bank_created) are noise here.
+    configure_logging("warning")
+
+    async def run() -> int:
+        database = await connect(config.database.url, config.storage.data_dir)
+        try:
+            return int(await action(BankStore(database.pool), config))
+        finally:
+            await database.close()
+
+    try:
+        return asyncio.run(run())
+    except SluiceError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _bank_category(config, bank: str, given: str | None) -> str | None:  # type: ignore[no-untyped-def]
+    """--category, else the configured bank's; a contradiction between the two is refused."""
+    from relay.bank import BankError
+
+    configured = next((b for b in config.bank if b.name == bank), None)
+    if configured is None:
+        return given
+    if given is not None and given != configured.category:
+        raise BankError(
+            f"--category {given} contradicts {config.source}: bank `{bank}` "
+            f"has category `{configured.category}`"
+        )
+    return configured.category
+
+
+def _hashes_count(count: int) -> str:
+    return f"{count} new hash" if count == 1 else f"{count} new hashes"
+
+
+def _bank_import(args: argparse.Namespace) -> int:
+    from relay.bank import BankError, read_hash_file
+
+    try:
+        entries = read_hash_file(args.path, default_kind=args.type)
+    except BankError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not entries:
+        print(f"{args.path}: no hashes in this file", file=sys.stderr)
+        return 1
+    distinct = len({(kind, value) for kind, value, _ in entries})
+
+    async def run(store, config) -> int:  # type: ignore[no-untyped-def]
+        category = _bank_category(config, args.bank, args.category)
+        await store.ensure(args.bank, category, source=args.source or Path(args.path).name)
+        added = await store.add(args.bank, entries)
+        print(
+            f"imported {_hashes_count(added)} into {args.bank} ({distinct - added} already there)"
+        )
+        return 0
+
+    return _with_banks(args.config, run)
+
+
+def _bank_list(args: argparse.Namespace) -> int:
+    async def run(store, config) -> int:  # type: ignore[no-untyped-def]
+        stored = {bank["name"]: bank for bank in await store.list()}
+        configured = {bank.name: bank for bank in config.bank}
+        rows = []
+        for name in sorted(stored.keys() | configured.keys()):
+            bank = stored.get(name) or {
+                "name": name,
+                "category": configured[name].category,
+                "source": None,
+                "confidential": True,
+                "counts": {"md5": 0, "pdq": 0, "sha256": 0},
+                "created_at": None,
+                "changed_at": None,
+            }
+            rows.append({**bank, "configured": name in configured})
+        if args.json:
+            for row in rows:
+                print(json.dumps(row, default=str))
+            return 0
+        if not rows:
+            print("no banks yet: sluice bank import --bank NAME --category CAT FILE")
+            return 0
+        table = [("NAME", "CATEGORY", "PDQ", "MD5", "SHA256", "CHANGED")]
+        for row in rows:
+            changed = row["changed_at"]
+            counts = row["counts"]
+            table.append(
+                (
+                    row["name"] + ("" if row["configured"] else " *"),
+                    row["category"],
+                    str(counts["pdq"]),
+                    str(counts["md5"]),
+                    str(counts["sha256"]),
+                    changed.isoformat(" ", "seconds") if changed else "never",
+                )
+            )
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        for r in table:
+            print(
+                "  ".join(
+                    c.rjust(w) if 2 <= i <= 4 else c.ljust(w)  # counts to the right
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                ).rstrip()
+            )
+        if not all(row["configured"] for row in rows):
+            print(
+                "* not in the configuration: matched with its stored category and "
+                "the default distance"
+            )
+        return 0
+
+    return _with_banks(args.config, run)
+
+
+def _bank_add_image(args: argparse.Namespace) -> int:
+    from relay.errors import SluiceError
+    from relay.hashing import Pdq
+    from relay.media.image import hash_file
+
+    entries: list[tuple[str, str, str | None]] = []
+    failed = False
+    for image in args.images:
+        try:
+            hashed = hash_file(image)
+        except OSError as exc:
+            print(f"{image}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            failed = True
+            continue
+        except SluiceError as exc:
+            print(f"{image}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        note = args.note or Path(image).name
+        entries += [("sha256", hashed["sha256"], note), ("md5", hashed["md5"], note)]
+        if hashed["pdq"] is None:
+            print(f"{image}: not a picture: adding only its exact hashes", file=sys.stderr)
+        elif hashed["quality"] < Pdq.min_quality:
+            print(
+                f"{image}: PDQ quality {hashed['quality']} is too low for a perceptual match "
+                f"(needs {Pdq.min_quality}): adding only its exact hashes",
+                file=sys.stderr,
+            )
+        else:
+            entries.append(("pdq", hashed["pdq"], note))
+    if failed:
+        print("nothing added", file=sys.stderr)
+        return 1
+    distinct = len({(kind, value) for kind, value, _ in entries})
+
+    async def run(store, config) -> int:  # type: ignore[no-untyped-def]
+        category = _bank_category(config, args.bank, args.category)
+        await store.ensure(args.bank, category, source="sluice bank add-image")
+        added = await store.add(args.bank, entries)
+        images = "1 image" if len(args.images) == 1 else f"{len(args.images)} images"
+        print(
+            f"added {_hashes_count(added)} from {images} into {args.bank} "
+            f"({distinct - added} already there)"
+        )
+        return 0
+
+    return _with_banks(args.config, run)
+
+
+def _hash(args: argparse.Namespace) -> int:
+    from relay.errors import SluiceError
+    from relay.media.image import hash_file
+
+    failed = False
+    for name in args.files:
+        try:
+            print(json.dumps(hash_file(name)), flush=True)
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            failed = True
+        except SluiceError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sluice", description="ActivityPub filtering relay in front of an instance's inboxes."
@@ -100,6 +417,72 @@ def main(argv: list[str] | None = None) -> int:
         "--replay", nargs="+", metavar="ROW", help="row ids to deliver again, or `all`"
     )
     dead.set_defaults(run=_dead_letters)
+
+    hash_ = commands.add_parser(
+        "hash", help="print the SHA-256, MD5 and PDQ of files, one JSON object per line"
+    )
+    hash_.add_argument("files", nargs="+", metavar="FILE")
+    hash_.set_defaults(run=_hash)
+
+    bank = commands.add_parser("bank", help="hash lists media is matched against")
+    banks = bank.add_subparsers(dest="bank_command", required=True)
+    kinds = ("pdq", "md5", "sha256")
+
+    imp = banks.add_parser(
+        "import",
+        help="add a hash list to a bank (ThreatExchange `pdq <hex>` lines, bare hashes, CSV)",
+    )
+    imp.add_argument("--config", "-c", help="TOML configuration file")
+    imp.add_argument("--bank", required=True, help="the bank's name (created if new)")
+    imp.add_argument("--category", help="what it lists (csam, ncii, unwanted…); needed to create")
+    imp.add_argument("--type", choices=kinds, help="the kind of lines that do not name one")
+    imp.add_argument("--source", help="where the list came from (default: the file's name)")
+    imp.add_argument("path", metavar="PATH")
+    imp.set_defaults(run=_bank_import)
+
+    lst = banks.add_parser("list", help="banks, their categories and entry counts")
+    lst.add_argument("--config", "-c", help="TOML configuration file")
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    lst.set_defaults(run=_bank_list)
+
+    add = banks.add_parser("add-image", help="hash local images into a bank")
+    add.add_argument("--config", "-c", help="TOML configuration file")
+    add.add_argument("--bank", required=True, help="the bank's name (created if new)")
+    add.add_argument("--category", help="what it lists; needed to create the bank")
+    add.add_argument("--note", help="kept with each hash (default: the image's file name)")
+    add.add_argument("images", nargs="+", metavar="IMAGE")
+    add.set_defaults(run=_bank_add_image)
+
+    evidence = commands.add_parser(
+        "evidence", help="preserved evidence of quarantined activities (every read is audited)"
+    ).add_subparsers(dest="evidence_command", required=True)
+    keygen = evidence.add_parser("keygen", help="write a new evidence key file (mode 0600)")
+    keygen.add_argument("file")
+    keygen.set_defaults(run=_evidence_keygen)
+    listing = evidence.add_parser("list", help="list records (metadata only, nothing decrypted)")
+    listing.add_argument("--config", "-c", help="TOML configuration file")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(run=_evidence(_evidence_list))
+    show = evidence.add_parser(
+        "show", help="decrypt one record and print its facts (audited: --who and --why)"
+    )
+    show.add_argument("id", type=int)
+    show.add_argument("--who", required=True, help="who reads it, for the audit log")
+    show.add_argument("--why", required=True, help="why, for the audit log")
+    show.add_argument("--config", "-c", help="TOML configuration file")
+    show.add_argument(
+        "--extract", metavar="DIR", help="also write the decrypted media, in clear, into DIR"
+    )
+    show.set_defaults(run=_evidence(_evidence_show))
+    audit = evidence.add_parser("audit", help="list the reads of one record")
+    audit.add_argument("id", type=int)
+    audit.add_argument("--config", "-c", help="TOML configuration file")
+    audit.set_defaults(run=_evidence(_evidence_audit))
+    orphans = evidence.add_parser(
+        "orphans", help="list blob files no record names (left by a crash; harmless)"
+    )
+    orphans.add_argument("--config", "-c", help="TOML configuration file")
+    orphans.set_defaults(run=_evidence(_evidence_orphans))
 
     args = parser.parse_args(argv)
     return int(args.run(args))

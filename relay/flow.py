@@ -17,8 +17,10 @@ import structlog
 
 from relay.deliver import Upstream, is_retryable
 from relay.errors import DecodeError
+from relay.evidence import EvidenceError, EvidenceStore, MediaItem
 from relay.hold import Hold
 from relay.metrics import Metrics
+from relay.signal import Signal
 from relay.state import State
 from relay.store.activities import ActivityStore, Item
 from relay.verdict import Action, Verdict
@@ -46,6 +48,7 @@ class Flow:
         backoff_initial: float = 1.0,
         backoff_max: float = 600.0,
         poll_interval: float = 0.5,
+        evidence: EvidenceStore | None = None,
     ) -> None:
         self.store = store
         self.hold = hold
@@ -55,6 +58,7 @@ class Flow:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.poll_interval = poll_interval
+        self.evidence = evidence
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._blocked_at = float("-inf")
@@ -175,6 +179,8 @@ class Flow:
     async def process(self, item: Item) -> None:
         if item.state == State.RECEIVED:
             verdict = await self._decide(item)
+            if verdict.action == Action.QUARANTINE:
+                verdict = await self._preserve(item, verdict)
             if not await self.store.decide(item.id, verdict):
                 log.info("left_hold_meanwhile", row=item.id, activity_id=item.ap_id)
                 return
@@ -203,6 +209,56 @@ class Flow:
         except DecodeError as exc:  # stored bytes were checked on the way in; belt and braces
             return Verdict(Action.REVIEW, f"stored body unreadable: {exc}")
         return await self.hold.decide(activity)
+
+    async def _preserve(self, item: Item, verdict: Verdict) -> Verdict:
+        """Seal the evidence before the activity leaves the hold; if that fails, keep it
+        held for review instead: nothing is dropped without its evidence."""
+        media = [
+            MediaItem(
+                url=s.detail.get("url", ""),
+                data=s.payload,
+                hashes={k: s.detail.get(k) for k in ("hash_kind", "value", "distance")},
+            )
+            for s in verdict.signals
+            if s.kind == "match" and s.payload is not None
+        ]
+        facts = {
+            "activity": item.activity.document,
+            "actor": item.actor,
+            "signer": item.signer,
+            "key_id": item.key_id,
+            "remote": item.remote,
+            "target": item.target,
+            "headers": item.headers,
+            "received_at": item.received_at,
+            "signals": [s.as_json() for s in verdict.signals],
+            "verdict": verdict.as_json(),
+            # Media already seen (cached by URL or SHA-256) was not fetched again: its
+            # bytes are in the evidence of the activity that brought it first.
+            "media_without_bytes": [
+                s.detail.get("url")
+                for s in verdict.signals
+                if s.kind == "match" and s.payload is None
+            ],
+        }
+        try:
+            if self.evidence is None:
+                raise EvidenceError("no evidence store configured")
+            evidence_id = await self.evidence.preserve(
+                activity_row=item.id, facts=facts, media=media
+            )
+        except Exception as exc:
+            log.error("evidence_failed", row=item.id, activity_id=item.ap_id, error=str(exc))
+            signal = Signal("error", "evidence", {"error": f"evidence not preserved: {exc}"})
+            return Verdict(
+                Action.REVIEW,
+                "quarantine failed: held for review",
+                (*verdict.signals, signal),
+                verdict.timings,
+            )
+        timings = {**verdict.timings}
+        signal = Signal("evidence", "evidence", {"evidence_id": evidence_id, "media": len(media)})
+        return Verdict(verdict.action, verdict.rule, (*verdict.signals, signal), timings)
 
     async def _deliver(self, item: Item) -> None:
         result = await self.upstream.deliver(item.target, item.headers, item.body)

@@ -1,9 +1,9 @@
 """The admin's policy: turns the signals the hold gathered into a verdict.
 
-The rules of ``[[rule]]`` (match a bank or a category, name an action) arrive
-with the media checks; until then the policy has no rules, and an activity that
-raised no signal is delivered. The strongest action among the rules that fire
-wins (quarantine > reject > review > deliver).
+``[[rule]]`` entries name a bank, ``category:NAME`` or ``signal:unchecked`` and an
+action. The strongest action among the rules that fire wins (quarantine > reject >
+review > deliver); when media could not be fetched or decoded, ``[hold] on_error``
+competes too. No rule fired and no error: deliver.
 """
 
 from __future__ import annotations
@@ -19,22 +19,30 @@ __all__ = ["Policy", "Rule"]
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Fires when a signal's ``source`` equals ``match`` (a bank name or ``category:NAME``)."""
-
     match: str
     action: Action
 
     def fires(self, signal: Signal) -> bool:
-        return signal.source == self.match or signal.detail.get("category_rule") == self.match
+        return self.match in signal.targets
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...] = ()
+    on_error: Action = Action.REVIEW
+
+    @classmethod
+    def from_config(cls, rules: Sequence[object], on_error: str) -> Policy:
+        return cls(
+            tuple(Rule(r.match, Action(r.action)) for r in rules),  # type: ignore[attr-defined]
+            Action(on_error),
+        )
 
     def decide(self, signals: Sequence[Signal]) -> Verdict:
         best: tuple[Action, str] = (Action.DELIVER, "default")
         for index, rule in enumerate(self.rules):
             if rule.action.strength > best[0].strength and any(rule.fires(s) for s in signals):
                 best = (rule.action, f"rule[{index}] {rule.match} -> {rule.action}")
+        if self.on_error.strength > best[0].strength and any(s.kind == "error" for s in signals):
+            best = (self.on_error, "hold.on_error")
         return Verdict(action=best[0], rule=best[1], signals=tuple(signals))

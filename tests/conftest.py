@@ -307,11 +307,17 @@ def config_text(
         "delivery": {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.5},
         "log": {"level": "warning"},
     }
+    tables: dict[str, list[dict[str, Any]]] = {}
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # [[bank]], [[rule]]
+            tables[name] = values
+        else:
+            base.setdefault(name, {}).update(values)
     lines: list[str] = []
-    for name, values in base.items():
-        lines.append(f"[{name}]")
+    blocks = [(f"[{n}]", v) for n, v in base.items()]
+    blocks += [(f"[[{n}]]", item) for n, items in tables.items() for item in items]
+    for header, values in blocks:
+        lines.append(header)
         lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
         lines.append("")
     return "\n".join(lines)

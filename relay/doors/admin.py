@@ -36,6 +36,8 @@ class AdminDoor:
             web.get(API_PREFIX + "/activities/{key}", self.activity),
             web.get(API_PREFIX + "/dead-letters", self.dead_letters),
             web.post(API_PREFIX + "/dead-letters/replay", self.replay),
+            web.get(API_PREFIX + "/review", self.review),
+            web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -87,6 +89,35 @@ class AdminDoor:
         except ValueError:
             return web.json_response({"error": "limit must be a number"}, status=400)
         return web.json_response({"dead_letters": await self._store(request).dead_letters(limit)})
+
+    async def review(self, request: web.Request) -> web.Response:
+        """Activities held for a moderator, with the verdict that put them there."""
+        self._authorize(request)
+        return web.json_response({"review": await self._store(request).in_review()})
+
+    async def moderate(self, request: web.Request) -> web.Response:
+        """``POST /review/ROW/approve`` delivers it, ``/reject`` drops it (recorded).
+        The body may name the moderator: ``{"moderator": "alice"}``."""
+        self._authorize(request)
+        decision = request.match_info["decision"]
+        row = request.match_info["row"]
+        if decision not in ("approve", "reject") or not row.isdigit():
+            return web.json_response(
+                {"error": "use POST /review/ROW/approve or /review/ROW/reject"}, status=404
+            )
+        moderator = "admin"
+        if request.can_read_body:
+            try:
+                payload = await request.json()
+            except ValueError:
+                return web.json_response({"error": "body is not JSON"}, status=400)
+            if isinstance(payload, dict) and isinstance(payload.get("moderator"), str):
+                moderator = payload["moderator"]
+        state = await self._store(request).moderate(int(row), decision, moderator)
+        if state is None:
+            return web.json_response({"error": f"row {row} is not in review"}, status=409)
+        self._parts(request).flow.wake()
+        return web.json_response({"row": int(row), "state": state})
 
     async def replay(self, request: web.Request) -> web.Response:
         """Body ``{"ids": [..]}`` replays those; ``{"all": true}`` replays every one."""

@@ -156,6 +156,8 @@ class InboundDoor:
                     ap_id=activity.id,
                     actor=activity.actor,
                     signer=verified.signer if verified else None,
+                    key_id=verified.key_id if verified else None,
+                    remote=envelope.remote,
                     _activity=activity,
                 )
             )

@@ -87,6 +87,7 @@ UPDATE activity SET owner = $1, locked_until = now() + make_interval(secs => $3)
 FROM c WHERE activity.id = c.id
 RETURNING activity.id, activity.state, activity.target, activity.headers, activity.body,
           activity.attempts, activity.ap_id, activity.actor, activity.signer,
+          activity.key_id, activity.remote,
           extract(epoch FROM activity.received_at)::float8 AS received_at
 """
 
@@ -105,6 +106,8 @@ class Item:
     ap_id: str | None = None
     actor: str | None = None
     signer: str | None = None
+    key_id: str | None = None
+    remote: str | None = None
     _activity: Activity | None = field(default=None, repr=False)
 
     @property
@@ -193,6 +196,8 @@ class ActivityStore:
                 ap_id=r["ap_id"],
                 actor=r["actor"],
                 signer=r["signer"],
+                key_id=r["key_id"],
+                remote=r["remote"],
             )
             for r in rows
         ]
@@ -285,6 +290,32 @@ class ActivityStore:
 
     # -- admin ---------------------------------------------------------------
 
+    async def in_review(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT id, ap_id, type, actor, signer, received_at, decided_at, verdict "
+            "FROM activity WHERE state = 'review' ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [_record(r) for r in rows]
+
+    async def moderate(self, row: int, action: str, moderator: str) -> str | None:
+        """A moderator's decision on a row in review: ``approve`` delivers it, ``reject``
+        drops it (with the record kept). Returns the new state, None if not in review."""
+        target = {"approve": State.QUEUED, "reject": State.REJECTED}[action]
+        return await self.pool.fetchval(
+            "UPDATE activity SET state = $2, next_attempt_at = now(), "
+            "deadline = greatest(deadline, now() + make_interval(secs => $5)), "
+            "finished_at = CASE WHEN $2 = 'rejected' THEN now() END, "
+            "verdict = coalesce(verdict, '{}'::jsonb) || jsonb_build_object("
+            "  'moderator', $3::text, 'moderator_action', $4::text, 'moderated_at', now()) "
+            "WHERE id = $1 AND state = 'review' RETURNING state",
+            row,
+            target.value,
+            moderator,
+            action,
+            self.max_age,
+        )
+
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT id, ap_id, type, actor, target, attempts, last_status, last_error, "
@@ -314,12 +345,7 @@ class ActivityStore:
             f"FROM activity WHERE {column} = $1 ORDER BY id DESC LIMIT 1",
             key,
         )
-        if row is None:
-            return None
-        record = _jsonable(dict(row))
-        if record["verdict"] is not None:
-            record["verdict"] = json.loads(record["verdict"])
-        return record
+        return None if row is None else _record(row)
 
     async def counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, count(*) AS n FROM activity GROUP BY state")
@@ -331,6 +357,13 @@ class ActivityStore:
             self.dedup_window,
         )
         return int(result.split()[-1])
+
+
+def _record(row: asyncpg.Record) -> dict[str, Any]:
+    record = _jsonable(dict(row))
+    if record.get("verdict") is not None:
+        record["verdict"] = json.loads(record["verdict"])
+    return record
 
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:

@@ -392,15 +392,16 @@ async def test_a_failing_check_is_a_signal_not_a_loss(
             raise RuntimeError("checker exploded")
 
     broken = Broken()
-    sluice = await sluice_factory(checks=(broken,))
+    sluice = await sluice_factory(checks=(broken,))  # [hold] on_error: review (default)
     alice = fediverse.actor("alice")
     activity = alice.activity()
     broken.held.add(activity["id"])
     assert (await sluice.post(alice, activity))[0] == 202
-    await wait_for(upstream.inbox_posts)
-    record = await sluice.parts.store.get(activity["id"])
+    record = await wait_for(lambda: _state_is(sluice, activity["id"], "review"))
+    assert record["verdict"]["rule"] == "hold.on_error"
     [signal] = record["verdict"]["signals"]
     assert signal == {"kind": "error", "source": "broken", "detail": {"error": "checker exploded"}}
+    assert upstream.inbox_posts() == []
 
 
 # -- everything else ----------------------------------------------------------------

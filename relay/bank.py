@@ -1,0 +1,762 @@
+"""Banks: named hash lists in PostgreSQL, matched in memory by every Sluice process.
+
+- ``BankStore`` writes banks and their entries; triggers in migration 0002 announce
+  every change on channel ``sluice_bank`` (payload: the bank's name).
+- ``parse_hash_file`` reads the lists admins get: ThreatExchange "local file" lines
+  (``pdq <hex>``), bare hashes of one kind, and CSV with a header.
+- ``BankIndex`` is an immutable snapshot of every bank, matched against a file's
+  ``Hashes``; ``BankWatcher`` keeps one current by swapping in a new snapshot when
+  a notification names a bank.
+
+Matching is brute force for now: correct first, fast at 10 million hashes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import numpy as np
+import structlog
+
+from relay.config import BankConfig, bank_name
+from relay.errors import SluiceError
+from relay.hashing import KINDS, Pdq
+from relay.signal import Signal
+
+if TYPE_CHECKING:
+    from relay.media.image import Hashes
+
+__all__ = [
+    "CHANNEL",
+    "BankError",
+    "BankIndex",
+    "BankMatch",
+    "BankStore",
+    "BankWatcher",
+    "Entry",
+    "parse_hash_file",
+    "read_hash_file",
+]
+
+log = structlog.get_logger(__name__)
+
+#: The LISTEN/NOTIFY channel; its payload is the name of the bank that changed.
+CHANNEL = "sluice_bank"
+
+#: (kind, normalised hex value, note)
+Entry = tuple[str, str, str | None]
+
+# Type names as lists write them: ours, ThreatExchange's indicator types (HASH_PDQ),
+# and python-threatexchange's signal types (video_md5 is the MD5 of the file's bytes,
+# which is what we compute for every file).
+_KIND_ALIASES = {
+    "pdq": "pdq",
+    "hash_pdq": "pdq",
+    "md5": "md5",
+    "hash_md5": "md5",
+    "video_md5": "md5",
+    "photo_md5": "md5",
+    "sha256": "sha256",
+    "sha-256": "sha256",
+    "hash_sha256": "sha256",
+}
+_CSV_HASH = ("hash", "value", "signal_value", "signal", "indicator")
+_CSV_TYPE = ("type", "kind", "signal_type", "hash_type", "indicator_type")
+_CSV_NOTE = ("note", "notes", "comment", "description")
+_CSV_EXTRA = ("id", "category")  # kept in the note, as id=... category=...
+_MAX_PROBLEMS = 20  # listed in one error; the rest are counted
+
+# Rows read per round trip when loading a bank; between chunks the event loop runs.
+_LOAD_CHUNK = 20_000
+# Rows XORed at once when matching: bounds the temporary arrays (32 MiB at 1M rows).
+_MATCH_CHUNK = 1 << 20
+
+
+class BankError(SluiceError):
+    """A bank operation was refused, or a hash list is malformed (every problem listed)."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        shown = self.problems[:_MAX_PROBLEMS]
+        more = len(self.problems) - len(shown)
+        super().__init__("\n".join(shown) + (f"\n… and {more} more" if more > 0 else ""))
+
+
+# -- hash list files ------------------------------------------------------------
+
+
+def read_hash_file(path: str | Path, *, default_kind: str | None = None) -> list[Entry]:
+    """``parse_hash_file`` on a file; BankError if it cannot be read or is not UTF-8."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise BankError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise BankError(f"{source}:{line}: not UTF-8 text") from exc
+    return parse_hash_file(text, default_kind=default_kind, source=source)
+
+
+def parse_hash_file(
+    text: str, *, default_kind: str | None = None, source: str = "<text>"
+) -> list[Entry]:
+    """Every entry of a hash list, or BankError naming ``source:line`` of each bad line.
+
+    Accepted: ThreatExchange local-file lines ``<type> <hash> [anything]``, bare
+    ``<hash> [anything]`` when ``default_kind`` is given, and CSV whose first line is a
+    header naming a hash column (``hash``, ``value``, ``signal_value``) and optionally
+    a type (``type``, ``kind``, ``signal_type``) and a ``note``. Blank lines and lines
+    starting with ``#`` are skipped. Nothing is returned unless every line is good,
+    so an import is all or nothing.
+    """
+    if default_kind is not None and default_kind not in KINDS:
+        raise BankError(f"unknown hash type `{default_kind}` (known: {', '.join(sorted(KINDS))})")
+    lines = text.removeprefix("\ufeff").splitlines()
+    first = next((i for i, line in enumerate(lines) if _is_content(line)), None)
+    if first is None:
+        return []
+    problems: list[str] = []
+    if "," in lines[first] and not _is_hash_line(lines[first], default_kind):
+        entries = _parse_csv(lines, first, default_kind, source, problems)
+    else:
+        entries = _parse_lines(lines, default_kind, source, problems)
+    if problems:
+        raise BankError(problems)
+    return entries
+
+
+def _is_content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _is_hash_line(line: str, default_kind: str | None) -> bool:
+    """Whether a line reads as ``<type> <hash>`` or a bare hash rather than a CSV header."""
+    first = line.split(maxsplit=1)[0]
+    if first.lower() in _KIND_ALIASES:
+        return True
+    return default_kind is not None and _valid(default_kind, first) is not None
+
+
+def _valid(kind: str, value: str) -> str | None:
+    try:
+        return KINDS[kind].validate(value)
+    except ValueError:
+        return None
+
+
+def _entry(
+    kind_name: str, value: str, note: str | None, where: str, problems: list[str]
+) -> Entry | None:
+    try:
+        return kind_name, KINDS[kind_name].validate(value), note or None
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        return None
+
+
+def _parse_lines(
+    lines: list[str], default_kind: str | None, source: str, problems: list[str]
+) -> list[Entry]:
+    entries: list[Entry] = []
+    for number, line in enumerate(lines, 1):
+        if not _is_content(line):
+            continue
+        where = f"{source}:{number}"
+        first, *rest = line.split(maxsplit=1)
+        kind_name = _KIND_ALIASES.get(first.lower())
+        if kind_name is not None:
+            if not rest:
+                problems.append(f"{where}: `{first}` is not followed by a hash")
+                continue
+            value, *rest = rest[0].split(maxsplit=1)
+        elif default_kind is not None:
+            kind_name, value = default_kind, first
+        elif _guess(first):
+            problems.append(
+                f"{where}: a bare hash needs its type: write `{_guess(first)} {first}`, "
+                "or give the type of every line (--type)"
+            )
+            continue
+        else:
+            known = ", ".join(sorted(KINDS))
+            problems.append(f"{where}: unknown hash type `{first}` (known: {known})")
+            continue
+        entry = _entry(kind_name, value, rest[0].strip() if rest else None, where, problems)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def _guess(value: str) -> str | None:
+    """The kind a bare hash could be, for a helpful message; SHA-256 and PDQ look alike."""
+    fits = [name for name in KINDS if _valid(name, value) is not None]
+    return " or ".join(fits) if fits else None
+
+
+def _parse_csv(
+    lines: list[str], first: int, default_kind: str | None, source: str, problems: list[str]
+) -> list[Entry]:
+    reader = csv.reader(lines[first:])
+    header = [cell.strip().lower() for cell in next(reader)]
+    header_where = f"{source}:{first + 1}"
+    column = {name: index for index, name in reversed(list(enumerate(header)))}
+    hash_col = next((column[n] for n in _CSV_HASH if n in column), None)
+    type_col = next((column[n] for n in _CSV_TYPE if n in column), None)
+    note_col = next((column[n] for n in _CSV_NOTE if n in column), None)
+    extras = [(n, column[n]) for n in _CSV_EXTRA if n in column]
+    if hash_col is None:
+        problems.append(
+            f"{header_where}: a CSV file needs a header naming its hash column "
+            f"({', '.join(_CSV_HASH[:3])}); this one has: {', '.join(header)}"
+        )
+        return []
+    if type_col is None and default_kind is None:
+        problems.append(
+            f"{header_where}: no type column ({', '.join(_CSV_TYPE[:3])}); "
+            "add one, or give the type of every row (--type)"
+        )
+        return []
+    needed = max(c for c in (hash_col, type_col, note_col) if c is not None) + 1
+    entries: list[Entry] = []
+    for row in reader:
+        # line_num counts the lines read so far, header included: the row's last line.
+        where = f"{source}:{first + reader.line_num}"
+        if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) < needed:
+            problems.append(f"{where}: expected {len(header)} columns, got {len(row)}")
+            continue
+        type_value = row[type_col].strip() if type_col is not None else ""
+        if type_value:
+            kind_name = _KIND_ALIASES.get(type_value.lower())
+            if kind_name is None:
+                known = ", ".join(sorted(KINDS))
+                problems.append(f"{where}: unknown hash type `{type_value}` (known: {known})")
+                continue
+        elif default_kind is not None:
+            kind_name = default_kind
+        else:
+            problems.append(f"{where}: the type column is empty")
+            continue
+        parts = [row[note_col].strip()] if note_col is not None else []
+        parts += [f"{n}={row[c].strip()}" for n, c in extras if c < len(row) and row[c].strip()]
+        entry = _entry(kind_name, row[hash_col], "; ".join(p for p in parts if p), where, problems)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+# -- storage ----------------------------------------------------------------------
+
+
+class BankStore:
+    """Banks and entries in PostgreSQL. Every change is one transaction, so an import
+    is all or nothing, and one notification tells the running processes."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ensure(
+        self, name: str, category: str | None = None, source: str | None = None
+    ) -> int:
+        """The bank's id, creating it when it does not exist (which needs a category).
+
+        An existing bank's category is never changed here: rules act on categories,
+        so moving a bank from ``unwanted`` to ``csam`` must be a deliberate step.
+        """
+        problem = bank_name(name)
+        if problem:
+            raise BankError(f"bank name `{name}`: {problem}")
+        if category is not None and not category.strip():
+            raise BankError(f"bank `{name}`: the category must not be empty")
+        for _ in range(2):  # a second try covers a concurrent creation
+            row = await self.pool.fetchrow("SELECT id, category FROM bank WHERE name = $1", name)
+            if row is not None:
+                if category is not None and row["category"] != category:
+                    raise BankError(
+                        f"bank `{name}` has category `{row['category']}`, not `{category}`; "
+                        "a bank's category is not changed by adding to it"
+                    )
+                return int(row["id"])
+            if category is None:
+                raise BankError(
+                    f"no bank named `{name}`; give a category (--category) to create it"
+                )
+            created = await self.pool.fetchval(
+                "INSERT INTO bank (name, category, source) VALUES ($1, $2, $3) "
+                "ON CONFLICT (name) DO NOTHING RETURNING id",
+                name,
+                category,
+                source,
+            )
+            if created is not None:
+                log.info("bank_created", bank=name, category=category, source=source)
+                return int(created)
+        raise BankError(f"bank `{name}` could not be created")  # pragma: no cover
+
+    async def add(self, bank: str, entries: Iterable[tuple[str, str, str | None]]) -> int:
+        """Add entries (kind, hex, note) to an existing bank; how many were new.
+
+        Every value is validated first; then one COPY and one INSERT in one
+        transaction, so a million-line list is one statement and one notification.
+        """
+        rows = _validated(entries)
+        if not rows:
+            await self._id(self.pool, bank)
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            bank_id = await self._id(conn, bank)
+            await conn.execute(
+                "CREATE TEMPORARY TABLE bank_import (kind text, value text, note text) "
+                "ON COMMIT DROP"
+            )
+            await conn.copy_records_to_table("bank_import", records=rows)
+            status = await conn.execute(
+                "INSERT INTO bank_entry (bank_id, kind, value, note) "
+                "SELECT DISTINCT ON (kind, value) $1::integer, kind, value, note "
+                "FROM bank_import ORDER BY kind, value "
+                "ON CONFLICT (bank_id, kind, value) DO NOTHING",
+                bank_id,
+            )
+        added = int(status.split()[-1])
+        log.info("bank_entries_added", bank=bank, added=added, given=len(rows))
+        return added
+
+    async def remove(self, bank: str, entries: Iterable[Sequence[Any]]) -> int:
+        """Remove entries given as (kind, hex[, note]); how many were there."""
+        rows = _validated((e[0], e[1], None) for e in entries)
+        async with self.pool.acquire() as conn, conn.transaction():
+            bank_id = await self._id(conn, bank)
+            status = await conn.execute(
+                "DELETE FROM bank_entry e USING unnest($2::text[], $3::text[]) AS r(kind, value) "
+                "WHERE e.bank_id = $1 AND e.kind = r.kind AND e.value = r.value",
+                bank_id,
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+            )
+        removed = int(status.split()[-1])
+        log.info("bank_entries_removed", bank=bank, removed=removed)
+        return removed
+
+    async def delete(self, bank: str) -> bool:
+        """Drop a bank and its entries; False when there was none."""
+        status = await self.pool.execute("DELETE FROM bank WHERE name = $1", bank)
+        return status.endswith(" 1")
+
+    async def list(self) -> list[dict[str, Any]]:
+        """Every bank with its entry count per kind and the time of its last change."""
+        banks = await self.pool.fetch(
+            "SELECT id, name, category, source, confidential, created_at, changed_at "
+            "FROM bank ORDER BY name"
+        )
+        counts = await self.pool.fetch(
+            "SELECT bank_id, kind, count(*) AS n FROM bank_entry GROUP BY bank_id, kind"
+        )
+        per_bank: dict[int, dict[str, int]] = {}
+        for row in counts:
+            per_bank.setdefault(row["bank_id"], {})[row["kind"]] = row["n"]
+        return [
+            {
+                "name": b["name"],
+                "category": b["category"],
+                "source": b["source"],
+                "confidential": b["confidential"],
+                "counts": {k: per_bank.get(b["id"], {}).get(k, 0) for k in sorted(KINDS)},
+                "created_at": b["created_at"],
+                "changed_at": b["changed_at"],
+            }
+            for b in banks
+        ]
+
+    @staticmethod
+    async def _id(conn: asyncpg.Pool | asyncpg.Connection, bank: str) -> int:
+        bank_id = await conn.fetchval("SELECT id FROM bank WHERE name = $1", bank)
+        if bank_id is None:
+            raise BankError(f"no bank named `{bank}`")
+        return int(bank_id)
+
+
+def _validated(entries: Iterable[tuple[str, str, str | None]]) -> list[Entry]:
+    rows: list[Entry] = []
+    problems: list[str] = []
+    for number, (kind_name, value, note) in enumerate(entries, 1):
+        kind_class = KINDS.get(kind_name)
+        if kind_class is None:
+            problems.append(f"entry {number}: unknown hash type `{kind_name}`")
+            continue
+        try:
+            rows.append((kind_name, kind_class.validate(value), note))
+        except ValueError as exc:
+            problems.append(f"entry {number}: {exc}")
+    if problems:
+        raise BankError(problems)
+    return rows
+
+
+# -- matching -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BankMatch:
+    """A file's hash found in a bank: exactly (distance 0) or within the bank's radius."""
+
+    bank: str
+    category: str
+    kind: str
+    value: str  # the bank entry's hash, not the file's
+    entry_id: int
+    distance: int
+    variant: int | None = None  # which rotation/flip of the file matched (dihedral banks)
+
+    def as_signal(self) -> Signal:
+        # The policy fires a rule when its match is the bank's name (source) or
+        # "category:NAME" (category_rule).
+        return Signal(
+            kind="match",
+            source=self.bank,
+            detail={
+                "category": self.category,
+                "hash_kind": self.kind,
+                "distance": self.distance,
+                "entry": self.entry_id,
+                "value": self.value,
+                "variant": self.variant,
+                "category_rule": f"category:{self.category}",
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Vectors:
+    """Hashes of one near-match kind as rows of 64-bit words, sorted by entry id (so the
+    first of equally near rows is the oldest entry)."""
+
+    words: np.ndarray  # (N, W) uint64
+    ids: np.ndarray  # (N,) int64
+
+    def nearest(self, query: np.ndarray) -> tuple[int, int]:
+        """(distance, row) of the nearest row to ``query`` (W,); (big, -1) when empty."""
+        best, row = 1 << 30, -1
+        for start in range(0, len(self.words), _MATCH_CHUNK):
+            block = self.words[start : start + _MATCH_CHUNK]
+            distances = np.bitwise_count(block ^ query).sum(axis=1, dtype=np.uint32)
+            index = int(distances.argmin())
+            if int(distances[index]) < best:
+                best, row = int(distances[index]), start + index
+        return best, row
+
+    def hex(self, row: int) -> str:
+        return self.words[row].astype(">u8").tobytes().hex()
+
+
+def _words(values: Sequence[str]) -> np.ndarray:
+    """Hex hashes of one length as an (N, W) array of native uint64 words."""
+    if not values:
+        return np.zeros((0, 0), dtype=np.uint64)
+    words = len(values[0]) // 16
+    packed = np.frombuffer(bytes.fromhex("".join(values)), dtype=">u8")
+    return packed.astype(np.uint64).reshape(len(values), words)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bank:
+    name: str
+    category: str
+    radius: Mapping[str, int]  # near-match kind -> largest distance that matches
+    dihedral: bool
+    exact: Mapping[str, Mapping[str, int]]  # exact kind -> hex -> entry id
+    near: Mapping[str, _Vectors]
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.exact.values())) + sum(len(v.ids) for v in self.near.values())
+
+
+@dataclass(frozen=True)
+class BankIndex:
+    """Every bank in memory, immutable: a change builds a new index that replaces the
+    old one in one assignment, so a match in progress sees one consistent state."""
+
+    banks: Mapping[str, _Bank] = field(default_factory=dict)
+    configs: Mapping[str, BankConfig] = field(default_factory=dict)
+
+    @classmethod
+    async def load(cls, pool: asyncpg.Pool, configs: Sequence[BankConfig] = ()) -> BankIndex:
+        """Read every bank in one snapshot.
+
+        Banks in the database but not in the configuration are matched too, with their
+        stored category and the default PDQ distance: an admin who imported a list
+        expects it to work, and ``[[bank]]`` only adds policy (distance, dihedral).
+        """
+        by_name = {c.name: c for c in configs}
+        banks: dict[str, _Bank] = {}
+        async with (
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            for row in await conn.fetch("SELECT id, name, category FROM bank ORDER BY name"):
+                banks[row["name"]] = await _read_bank(conn, row, by_name.get(row["name"]))
+        return cls(banks, by_name)
+
+    async def reload(self, pool: asyncpg.Pool, name: str) -> BankIndex:
+        """A new index with bank ``name`` read again (or gone, if it was deleted)."""
+        async with (
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow("SELECT id, name, category FROM bank WHERE name = $1", name)
+            bank = await _read_bank(conn, row, self.configs.get(name)) if row else None
+        banks = {k: v for k, v in self.banks.items() if k != name}
+        if bank is not None:
+            banks[name] = bank
+        return BankIndex(banks, self.configs)
+
+    def __len__(self) -> int:
+        return sum(bank.size for bank in self.banks.values())
+
+    def counts(self) -> dict[str, int]:
+        """Entries per bank, for metrics and ``/readyz``."""
+        return {name: bank.size for name, bank in self.banks.items()}
+
+    def match(self, hashes: Hashes) -> list[BankMatch]:
+        """The nearest entry per (bank, kind) that matches, nearest first.
+
+        Exact kinds compare the file's digest of that name. PDQ compares every frame of
+        quality >= 50 (flatter images collide); a dihedral bank also tries the first
+        frame rotated and flipped, and reports which variant matched.
+        """
+        found: list[BankMatch] = []
+        frames = [f.hash for f in hashes.pdq if f.quality >= Pdq.min_quality]
+        turned = (
+            list(enumerate(hashes.pdq_dihedral))[1:]  # [0] is the first frame as is
+            if hashes.pdq and hashes.pdq[0].quality >= Pdq.min_quality
+            else []
+        )
+        plain = [(h, None) for h in frames]
+        for bank in self.banks.values():
+            for kind_name, table in bank.exact.items():
+                value = getattr(hashes, kind_name, None)
+                entry = table.get(value) if value else None
+                if entry is not None:
+                    found.append(BankMatch(bank.name, bank.category, kind_name, value, entry, 0))
+            vectors = bank.near.get(Pdq.name)
+            if vectors is None or not plain:
+                continue
+            queries = plain + ([(h, i) for i, h in turned] if bank.dihedral else [])
+            best: tuple[int, int, int | None] | None = None
+            for words, (_, variant) in zip(_words([q for q, _ in queries]), queries, strict=True):
+                distance, row = vectors.nearest(words)
+                if best is None or distance < best[0]:
+                    best = (distance, row, variant)
+            if best is not None and best[0] <= bank.radius[Pdq.name]:
+                distance, row, variant = best
+                found.append(
+                    BankMatch(
+                        bank.name,
+                        bank.category,
+                        Pdq.name,
+                        vectors.hex(row),
+                        int(vectors.ids[row]),
+                        distance,
+                        variant,
+                    )
+                )
+        found.sort(key=lambda m: (m.distance, m.bank, m.kind))
+        return found
+
+
+async def _read_bank(
+    conn: asyncpg.Connection, row: asyncpg.Record, config: BankConfig | None
+) -> _Bank:
+    """One bank's entries, read in chunks so a big bank does not stall the event loop."""
+    name = row["name"]
+    category = row["category"]
+    if config is not None and config.category != category:
+        # Rules are written against the configured category; follow the admin's file.
+        log.warning("bank_category_differs", bank=name, stored=category, configured=config.category)
+        category = config.category
+    exact: dict[str, dict[str, int]] = {}
+    near_values: dict[str, list[str]] = {}
+    near_ids: dict[str, list[int]] = {}
+    query = "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1"
+    cursor = await conn.cursor(query, row["id"])
+    while chunk := await cursor.fetch(_LOAD_CHUNK):
+        for entry_id, kind_name, value in chunk:
+            if KINDS[kind_name].exact:
+                exact.setdefault(kind_name, {})[value] = entry_id
+            else:
+                near_values.setdefault(kind_name, []).append(value)
+                near_ids.setdefault(kind_name, []).append(entry_id)
+        await asyncio.sleep(0)
+    near: dict[str, _Vectors] = {}
+    for kind_name, values in near_values.items():
+        ids = np.asarray(near_ids[kind_name], dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        near[kind_name] = _Vectors(_words(values)[order], ids[order])
+    radius = {n: k.threshold for n, k in KINDS.items() if not k.exact}
+    if config is not None:
+        radius[Pdq.name] = config.pdq_max_distance
+    dihedral = config.dihedral if config is not None else False
+    return _Bank(name, category, radius, dihedral, exact, near)
+
+
+# -- propagation ----------------------------------------------------------------------
+
+
+class BankWatcher:
+    """Keeps ``index`` current in this process: a change committed anywhere is matched
+    here within a fraction of a second.
+
+    One pooled connection is held for LISTEN (so it works with the embedded database,
+    whose URL only the pool knows). A notification reloads the bank it names, after a
+    short debounce that gathers a burst of changes. Notifications sent while the
+    connection was down are lost, so every reconnect, and every ``full_reload_seconds``
+    as a safety net, reloads everything.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        configs: Sequence[BankConfig] = (),
+        *,
+        debounce_seconds: float = 0.1,
+        full_reload_seconds: float = 60.0,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.configs = tuple(configs)
+        self.debounce = debounce_seconds
+        self.full_reload = full_reload_seconds
+        self.max_backoff = max_backoff_seconds
+        self.index = BankIndex()
+        self.reloads = 0  # banks reloaded on notification, for tests and metrics
+        self.failures = 0  # reloads or reconnects that failed and were retried
+        self._conn: asyncpg.Connection | None = None
+        self._connected = False
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen, then load: a change committed in between is announced, not missed."""
+        await self._listen()
+        try:
+            self.index = await BankIndex.load(self.pool, self.configs)
+        except BaseException:
+            await self._unlisten()
+            raise
+        self._task = asyncio.create_task(self._run(), name="bank-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._unlisten()
+
+    async def __aenter__(self) -> BankWatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # asyncpg calls these two from the event loop.
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self._pending.add(payload)
+        self._wake.set()
+
+    def _lost(self, conn: object) -> None:
+        self._connected = False
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        conn = await self.pool.acquire()
+        try:
+            conn.add_termination_listener(self._lost)
+            await conn.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            conn.remove_termination_listener(self._lost)
+            await self.pool.release(conn)
+            raise
+        self._conn, self._connected = conn, True
+
+    async def _unlisten(self) -> None:
+        conn, self._conn, self._connected = self._conn, None, False
+        if conn is None:
+            return
+        try:
+            conn.remove_termination_listener(self._lost)
+        except asyncpg.InterfaceError:
+            return  # it was closed, and asyncpg has handed it back to the pool already
+        try:
+            # The pool's reset skips UNLISTEN (relay.store.db._keep): do it here.
+            await conn.remove_listener(CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+        await self.pool.release(conn)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + self.full_reload
+        while True:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(next_full):
+                        await self._wake.wait()
+                if self._pending and self._connected:
+                    await asyncio.sleep(self.debounce)
+                self._wake.clear()
+                if not self._connected:
+                    await self._reconnect()
+                    next_full = loop.time() + self.full_reload
+                    continue
+                names, self._pending = self._pending, set()
+                for name in sorted(names):
+                    self.index = await self.index.reload(self.pool, name)
+                    self.reloads += 1
+                    log.info("bank_reloaded", bank=name, entries=self.index.counts().get(name))
+                if loop.time() >= next_full:
+                    if self._conn is not None:
+                        await self._conn.execute("SELECT 1")  # a silently dead link shows here
+                    self.index = await BankIndex.load(self.pool, self.configs)
+                    next_full = loop.time() + self.full_reload
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Whatever went wrong, keep watching: giving up would freeze the index.
+                log.warning("bank_watch_failed", error=f"{type(exc).__name__}: {exc}")
+                self.failures += 1
+                self._connected = False
+                self._wake.set()
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while True:
+            await self._unlisten()
+            try:
+                await self._listen()
+                self._pending.clear()  # the full load below covers them
+                self.index = await BankIndex.load(self.pool, self.configs)
+            except Exception as exc:
+                self.failures += 1
+                log.warning(
+                    "bank_watch_reconnect_failed", error=f"{type(exc).__name__}: {exc}", retry=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            log.info("bank_watch_reconnected", entries=len(self.index))
+            return

@@ -1,0 +1,1 @@
+"""Media an activity refers to: finding, fetching, decoding and hashing it."""

@@ -1,0 +1,102 @@
+"""Fetching media for the hold: SSRF-safe, bounded, retried, and remembered.
+
+Bytes stay in memory. What is remembered (by URL and by SHA-256, for
+``[media] cache_seconds``) is the hashes, never the bytes: matching runs again on
+every use, so a hash added to a bank catches media seen before it was added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+import aiohttp
+
+from relay.errors import BlockedAddress, FetchError
+from relay.media.image import Hashes
+from relay.network import NetworkPolicy, fetch
+
+__all__ = ["HashCache", "MediaFetcher"]
+
+#: Statuses worth a second try; any other error answer is final.
+_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class MediaFetcher:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        policy: NetworkPolicy,
+        *,
+        max_bytes: int,
+        timeout: float = 30.0,
+        max_redirects: int = 5,
+        attempts: int = 2,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.session = session
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+        self.attempts = attempts
+        self.retry_delay = retry_delay
+
+    async def get(self, url: str) -> bytes:
+        """The bytes at ``url``; FetchError naming the URL and why, after retries."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                fetched = await fetch(
+                    self.session,
+                    self.policy,
+                    url,
+                    max_bytes=self.max_bytes,
+                    headers={"Accept": "image/*, video/*, audio/*, */*;q=0.5"},
+                    max_redirects=self.max_redirects,
+                    total_timeout=self.timeout,
+                )
+                return fetched.body
+            except BlockedAddress:
+                raise
+            except FetchError as exc:
+                final = exc.status is not None and exc.status not in _TRANSIENT
+                too_big = "exceeds" in str(exc) or "too large" in str(exc)
+                if final or too_big or attempt == self.attempts:
+                    raise
+            await asyncio.sleep(self.retry_delay * attempt)
+        raise AssertionError("unreachable")
+
+
+class HashCache:
+    """Hashes by URL and by SHA-256, each kept ``ttl`` seconds, at most ``max_entries``."""
+
+    def __init__(self, ttl: float, *, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, Hashes]] = OrderedDict()
+
+    def by_url(self, url: str) -> Hashes | None:
+        return self._get("url " + url)
+
+    def by_sha256(self, sha256: str) -> Hashes | None:
+        return self._get("sha256 " + sha256)
+
+    def put(self, url: str, hashes: Hashes) -> None:
+        if self.ttl <= 0:
+            return
+        expires = time.monotonic() + self.ttl
+        for key in ("url " + url, "sha256 " + hashes.sha256):
+            self._entries[key] = (expires, hashes)
+            self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def _get(self, key: str) -> Hashes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        return entry[1]
