@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import asyncpg
 import structlog
@@ -20,6 +20,7 @@ from relay.doors.passthrough import Passthrough
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
+from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.metrics import Metrics
@@ -74,9 +75,14 @@ def build_app(
             connect_timeout=config.network.connect_timeout_seconds,
             read_timeout=config.network.read_timeout_seconds,
         )
-        keys = KeyCache(
-            partial(fetch_json, session, policy), ttl=config.signatures.key_cache_seconds
-        )
+        fresh_actors = FreshActors()
+
+        async def fetch_key_document(url: str) -> dict[str, Any]:
+            document = await fetch_json(session, policy, url)
+            fresh_actors.remember(document)  # a new actor: its pictures get checked too
+            return document
+
+        keys = KeyCache(fetch_key_document, ttl=config.signatures.key_cache_seconds)
         media_session = client_session(
             policy,
             connect_timeout=config.network.connect_timeout_seconds,
@@ -97,6 +103,7 @@ def build_app(
             HashCache(config.media.cache_seconds),
             max_refs=config.media.max_refs,
             max_pixels=config.media.max_pixels,
+            fresh_actors=fresh_actors,
         )
         store = ActivityStore(
             pool,

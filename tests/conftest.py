@@ -185,6 +185,7 @@ class Actor:
     id: str
     key: rsa.RSAPrivateKey
     fediverse: Fediverse
+    profile: dict[str, Any] = field(default_factory=dict)  # e.g. icon, image
 
     @property
     def key_id(self) -> str:
@@ -205,6 +206,7 @@ class Actor:
                 "owner": self.id,
                 "publicKeyPem": public_pem(self.key),
             },
+            **self.profile,
         }
 
     def activity(self, kind: str = "Create", obj: Any = None, **extra: Any) -> dict[str, Any]:

@@ -14,10 +14,13 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 from relay.activity import Activity
 from relay.bank import BankIndex
 from relay.errors import DecodeError, FetchError
+from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.image import Hashes, hash_media, sniff
 from relay.media.refs import MediaRef, media_refs
@@ -37,22 +40,32 @@ class MediaCheck:
         *,
         max_refs: int = 32,
         max_pixels: int = 50_000_000,
+        fresh_actors: FreshActors | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.banks = banks
         self.cache = cache
         self.max_refs = max_refs
         self.max_pixels = max_pixels
+        self.fresh_actors = fresh_actors or FreshActors(ttl=0)
         self._inflight: dict[str, asyncio.Future[_Obtained]] = {}
 
-    def _refs(self, activity: Activity) -> list[MediaRef]:
-        return media_refs(activity.document, max_refs=self.max_refs + 1)
+    def _refs(self, activity: Activity, actor: dict[str, Any] | None) -> list[MediaRef]:
+        refs = media_refs(activity.document, max_refs=self.max_refs + 1)
+        if actor is not None:
+            # As if the actor had sent an Update of itself: its avatar and header.
+            update = {"type": "Update", "object": actor}
+            seen = {r.url for r in refs}
+            for ref in media_refs(update, max_refs=self.max_refs + 1):
+                if ref.url not in seen:
+                    refs.append(replace(ref, where="signer's actor document: " + ref.where))
+        return refs
 
     def applies(self, activity: Activity) -> bool:
-        return bool(self._refs(activity))
+        return bool(self._refs(activity, self.fresh_actors.peek(activity.actor)))
 
     async def run(self, activity: Activity) -> Sequence[Signal]:
-        refs = self._refs(activity)
+        refs = self._refs(activity, self.fresh_actors.take(activity.actor))
         signals: list[Signal] = []
         if len(refs) > self.max_refs:
             # Checking only some would let the rest through unchecked.

@@ -319,3 +319,23 @@ async def test_undecodable_file_still_meets_the_exact_hash_banks(
     assert record["state"] == "quarantined"  # stronger than on_error's reject
     kinds = {s["kind"] for s in record["verdict"]["signals"]}
     assert {"error", "match", "evidence"} <= kinds
+
+
+async def test_a_new_actors_avatar_is_checked(
+    guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
+) -> None:
+    mallory = fediverse.actor("mallory")
+    mallory.profile = {"icon": {"type": "Image", "url": origin.url("bridge.jpg")}}
+    like = mallory.activity("Like", obj="https://social.example/notes/1")
+    assert (await guarded.post(mallory, like))[0] == 202
+    record = await _settled(guarded, like["id"])
+    assert record["state"] == "quarantined"
+    matches = [s for s in record["verdict"]["signals"] if s["kind"] == "match"]
+    assert {m["detail"]["hash_kind"] for m in matches} == {"pdq", "md5"}
+    for match in matches:
+        assert match["detail"]["role"] == "avatar"
+        assert match["detail"]["where"].startswith("signer's actor document")
+    # The key is cached now: later activities do not check the avatar again.
+    second = mallory.activity("Like", obj="https://social.example/notes/2")
+    assert (await guarded.post(mallory, second))[0] == 202
+    assert (await _settled(guarded, second["id"]))["state"] == "delivered"
