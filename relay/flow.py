@@ -67,7 +67,7 @@ class Flow:
         #: Rows this process holds the lease of (queued here or being worked on):
         #: the only ones whose leases it renews.
         self.held: set[int] = set()
-        self._busy = 0
+        self._delivering = 0
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -86,8 +86,9 @@ class Flow:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         # A delivery cut short would be sent again by the next process: let it end.
+        # (Checks still running in the hold are cut short: they simply run again.)
         deadline = time.monotonic() + grace
-        while self._busy and time.monotonic() < deadline:
+        while self._delivering and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in self._workers:
             task.cancel()
@@ -126,7 +127,6 @@ class Flow:
     async def _worker(self) -> None:
         while not self._stopping:
             item = await self.queue.get()
-            self._busy += 1
             try:
                 await self.process(item)
             except asyncio.CancelledError:
@@ -140,7 +140,6 @@ class Flow:
                 with contextlib.suppress(Exception):
                     await self.store.release(item.id, delay=delay)
             finally:
-                self._busy -= 1
                 self.held.discard(item.id)
 
     async def _poller(self) -> None:
@@ -261,7 +260,11 @@ class Flow:
         return Verdict(verdict.action, verdict.rule, (*verdict.signals, signal), timings)
 
     async def _deliver(self, item: Item) -> None:
-        result = await self.upstream.deliver(item.target, item.headers, item.body)
+        self._delivering += 1
+        try:
+            result = await self.upstream.deliver(item.target, item.headers, item.body)
+        finally:
+            self._delivering -= 1
         self.metrics.upstream_seconds.observe(result.seconds)
         fields = dict(
             row=item.id, activity_id=item.ap_id, status=result.status, attempt=item.attempts + 1
