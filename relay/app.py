@@ -104,6 +104,7 @@ def build_app(
             max_refs=config.media.max_refs,
             max_pixels=config.media.max_pixels,
             fresh_actors=fresh_actors,
+            metrics=metrics,
         )
         store = ActivityStore(
             pool,

@@ -30,6 +30,18 @@ class Metrics:
         self.verdicts = Counter(
             "sluice_verdicts", "Hold verdicts by action", ["action"], registry=r
         )
+        self.media = Counter(
+            "sluice_media",
+            "Media files looked at by the hold, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.matches = Counter(
+            "sluice_bank_matches",
+            "Bank matches, by bank and hash kind",
+            ["bank", "kind"],
+            registry=r,
+        )
         self.held = Gauge("sluice_activities_held", "Activities by state", ["state"], registry=r)
         self.receive_seconds = Histogram(
             "sluice_receive_seconds", "Inbox request handling time", buckets=_LATENCY, registry=r

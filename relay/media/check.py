@@ -24,6 +24,7 @@ from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.image import Hashes, hash_media, sniff
 from relay.media.refs import MediaRef, media_refs
+from relay.metrics import Metrics
 from relay.signal import Signal
 
 __all__ = ["MediaCheck"]
@@ -41,6 +42,7 @@ class MediaCheck:
         max_refs: int = 32,
         max_pixels: int = 50_000_000,
         fresh_actors: FreshActors | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.banks = banks
@@ -48,6 +50,7 @@ class MediaCheck:
         self.max_refs = max_refs
         self.max_pixels = max_pixels
         self.fresh_actors = fresh_actors or FreshActors(ttl=0)
+        self.metrics = metrics or Metrics()
         self._inflight: dict[str, asyncio.Future[_Obtained]] = {}
 
     def _refs(self, activity: Activity, actor: dict[str, Any] | None) -> list[MediaRef]:
@@ -96,15 +99,20 @@ class MediaCheck:
         try:
             hashes, data, cached, problem = await asyncio.shield(task)
         except _Failed as failed:
+            self.metrics.media.labels(f"{failed.detail['stage']}_error").inc()
             return [Signal("error", self.name, {**where, **failed.detail})]
         signals = [Signal("hashed", self.name, {**where, **_facts(hashes), "cached": cached})]
+        outcome = "cached" if cached else hashes.kind
         if problem is not None:
+            outcome = f"{problem['stage']}_error"
             signals.append(Signal("error", self.name, {**where, **problem}))
+        self.metrics.media.labels(outcome).inc()
         if hashes.kind in ("video", "audio"):
             signals.append(
                 Signal("unchecked", self.name, {**where, "kind": hashes.kind, "mime": hashes.mime})
             )
         for match in self.banks().match(hashes):
+            self.metrics.matches.labels(match.bank, match.kind).inc()
             signal = match.as_signal()
             signals.append(
                 Signal(signal.kind, signal.source, {**signal.detail, **where}, payload=data)
