@@ -399,3 +399,14 @@ async def sluice_factory(
 @pytest.fixture
 async def sluice(sluice_factory: Callable[..., Awaitable[Running]]) -> Running:
     return await sluice_factory()
+
+
+@pytest.fixture
+async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database with Sluice's schema in place."""
+    from relay.store import migrate
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    await migrate(pool)
+    yield pool
+    await pool.close()

@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from relay.evidence import EvidenceError, EvidenceKey, EvidenceStore, MediaItem
-from relay.store import migrate
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 # A string that appears in the facts only: it must never be found on disk in clear.
@@ -69,11 +67,8 @@ def write_key(path: Path, raw: bytes | None = None) -> EvidenceKey:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    await migrate(pool)
-    yield pool
-    await pool.close()
+def pool(migrated_pool: asyncpg.Pool) -> asyncpg.Pool:
+    return migrated_pool
 
 
 @pytest.fixture

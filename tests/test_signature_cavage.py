@@ -16,42 +16,22 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from relay.errors import FetchError, KeyFetchError, SignatureError
-from relay.signature import KeyCache, PublicKey, Verified, sign_cavage, verify_request
+from relay.signature import KeyCache, Verified, sign_cavage, verify_request
+from tests.signature_support import (
+    ALICE,
+    BODY,
+    INBOX,
+    KEY_ID,
+    Keys,
+    Origin,
+    actor_doc,
+    ed_key_fixture,  # noqa: F401
+    one_key,
+    rsa_key2_fixture,  # noqa: F401
+    rsa_key_fixture,  # noqa: F401
+)
 
-ALICE = "https://a.example/users/alice"
-KEY_ID = f"{ALICE}#main-key"
-INBOX = "https://relay.example/inbox"
-BODY = b'{"type":"Create","actor":"https://a.example/users/alice"}'
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def rsa_key2() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def ed_key() -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.generate()
-
-
-class Keys:
-    """A KeyResolver over fixed keys that records how it was asked."""
-
-    def __init__(self, key: Any, key_id: str = KEY_ID, owner: str = ALICE) -> None:
-        self.key = PublicKey(id=key_id, owner=owner, key=key)
-        self.calls: list[tuple[str, bool]] = []
-
-    async def resolve(self, key_id: str, *, refresh: bool = False) -> PublicKey:
-        self.calls.append((key_id, refresh))
-        if key_id != self.key.id:
-            raise KeyFetchError(f"no key {key_id}")
-        return self.key
 
 
 async def verify(headers: Mapping[str, str], keys: Keys, body: bytes = BODY, **kw: Any) -> Verified:
@@ -78,7 +58,7 @@ async def test_round_trip_rsa_sha256(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, headers={"Content-Type": "application/activity+json"})
     assert set(headers) == {"Host", "Date", "Digest", "Signature", "Content-Type"}
     assert 'headers="(request-target) host date digest content-type"' in headers["Signature"]
-    keys = Keys(rsa_key.public_key())
+    keys = one_key(rsa_key.public_key())
     result = await verify(headers, keys)
     assert result == Verified(scheme="cavage", key_id=KEY_ID, signer=ALICE, created=NOW)
     assert keys.calls == [(KEY_ID, False)]
@@ -87,29 +67,29 @@ async def test_round_trip_rsa_sha256(rsa_key: rsa.RSAPrivateKey) -> None:
 @pytest.mark.parametrize("algorithm", ["hs2019", "rsa-sha256"])
 async def test_rsa_algorithms(rsa_key: rsa.RSAPrivateKey, algorithm: str) -> None:
     headers = signed(rsa_key, algorithm=algorithm)
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 @pytest.mark.parametrize("algorithm", ["hs2019", "ed25519"])
 async def test_ed25519_algorithms(ed_key: ed25519.Ed25519PrivateKey, algorithm: str) -> None:
     headers = signed(ed_key, algorithm=algorithm)
-    assert (await verify(headers, Keys(ed_key.public_key()))).key_id == KEY_ID
+    assert (await verify(headers, one_key(ed_key.public_key()))).key_id == KEY_ID
 
 
 async def test_aiohttp_headers(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = CIMultiDictProxy(CIMultiDict({k.lower(): v for k, v in signed(rsa_key).items()}))
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_plain_dict_with_odd_case(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = {k.upper(): v for k, v in signed(rsa_key).items()}
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_authorization_signature_form(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     headers["Authorization"] = "Signature " + headers.pop("Signature")
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_hand_built_mastodon_request(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -136,7 +116,7 @@ async def test_hand_built_mastodon_request(rsa_key: rsa.RSAPrivateKey) -> None:
         ),
     }
     result = await verify_request(
-        "POST", "/inbox?shared=1", headers, BODY, Keys(rsa_key.public_key()), now=NOW
+        "POST", "/inbox?shared=1", headers, BODY, one_key(rsa_key.public_key()), now=NOW
     )
     assert result.created == NOW
 
@@ -161,7 +141,7 @@ async def test_draft_cavage_12_appendix_c2_vector() -> None:
             'lgdDEmn04swr2Os0="'
         ),
     }
-    keys = Keys(public, key_id="Test", owner="https://example.com/actor")
+    keys = one_key(public, key_id="Test", owner="https://example.com/actor")
     when = 1388957500.0  # the Date above
     result = await verify_request(
         "POST", "/foo?param=value&pet=dog", headers, b"", keys, now=when + 60
@@ -176,7 +156,7 @@ async def test_repeated_headers_are_joined(rsa_key: rsa.RSAPrivateKey) -> None:
     raw = CIMultiDict((k, v) for k, v in headers.items() if k != "X-Trace")
     raw.add("X-Trace", "a")
     raw.add("X-Trace", " b ")
-    assert (await verify(CIMultiDictProxy(raw), Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(CIMultiDictProxy(raw), one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_sha512_and_several_digests(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -185,7 +165,7 @@ async def test_sha512_and_several_digests(rsa_key: rsa.RSAPrivateKey) -> None:
         "MD5=ignored, SHA-256=" + base64.b64encode(hashlib.sha256(BODY).digest()).decode()
     )
     headers = signed(rsa_key, headers={"Digest": digest})
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_created_and_expires_pseudo_headers(ed_key: ed25519.Ed25519PrivateKey) -> None:
@@ -204,7 +184,7 @@ async def test_created_and_expires_pseudo_headers(ed_key: ed25519.Ed25519Private
             f'headers="(request-target) (created) (expires) host digest",signature="{value}"'
         ),
     }
-    keys = Keys(ed_key.public_key())
+    keys = one_key(ed_key.public_key())
     assert (await verify(headers, keys)).created == created
     with pytest.raises(SignatureError, match=r"signature expired 1\.7 minutes ago"):
         await verify(headers, keys, now=expires + 100)
@@ -214,7 +194,7 @@ async def test_get_without_body_needs_no_digest(rsa_key: rsa.RSAPrivateKey) -> N
     headers = sign_cavage("GET", "https://relay.example/actor", b"", rsa_key, KEY_ID, now=NOW)
     assert "Digest" not in headers
     result = await verify_request(
-        "GET", "/actor", headers, b"", Keys(rsa_key.public_key()), now=NOW
+        "GET", "/actor", headers, b"", one_key(rsa_key.public_key()), now=NOW
     )
     assert result.signer == ALICE
 
@@ -223,7 +203,7 @@ async def test_get_without_body_needs_no_digest(rsa_key: rsa.RSAPrivateKey) -> N
 
 
 async def test_tampered_body(rsa_key: rsa.RSAPrivateKey) -> None:
-    keys = Keys(rsa_key.public_key())
+    keys = one_key(rsa_key.public_key())
     with pytest.raises(SignatureError, match=r"^Digest does not match the body$"):
         await verify(signed(rsa_key), keys, body=BODY + b" ")
     assert keys.calls == []  # refused before any key fetch
@@ -235,25 +215,25 @@ async def test_tampered_digest(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     headers["Digest"] = "SHA-256=" + base64.b64encode(hashlib.sha256(other).digest()).decode()
     with pytest.raises(SignatureError, match=f"^signature does not verify with key {KEY_ID}$"):
-        await verify(headers, Keys(rsa_key.public_key()), body=other)
+        await verify(headers, one_key(rsa_key.public_key()), body=other)
 
 
 async def test_tampered_header(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, headers={"Content-Type": "application/activity+json"})
     headers["Content-Type"] = "text/html"
     with pytest.raises(SignatureError, match=r"does not verify"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_other_target(rsa_key: rsa.RSAPrivateKey) -> None:
     with pytest.raises(SignatureError, match=r"does not verify"):
         await verify_request(
-            "POST", "/users/x/inbox", signed(rsa_key), BODY, Keys(rsa_key.public_key()), now=NOW
+            "POST", "/users/x/inbox", signed(rsa_key), BODY, one_key(rsa_key.public_key()), now=NOW
         )
 
 
 async def test_wrong_key(rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey) -> None:
-    keys = Keys(rsa_key2.public_key())
+    keys = one_key(rsa_key2.public_key())
     with pytest.raises(SignatureError, match=f"^signature does not verify with key {KEY_ID}$"):
         await verify(signed(rsa_key), keys)
     assert keys.calls == [(KEY_ID, False), (KEY_ID, True)]  # one refresh, in case of rotation
@@ -262,30 +242,30 @@ async def test_wrong_key(rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey
 async def test_old_date(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, now=NOW - 13 * 3600)
     with pytest.raises(SignatureError, match=r"^Date is 13 hours old \(limit 12h\)$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_future_date(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, now=NOW + 2 * 3600)
     with pytest.raises(SignatureError, match=r"^Date is 2 hours in the future \(limit 1h\)$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_limits_are_the_callers(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, now=NOW - 600)
     with pytest.raises(SignatureError, match=r"^Date is 10 minutes old \(limit 5m\)$"):
-        await verify(headers, Keys(rsa_key.public_key()), max_age=300)
+        await verify(headers, one_key(rsa_key.public_key()), max_age=300)
 
 
 async def test_bad_date(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = {**signed(rsa_key), "Date": "yesterday"}
     with pytest.raises(SignatureError, match=r"Date is missing or not an HTTP date"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_no_signature() -> None:
     with pytest.raises(SignatureError, match=r"^no Signature header$"):
-        await verify({"Host": "relay.example", "Authorization": "Bearer x"}, Keys(None))
+        await verify({"Host": "relay.example", "Authorization": "Bearer x"}, one_key(None))
 
 
 @pytest.mark.parametrize(
@@ -299,20 +279,20 @@ async def test_no_signature() -> None:
 async def test_coverage(rsa_key: rsa.RSAPrivateKey, covered: str, missing: str) -> None:
     headers = with_signature_param(signed(rsa_key), "headers", covered)
     with pytest.raises(SignatureError, match=rf"^signature does not cover `{re.escape(missing)}`$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_default_headers_is_date_only(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     headers["Signature"] = f'keyId="{KEY_ID}",signature="AAAA"'
     with pytest.raises(SignatureError, match=r"^signature does not cover `\(request-target\)`$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_unsupported_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = with_signature_param(signed(rsa_key), "algorithm", "hmac-sha256")
     with pytest.raises(SignatureError, match=r"^unsupported algorithm hmac-sha256$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_algorithm_must_fit_the_key(
@@ -320,29 +300,29 @@ async def test_algorithm_must_fit_the_key(
 ) -> None:
     headers = with_signature_param(signed(rsa_key), "algorithm", "ed25519")
     with pytest.raises(SignatureError, match=f"^algorithm ed25519 does not match key {KEY_ID}$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
     with pytest.raises(SignatureError, match=r"does not match key"):
-        await verify(signed(rsa_key), Keys(ed_key.public_key()))
+        await verify(signed(rsa_key), one_key(ed_key.public_key()))
 
 
 async def test_missing_digest(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     del headers["Digest"]
     with pytest.raises(SignatureError, match=r"^no Digest header$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_digest_without_known_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, headers={"Digest": "MD5=abc"})
     with pytest.raises(SignatureError, match=r"^Digest has no SHA-256 or SHA-512 value$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_signed_header_missing(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, headers={"Content-Type": "application/activity+json"})
     del headers["Content-Type"]
     with pytest.raises(SignatureError, match=r"^signed header `content-type` is missing$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 @pytest.mark.parametrize(
@@ -351,7 +331,7 @@ async def test_signed_header_missing(rsa_key: rsa.RSAPrivateKey) -> None:
 )
 async def test_malformed_signature_header(value: str) -> None:
     with pytest.raises(SignatureError, match=r"malformed|repeats"):
-        await verify({"Signature": value}, Keys(None))
+        await verify({"Signature": value}, one_key(None))
 
 
 async def test_unreachable_key_says_gone(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -366,42 +346,25 @@ async def test_unreachable_key_says_gone(rsa_key: rsa.RSAPrivateKey) -> None:
 # --- key rotation -----------------------------------------------------------------------------
 
 
-def actor_doc(key: rsa.RSAPrivateKey) -> dict[str, Any]:
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return {
-        "id": ALICE,
-        "type": "Person",
-        "publicKey": {"id": KEY_ID, "owner": ALICE, "publicKeyPem": pem.decode()},
-    }
-
-
 async def test_rotated_key_is_refetched_once(
     rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey
 ) -> None:
-    docs = {ALICE: actor_doc(rsa_key)}
-    fetched: list[str] = []
-
-    async def fetch_json(url: str) -> dict:
-        fetched.append(url)
-        return docs[url]
-
-    keys = KeyCache(fetch_json)
+    origin = Origin({ALICE: actor_doc(rsa_key)})
+    keys = KeyCache(origin.fetch_json)
     await verify(signed(rsa_key), keys)
-    docs[ALICE] = actor_doc(rsa_key2)  # Alice rotates her key
+    origin.docs[ALICE] = actor_doc(rsa_key2)  # Alice rotates her key
     await verify(signed(rsa_key2), keys)  # stale cached key fails, refresh succeeds
-    assert fetched == [ALICE, ALICE]
+    assert origin.fetches == [ALICE, ALICE]
     await verify(signed(rsa_key2), keys)
-    assert fetched == [ALICE, ALICE]  # the new key is now cached
+    assert origin.fetches == [ALICE, ALICE]  # the new key is now cached
     with pytest.raises(SignatureError, match=r"does not verify"):
         await verify(signed(rsa_key), keys)  # the old key is refused after one more look
-    assert fetched == [ALICE, ALICE, ALICE]
+    assert origin.fetches == [ALICE, ALICE, ALICE]
 
 
 async def test_real_clock_default(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = sign_cavage("POST", INBOX, BODY, rsa_key, KEY_ID)
-    result = await verify_request("POST", "/inbox", headers, BODY, Keys(rsa_key.public_key()))
+    result = await verify_request("POST", "/inbox", headers, BODY, one_key(rsa_key.public_key()))
     assert abs(result.created - time.time()) < 5
     assert headers["Date"].endswith("GMT")
     assert formatdate(result.created, usegmt=True) == headers["Date"]

@@ -3,43 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from relay.errors import FetchError, KeyFetchError, SignatureError
+from relay.errors import KeyFetchError, SignatureError
 from relay.signature import KeyCache, PublicKey
 from relay.signature.keys import parse_key_document, verify_with_key
 from relay.signature.proof import b58encode
+from tests.conftest import public_pem as pem
+from tests.signature_support import (
+    ALICE,
+    KEY_ID,
+    Origin,
+    ed_key_fixture,  # noqa: F401
+    rsa_key2_fixture,  # noqa: F401
+    rsa_key_fixture,  # noqa: F401
+)
 
-ALICE = "https://a.example/users/alice"
-MAIN_KEY = f"{ALICE}#main-key"
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def rsa_key2() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def ed_key() -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.generate()
-
-
-def pem(key: rsa.RSAPrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+MAIN_KEY = KEY_ID
 
 
 def multibase(key: ed25519.Ed25519PrivateKey) -> str:
@@ -57,22 +41,6 @@ def actor(key: rsa.RSAPrivateKey, **extra: Any) -> dict[str, Any]:
         "publicKey": {"id": MAIN_KEY, "owner": ALICE, "publicKeyPem": pem(key)},
         **extra,
     }
-
-
-class Origin:
-    """A fake remote server: documents by URL, an int stands for an HTTP error status."""
-
-    def __init__(self, docs: dict[str, Any] | None = None) -> None:
-        self.docs: dict[str, Any] = docs or {}
-        self.fetches: list[str] = []
-
-    async def fetch_json(self, url: str) -> dict:
-        self.fetches.append(url)
-        await asyncio.sleep(0)  # let concurrent resolvers pile up
-        doc = self.docs.get(url, 404)
-        if isinstance(doc, int):
-            raise FetchError(f"{url} answered {doc}", status=doc)
-        return copy.deepcopy(doc)
 
 
 class Clock:

@@ -11,13 +11,21 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from relay.errors import KeyFetchError, SignatureError
+from relay.errors import SignatureError
 from relay.jsonld import UnknownContext, document_loader, normalize
 from relay.signature import KeyCache, PublicKey, sign_ld, sign_proof, verify_object
 from relay.signature.proof import b58decode, b58encode, canonical_json
+from tests.conftest import public_pem
+from tests.signature_support import (
+    ALICE,
+    KEY_ID,
+    Keys,
+    ed_key_fixture,  # noqa: F401
+    rsa_key2_fixture,  # noqa: F401
+    rsa_key_fixture,  # noqa: F401
+)
 
-ALICE = "https://a.example/users/alice"
-RSA_KEY_ID = f"{ALICE}#main-key"
+RSA_KEY_ID = KEY_ID
 ED_KEY_ID = f"{ALICE}#ed25519-key"
 
 ACTIVITY: dict[str, Any] = {
@@ -39,35 +47,6 @@ ACTIVITY: dict[str, Any] = {
         "published": "2024-01-01T00:00:00Z",
     },
 }
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def rsa_key2() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def ed_key() -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.generate()
-
-
-class Keys:
-    """A KeyResolver over fixed keys."""
-
-    def __init__(self, *keys: PublicKey) -> None:
-        self.keys = {k.id: k for k in keys}
-        self.calls: list[tuple[str, bool]] = []
-
-    async def resolve(self, key_id: str, *, refresh: bool = False) -> PublicKey:
-        self.calls.append((key_id, refresh))
-        if key_id not in self.keys:
-            raise KeyFetchError(f"no key {key_id}")
-        return self.keys[key_id]
 
 
 @pytest.fixture
@@ -153,10 +132,7 @@ async def test_ld_bad_signature_value(rsa_key: rsa.RSAPrivateKey, keys: Keys) ->
 
 async def test_ld_rotated_key(rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey) -> None:
     def actor(key: rsa.RSAPrivateKey) -> dict[str, Any]:
-        pem = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return {"id": ALICE, "publicKey": {"id": RSA_KEY_ID, "publicKeyPem": pem.decode()}}
+        return {"id": ALICE, "publicKey": {"id": RSA_KEY_ID, "publicKeyPem": public_pem(key)}}
 
     docs = {ALICE: actor(rsa_key)}
 

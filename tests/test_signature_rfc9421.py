@@ -10,48 +10,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from relay.errors import KeyFetchError, SignatureError
-from relay.signature import KeyCache, PublicKey, Verified, rfc9421, sign_rfc9421, verify_request
+from relay.errors import SignatureError
+from relay.signature import KeyCache, Verified, rfc9421, sign_rfc9421, verify_request
+from tests.signature_support import (
+    ALICE,
+    BODY,
+    INBOX,
+    KEY_ID,
+    Keys,
+    Origin,
+    actor_doc,
+    ed_key_fixture,  # noqa: F401
+    one_key,
+    rsa_key2_fixture,  # noqa: F401
+    rsa_key_fixture,  # noqa: F401
+)
 
-ALICE = "https://a.example/users/alice"
-KEY_ID = f"{ALICE}#main-key"
-INBOX = "https://relay.example/inbox"
-BODY = b'{"type":"Create","actor":"https://a.example/users/alice"}'
 NOW = 1_700_000_000
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def rsa_key2() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def ed_key() -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.generate()
-
-
-class Keys:
-    """A KeyResolver over fixed keys that records how it was asked."""
-
-    def __init__(self, key: Any, key_id: str = KEY_ID, owner: str = ALICE) -> None:
-        self.key = PublicKey(id=key_id, owner=owner, key=key)
-        self.calls: list[tuple[str, bool]] = []
-
-    async def resolve(self, key_id: str, *, refresh: bool = False) -> PublicKey:
-        self.calls.append((key_id, refresh))
-        if key_id != self.key.id:
-            raise KeyFetchError(f"no key {key_id}")
-        return self.key
 
 
 async def verify(
@@ -111,7 +90,7 @@ async def test_round_trip_rsa(rsa_key: rsa.RSAPrivateKey) -> None:
         "Signature",
     }
     assert 'alg="rsa-v1_5-sha256"' in headers["Signature-Input"]
-    keys = Keys(rsa_key.public_key())
+    keys = one_key(rsa_key.public_key())
     result = await verify(headers, keys)
     assert result == Verified(scheme="rfc9421", key_id=KEY_ID, signer=ALICE, created=NOW)
     assert keys.calls == [(KEY_ID, False)]
@@ -120,16 +99,16 @@ async def test_round_trip_rsa(rsa_key: rsa.RSAPrivateKey) -> None:
 async def test_round_trip_ed25519(ed_key: ed25519.Ed25519PrivateKey) -> None:
     headers = signed(ed_key)
     assert 'alg="ed25519"' in headers["Signature-Input"]
-    assert (await verify(headers, Keys(ed_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(ed_key.public_key()))).signer == ALICE
 
 
 async def test_aiohttp_headers(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = CIMultiDictProxy(CIMultiDict({k.lower(): v for k, v in signed(rsa_key).items()}))
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_signature_input_wins_over_cavage(rsa_key: rsa.RSAPrivateKey) -> None:
-    assert (await verify(signed(rsa_key), Keys(rsa_key.public_key()))).scheme == "rfc9421"
+    assert (await verify(signed(rsa_key), one_key(rsa_key.public_key()))).scheme == "rfc9421"
 
 
 @pytest.mark.parametrize(
@@ -144,25 +123,25 @@ async def test_alg_absent_is_inferred_from_the_key(
         key, ("@method", "@target-uri"), algorithm=algorithm, include_alg=False
     )
     assert "alg=" not in headers["Signature-Input"]
-    assert (await verify(headers, Keys(key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(key.public_key()))).signer == ALICE
 
 
 async def test_rsa_pss_sha512(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = library_signed(
         rsa_key, ("@method", "@authority", "@path"), algorithm=algorithms.RSA_PSS_SHA512
     )
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_signed_as_http_behind_the_proxy(rsa_key: rsa.RSAPrivateKey) -> None:
     """A sender that signed http://…: the second @target-uri we try."""
     headers = signed(rsa_key, url="http://relay.example/inbox")
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_query_is_part_of_the_target(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, url="https://relay.example/inbox?shared=1")
-    keys = Keys(rsa_key.public_key())
+    keys = one_key(rsa_key.public_key())
     result = await verify_request("POST", "/inbox?shared=1", headers, BODY, keys, now=NOW)
     assert result.signer == ALICE
     with pytest.raises(SignatureError, match=r"does not verify"):
@@ -172,7 +151,7 @@ async def test_query_is_part_of_the_target(rsa_key: rsa.RSAPrivateKey) -> None:
 async def test_sha512_content_digest(rsa_key: rsa.RSAPrivateKey) -> None:
     digest = base64.b64encode(hashlib.sha512(BODY).digest()).decode()
     headers = signed(rsa_key, headers={"Content-Digest": f"sha-512=:{digest}:"})
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 def test_unknown_digest_algorithms_are_ignored() -> None:
@@ -187,7 +166,7 @@ async def test_several_signatures_first_is_used(rsa_key: rsa.RSAPrivateKey) -> N
     headers = signed(rsa_key)
     headers["Signature-Input"] += ', other=("@method");created=1;keyid="https://x.example/k"'
     headers["Signature"] += ", other=:AAAA:"
-    assert (await verify(headers, Keys(rsa_key.public_key()))).key_id == KEY_ID
+    assert (await verify(headers, one_key(rsa_key.public_key()))).key_id == KEY_ID
 
 
 async def test_rfc9421_appendix_b26_ed25519_vector() -> None:
@@ -195,7 +174,7 @@ async def test_rfc9421_appendix_b26_ed25519_vector() -> None:
     public = ed25519.Ed25519PublicKey.from_public_bytes(
         base64.urlsafe_b64decode("JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs=")
     )
-    keys = Keys(public, key_id="test-key-ed25519", owner="https://example.com/actor")
+    keys = one_key(public, key_id="test-key-ed25519", owner="https://example.com/actor")
     headers = {
         "Host": "example.com",
         "Date": "Tue, 20 Apr 2021 02:07:55 GMT",
@@ -227,7 +206,7 @@ async def test_rfc9421_appendix_b26_ed25519_vector() -> None:
 
 
 async def test_tampered_body(rsa_key: rsa.RSAPrivateKey) -> None:
-    keys = Keys(rsa_key.public_key())
+    keys = one_key(rsa_key.public_key())
     with pytest.raises(SignatureError, match=r"^Content-Digest does not match the body$"):
         await verify(signed(rsa_key), keys, body=BODY + b" ")
     assert keys.calls == []
@@ -240,18 +219,18 @@ async def test_tampered_digest(rsa_key: rsa.RSAPrivateKey) -> None:
         "sha-256=:" + base64.b64encode(hashlib.sha256(other).digest()).decode() + ":"
     )
     with pytest.raises(SignatureError, match=f"^signature does not verify with key {KEY_ID}$"):
-        await verify(headers, Keys(rsa_key.public_key()), body=other)
+        await verify(headers, one_key(rsa_key.public_key()), body=other)
 
 
 async def test_other_host(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, url="https://elsewhere.example/inbox")
     headers["Host"] = "relay.example"
     with pytest.raises(SignatureError, match=r"does not verify"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_wrong_key(rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey) -> None:
-    keys = Keys(rsa_key2.public_key())
+    keys = one_key(rsa_key2.public_key())
     with pytest.raises(SignatureError, match=f"^signature does not verify with key {KEY_ID}$"):
         await verify(signed(rsa_key), keys)
     assert keys.calls == [(KEY_ID, False), (KEY_ID, True)]
@@ -263,7 +242,7 @@ async def test_algorithm_must_fit_the_key(
     with pytest.raises(
         SignatureError, match=f"^algorithm rsa-v1_5-sha256 does not match key {KEY_ID}$"
     ):
-        await verify(signed(rsa_key), Keys(ed_key.public_key()))
+        await verify(signed(rsa_key), one_key(ed_key.public_key()))
 
 
 async def test_unsupported_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -272,7 +251,7 @@ async def test_unsupported_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
         "rsa-v1_5-sha256", "hmac-sha256"
     )
     with pytest.raises(SignatureError, match=r"^unsupported algorithm hmac-sha256$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 @pytest.mark.parametrize(
@@ -286,7 +265,7 @@ async def test_unsupported_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
 async def test_coverage(rsa_key: rsa.RSAPrivateKey, covered: tuple[str, ...], message: str) -> None:
     headers = library_signed(rsa_key, covered)
     with pytest.raises(SignatureError, match=r"^" + re.escape(message)):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_digest_must_be_covered(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -295,26 +274,26 @@ async def test_digest_must_be_covered(rsa_key: rsa.RSAPrivateKey) -> None:
         "sha-256=:" + base64.b64encode(hashlib.sha256(BODY).digest()).decode() + ":"
     )
     with pytest.raises(SignatureError, match=r"^signature does not cover `content-digest`$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_missing_content_digest(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     del headers["Content-Digest"]
     with pytest.raises(SignatureError, match=r"^no Content-Digest header$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_content_digest_without_known_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = {**signed(rsa_key), "Content-Digest": "md5=:AAAA:"}
     with pytest.raises(SignatureError, match=r"^Content-Digest has no sha-256 or sha-512 value$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_old_signature(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, created=NOW - 13 * 3600)
     with pytest.raises(SignatureError, match=r"^`created` is 13 hours old \(limit 12h\)$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_future_signature(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -322,22 +301,22 @@ async def test_future_signature(rsa_key: rsa.RSAPrivateKey) -> None:
     with pytest.raises(
         SignatureError, match=r"^`created` is 1\.5 hours in the future \(limit 1h\)$"
     ):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_expired_signature(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key, created=NOW - 100, expires=NOW - 10)
     with pytest.raises(SignatureError, match=r"^signature expired 10 seconds ago"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
     headers = signed(rsa_key, created=NOW - 100, expires=NOW + 10)
-    assert (await verify(headers, Keys(rsa_key.public_key()))).signer == ALICE
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
 async def test_created_is_required(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     headers["Signature-Input"] = re.sub(r";created=\d+", "", headers["Signature-Input"])
     with pytest.raises(SignatureError, match=r"^signature has no `created` time$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 @pytest.mark.parametrize(
@@ -351,50 +330,33 @@ async def test_created_is_required(rsa_key: rsa.RSAPrivateKey) -> None:
 )
 async def test_malformed(rsa_key: rsa.RSAPrivateKey, change: dict[str, str], message: str) -> None:
     with pytest.raises(SignatureError, match=message):
-        await verify({**signed(rsa_key), **change}, Keys(rsa_key.public_key()))
+        await verify({**signed(rsa_key), **change}, one_key(rsa_key.public_key()))
 
 
 async def test_missing_host(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     del headers["Host"]
     with pytest.raises(SignatureError, match=r"^no Host header$"):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 async def test_covered_header_missing(rsa_key: rsa.RSAPrivateKey) -> None:
     headers = signed(rsa_key)
     del headers["Date"]
     with pytest.raises(SignatureError, match=r'^cannot verify: Covered header field "date"'):
-        await verify(headers, Keys(rsa_key.public_key()))
+        await verify(headers, one_key(rsa_key.public_key()))
 
 
 # --- key rotation -----------------------------------------------------------------------------
-
-
-def actor_doc(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> dict[str, Any]:
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return {
-        "id": ALICE,
-        "type": "Person",
-        "publicKey": {"id": KEY_ID, "owner": ALICE, "publicKeyPem": pem.decode()},
-    }
 
 
 async def test_rotated_key_is_refetched_once(
     rsa_key: rsa.RSAPrivateKey, ed_key: ed25519.Ed25519PrivateKey
 ) -> None:
     """Rotation even across key types: RSA to Ed25519."""
-    docs = {ALICE: actor_doc(rsa_key)}
-    fetched: list[str] = []
-
-    async def fetch_json(url: str) -> dict:
-        fetched.append(url)
-        return docs[url]
-
-    keys = KeyCache(fetch_json)
+    origin = Origin({ALICE: actor_doc(rsa_key)})
+    keys = KeyCache(origin.fetch_json)
     await verify(signed(rsa_key), keys)
-    docs[ALICE] = actor_doc(ed_key)
+    origin.docs[ALICE] = actor_doc(ed_key)
     assert (await verify(signed(ed_key), keys)).signer == ALICE
-    assert fetched == [ALICE, ALICE]
+    assert origin.fetches == [ALICE, ALICE]

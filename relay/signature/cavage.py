@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from relay.errors import SignatureError
 from relay.signature.keys import KeyResolver, PublicKey, Verified, verify_with_key
 
-__all__ = ["check_window", "header_getter", "sign_cavage", "verify_cavage"]
+__all__ = ["add_headers", "check_window", "header_getter", "sign_cavage", "verify_cavage"]
 
 HeaderGetter = Callable[[str], str | None]
 
@@ -60,6 +60,14 @@ def header_getter(headers: Mapping[str, str]) -> HeaderGetter:
         return get
     lowered = {k.lower(): v.strip() for k, v in headers.items()}
     return lowered.get
+
+
+def add_headers(out: dict[str, str], headers: Mapping[str, str] | None) -> None:
+    """Add the caller's headers to those a signer made, each replacing ours of any case."""
+    for name, value in (headers or {}).items():
+        for existing in [k for k in out if k.lower() == name.lower()]:
+            del out[existing]
+        out[name] = value
 
 
 def parse_signature(value: str) -> dict[str, str]:
@@ -297,10 +305,7 @@ def sign_cavage(
     out = {"Host": parts.netloc, "Date": date}
     if body or method.upper() not in ("GET", "HEAD"):
         out["Digest"] = "SHA-256=" + base64.b64encode(hashlib.sha256(body).digest()).decode()
-    for name, value in (headers or {}).items():
-        for existing in [k for k in out if k.lower() == name.lower()]:
-            del out[existing]
-        out[name] = value
+    add_headers(out, headers)
     covered = ["(request-target)", *(k.lower() for k in out)]
     message = _signing_string(covered, method, target, header_getter(out), {})
     if isinstance(private_key, RSAPrivateKey) and algorithm.lower() not in _ED25519_NAMES:

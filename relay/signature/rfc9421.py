@@ -35,7 +35,7 @@ from http_message_signatures import (
 )
 
 from relay.errors import SignatureError
-from relay.signature.cavage import HeaderGetter, check_expires, check_window
+from relay.signature.cavage import HeaderGetter, add_headers, check_expires, check_window
 from relay.signature.keys import KeyResolver, PublicKey, Verified, verify_with_key
 
 __all__ = ["sign_rfc9421", "verify_rfc9421"]
@@ -267,10 +267,7 @@ def sign_rfc9421(
         raise ValueError(f"cannot sign with a {type(private_key).__name__}")
     when = time.time() if created is None else created
     out = {"Host": urlsplit(url).netloc, "Date": formatdate(when, usegmt=True)}
-    for name, value in (headers or {}).items():
-        for existing in [k for k in out if k.lower() == name.lower()]:
-            del out[existing]
-        out[name] = value
+    add_headers(out, headers)
     covered = ["@method", "@target-uri", *(k.lower() for k in out if k.lower() != "host")]
     signer = HTTPMessageSigner(
         signature_algorithm=algorithm,
