@@ -75,6 +75,8 @@ _MAX_PROBLEMS = 20  # listed in one error; the rest are counted
 
 # Rows read per round trip when loading a bank; between chunks the event loop runs.
 _LOAD_CHUNK = 20_000
+# Serialises changes to one bank (with the bank id as second key); any constant works.
+_CHANGE_LOCK = 0x5B4E
 # Rows XORed at once when matching: bounds the temporary arrays (32 MiB at 1M rows).
 _MATCH_CHUNK = 1 << 20
 
@@ -316,7 +318,7 @@ class BankStore:
             await self._id(self.pool, bank)
             return 0
         async with self.pool.acquire() as conn, conn.transaction():
-            bank_id = await self._id(conn, bank)
+            bank_id = await self._lock(conn, bank)
             await conn.execute(
                 "CREATE TEMPORARY TABLE bank_import (kind text, value text, note text) "
                 "ON COMMIT DROP"
@@ -337,7 +339,7 @@ class BankStore:
         """Remove entries given as (kind, hex[, note]); how many were there."""
         rows = _validated((e[0], e[1], None) for e in entries)
         async with self.pool.acquire() as conn, conn.transaction():
-            bank_id = await self._id(conn, bank)
+            bank_id = await self._lock(conn, bank)
             status = await conn.execute(
                 "DELETE FROM bank_entry e USING unnest($2::text[], $3::text[]) AS r(kind, value) "
                 "WHERE e.bank_id = $1 AND e.kind = r.kind AND e.value = r.value",
@@ -378,6 +380,15 @@ class BankStore:
             }
             for b in banks
         ]
+
+    @classmethod
+    async def _lock(cls, conn: asyncpg.Connection, bank: str) -> int:
+        """The bank's id, with its changes serialised until commit: entry ids then commit
+        in increasing order per bank, which lets running processes read only what is
+        new since the highest id they have (see ``BankIndex.reload``)."""
+        bank_id = await cls._id(conn, bank)
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _CHANGE_LOCK, bank_id)
+        return bank_id
 
     @staticmethod
     async def _id(conn: asyncpg.Pool | asyncpg.Connection, bank: str) -> int:
@@ -459,6 +470,21 @@ class _Vectors:
     def hex(self, row: int) -> str:
         return self.words[row].astype(">u8").tobytes().hex()
 
+    def changed(self, added: Sequence[tuple[int, str]], removed: Sequence[int]) -> _Vectors:
+        """These vectors with entries added (id, hex) and removed (ids), still by id."""
+        words, ids = self.words, self.ids
+        if removed:
+            keep = ~np.isin(ids, np.asarray(removed, dtype=np.int64))
+            words, ids = words[keep], ids[keep]
+        if added:
+            new_ids = np.asarray([i for i, _ in added], dtype=np.int64)
+            new_words = _words([v for _, v in added])
+            words = new_words if len(ids) == 0 else np.concatenate([words, new_words])
+            ids = np.concatenate([ids, new_ids])
+            order = np.argsort(ids, kind="stable")
+            words, ids = words[order], ids[order]
+        return _Vectors(words, ids)
+
 
 def _words(values: Sequence[str]) -> np.ndarray:
     """Hex hashes of one length as an (N, W) array of native uint64 words."""
@@ -469,14 +495,46 @@ def _words(values: Sequence[str]) -> np.ndarray:
     return packed.astype(np.uint64).reshape(len(values), words)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Bank:
+    """One bank in memory. Changed in place by ``apply`` between matches (one thread,
+    and ``match`` never awaits), so a change of one hash costs no copy of the bank."""
+
     name: str
     category: str
     radius: Mapping[str, int]  # near-match kind -> largest distance that matches
     dihedral: bool
-    exact: Mapping[str, Mapping[str, int]]  # exact kind -> hex -> entry id
-    near: Mapping[str, _Vectors]
+    exact: dict[str, dict[str, int]]  # exact kind -> hex -> entry id
+    near: dict[str, _Vectors]
+    bank_id: int = 0
+    last_entry: int = 0  # the highest entry id read
+    last_removal: int = 0  # the highest bank_entry_removal id read
+
+    def apply(
+        self, added: Sequence[tuple[int, str, str]], removed: Sequence[tuple[int, str, str]]
+    ) -> None:
+        """Entries added (id, kind, hex) and removed (entry id, kind, hex) since the marks."""
+        near_added: dict[str, list[tuple[int, str]]] = {}
+        near_removed: dict[str, list[int]] = {}
+        for entry_id, kind_name, value in removed:
+            if KINDS[kind_name].exact:
+                table = self.exact.get(kind_name, {})
+                if table.get(value) == entry_id:
+                    del table[value]
+            else:
+                near_removed.setdefault(kind_name, []).append(entry_id)
+        for entry_id, kind_name, value in added:
+            if KINDS[kind_name].exact:
+                self.exact.setdefault(kind_name, {}).setdefault(value, entry_id)
+            else:
+                near_added.setdefault(kind_name, []).append((entry_id, value))
+        for kind_name in near_added.keys() | near_removed.keys():
+            vectors = self.near.get(kind_name) or _Vectors(
+                np.zeros((0, 0), dtype=np.uint64), np.zeros(0, dtype=np.int64)
+            )
+            self.near[kind_name] = vectors.changed(
+                near_added.get(kind_name, []), near_removed.get(kind_name, [])
+            )
 
     @property
     def size(self) -> int:
@@ -510,12 +568,36 @@ class BankIndex:
         return cls(banks, by_name)
 
     async def reload(self, pool: asyncpg.Pool, name: str) -> BankIndex:
-        """A new index with bank ``name`` read again (or gone, if it was deleted)."""
+        """The index with bank ``name`` brought up to date (or gone, if it was deleted).
+
+        A bank already in memory gets only what changed since its marks, in place; a
+        new bank (or one deleted and created again) is read whole into a new index.
+        """
         async with (
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow("SELECT id, name, category FROM bank WHERE name = $1", name)
+            current = self.banks.get(name)
+            if row is not None and current is not None and current.bank_id == row["id"]:
+                added = await conn.fetch(
+                    "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1 AND id > $2 "
+                    "ORDER BY id",
+                    current.bank_id,
+                    current.last_entry,
+                )
+                removed = await conn.fetch(
+                    "SELECT id, entry_id, kind, value FROM bank_entry_removal "
+                    "WHERE bank_id = $1 AND id > $2 ORDER BY id",
+                    current.bank_id,
+                    current.last_removal,
+                )
+                current.apply([tuple(r) for r in added], [(r[1], r[2], r[3]) for r in removed])
+                if added:
+                    current.last_entry = added[-1]["id"]
+                if removed:
+                    current.last_removal = removed[-1]["id"]
+                return self
             bank = await _read_bank(conn, row, self.configs.get(name)) if row else None
         banks = {k: v for k, v in self.banks.items() if k != name}
         if bank is not None:
@@ -589,10 +671,13 @@ async def _read_bank(
     exact: dict[str, dict[str, int]] = {}
     near_values: dict[str, list[str]] = {}
     near_ids: dict[str, list[int]] = {}
+    last_entry = 0
+    last_removal = await conn.fetchval("SELECT coalesce(max(id), 0) FROM bank_entry_removal")
     query = "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1"
     cursor = await conn.cursor(query, row["id"])
     while chunk := await cursor.fetch(_LOAD_CHUNK):
         for entry_id, kind_name, value in chunk:
+            last_entry = max(last_entry, entry_id)
             if KINDS[kind_name].exact:
                 exact.setdefault(kind_name, {})[value] = entry_id
             else:
@@ -608,7 +693,7 @@ async def _read_bank(
     if config is not None:
         radius[Pdq.name] = config.pdq_max_distance
     dihedral = config.dihedral if config is not None else False
-    return _Bank(name, category, radius, dihedral, exact, near)
+    return _Bank(name, category, radius, dihedral, exact, near, row["id"], last_entry, last_removal)
 
 
 # -- propagation ----------------------------------------------------------------------

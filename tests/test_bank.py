@@ -662,3 +662,40 @@ def test_bank_match_is_a_fact() -> None:
     found = BankMatch("b", "c", "md5", MD5, 1, 0)
     with pytest.raises(AttributeError):
         found.distance = 3  # type: ignore[misc]
+
+
+async def test_reload_applies_only_the_changes_in_place(pool: asyncpg.Pool) -> None:
+    store = BankStore(pool)
+    await store.ensure("grow", "test")
+    rng = np.random.default_rng(7)
+    first = [random_pdq(rng) for _ in range(50)]
+    await store.add("grow", [("pdq", h, None) for h in first] + [("md5", MD5, None)])
+    index = await BankIndex.load(pool)
+    bridge = media(BRIDGE)
+    assert [m.kind for m in index.match(bridge)] == ["md5"]
+
+    # Added: the bridge's PDQ; removed: its MD5 and one of the random hashes.
+    await store.add("grow", [("pdq", bridge.pdq[0].hash, "later")])
+    await store.remove("grow", [("md5", MD5), ("pdq", first[0])])
+    reloaded = await index.reload(pool, "grow")
+    assert reloaded is index  # in place: no copy of the bank
+    assert [m.kind for m in index.match(bridge)] == ["pdq"]
+    assert len(index) == 50
+    fresh = await BankIndex.load(pool)  # the same answer as reading everything again
+    assert fresh.counts() == index.counts()
+    probe = Hashes(
+        "0" * 64, "0" * 32, "image", "image/jpeg", (PdqHash(first[0], 100),), (), 1, 1, 1
+    )
+    assert index.match(probe) == fresh.match(probe) == []
+    probe = Hashes(
+        "0" * 64, "0" * 32, "image", "image/jpeg", (PdqHash(first[1], 100),), (), 1, 1, 1
+    )
+    assert [m.value for m in index.match(probe)] == [m.value for m in fresh.match(probe)]
+
+    # A bank deleted and made again under the same name is read whole.
+    await store.delete("grow")
+    await store.ensure("grow", "test")
+    await store.add("grow", [("md5", MD5, None)])
+    again = await index.reload(pool, "grow")
+    assert again is not index
+    assert [m.kind for m in again.match(bridge)] == ["md5"]
