@@ -139,6 +139,83 @@ def test_a_turned_copy_is_found_among_the_dihedral_variants() -> None:
     assert distances.index(min(distances)) == 1
 
 
+# -- PDQ: pdqhash's bits, computed only where they are read ---------------------------
+
+
+def pdqhash_dihedral(pixels: np.ndarray) -> tuple[tuple[str, ...], int]:
+    vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(pixels))
+    return tuple(np.packbits(v.astype(np.uint8)).tobytes().hex() for v in vectors), quality
+
+
+def assert_hashed_as_pdqhash_hashes(pixels: np.ndarray) -> None:
+    """PNG, RGB, short side < 1024: hash_media hashes these very pixels, unshrunk."""
+    got = hash_media(encode(Image.fromarray(pixels), "PNG"))
+    variants, quality = pdqhash_dihedral(pixels)
+    assert got.pdq_dihedral == variants
+    assert (got.pdq[0].hash, got.pdq[0].quality) == (variants[0], quality)
+
+
+PDQ_SIZES = [(800, 502), (1023, 640), (640, 1023), (301, 77), (77, 301), (129, 127), (64, 64)]
+
+
+@pytest.mark.parametrize("size", PDQ_SIZES)
+@pytest.mark.parametrize("photo", [BRIDGE, "misc/pen-and-coaster.png", "labelme-subset/q0122.jpg"])
+def test_pdq_has_pdqhash_s_bits_and_quality(photo: str, size: tuple[int, int]) -> None:
+    with Image.open(FIXTURES / photo) as img:
+        picture = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    assert_hashed_as_pdqhash_hashes(np.asarray(picture))
+
+
+def test_pdq_of_animation_frames_has_pdqhash_s_bits(bridge: Image.Image) -> None:
+    tiles = [bridge.crop((x, 0, x + 300, 300)) for x in (0, 250, 500)]
+    data = encode(tiles[0], "PNG", save_all=True, append_images=tiles[1:])
+    got = hash_media(data, max_frames=3)
+    assert [(h.hash, h.quality) for h in got.pdq] == [
+        (pdqhash_dihedral(np.asarray(tile))[0][0], pdqhash_dihedral(np.asarray(tile))[1])
+        for tile in tiles
+    ]
+
+
+def stripes(period: int, vertical: bool) -> np.ndarray:
+    row = np.where(np.sin(2 * np.pi * np.arange(600) / period) > 0, 220, 20).astype(np.uint8)
+    grey = np.tile(row, (400, 1)) if vertical else np.tile(row[:400, None], (1, 600))
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+NO_DETAIL_ONE_WAY: dict[str, Any] = {
+    "vertical stripes": lambda: stripes(37, vertical=True),
+    "horizontal stripes": lambda: stripes(10, vertical=False),
+    "gradient": lambda: np.repeat(
+        np.tile(np.linspace(0, 255, 500).astype(np.uint8), (300, 1))[..., None], 3, axis=2
+    ),
+    "flat": lambda: np.full((300, 400, 3), 200, np.uint8),
+    "tiny": lambda: np.arange(4 * 100 * 3, dtype=np.uint8).reshape(4, 100, 3),
+}
+
+
+@pytest.mark.parametrize("picture", NO_DETAIL_ONE_WAY)
+def test_pictures_hashed_from_rounding_noise_get_pdqhash_s_bits(picture: str) -> None:
+    # Identical rows (or columns) leave all 256 coefficients at rounding-noise level:
+    # any other order of summing gives other bits (measured 114-136 bits away), so
+    # pdqhash computes these. Stripes have quality 100; the flat ones 0.
+    assert_hashed_as_pdqhash_hashes(NO_DETAIL_ONE_WAY[picture]())
+
+
+def test_a_photo_is_hashed_without_pdqhash(
+    bridge: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bridge's median gaps are 0.69 and more, far above the margin (0.002).
+    expected = pdqhash_dihedral(np.asarray(bridge))
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("pdqhash was called")
+
+    monkeypatch.setattr(pdqhash, "compute", refuse)
+    monkeypatch.setattr(pdqhash, "compute_dihedral", refuse)
+    got = hash_media(encode(bridge, "PNG"))
+    assert (got.pdq_dihedral, got.pdq[0].quality) == expected
+
+
 # -- colour modes -----------------------------------------------------------------
 
 
