@@ -28,6 +28,7 @@ import structlog
 from relay.config import BankConfig, bank_name
 from relay.errors import SluiceError
 from relay.hashing import KINDS, Pdq
+from relay.hashing.pdq_index import PdqIndex
 from relay.signal import Signal
 
 if TYPE_CHECKING:
@@ -77,8 +78,8 @@ _MAX_PROBLEMS = 20  # listed in one error; the rest are counted
 _LOAD_CHUNK = 20_000
 # Serialises changes to one bank (with the bank id as second key); any constant works.
 _CHANGE_LOCK = 0x5B4E
-# Rows XORed at once when matching: bounds the temporary arrays (32 MiB at 1M rows).
-_MATCH_CHUNK = 1 << 20
+# Changes held outside a PDQ index's main tables before they are folded in.
+_COMPACT_MIN = 65_536
 
 
 class BankError(SluiceError):
@@ -448,44 +449,6 @@ class BankMatch:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Vectors:
-    """Hashes of one near-match kind as rows of 64-bit words, sorted by entry id (so the
-    first of equally near rows is the oldest entry)."""
-
-    words: np.ndarray  # (N, W) uint64
-    ids: np.ndarray  # (N,) int64
-
-    def nearest(self, query: np.ndarray) -> tuple[int, int]:
-        """(distance, row) of the nearest row to ``query`` (W,); (big, -1) when empty."""
-        best, row = 1 << 30, -1
-        for start in range(0, len(self.words), _MATCH_CHUNK):
-            block = self.words[start : start + _MATCH_CHUNK]
-            distances = np.bitwise_count(block ^ query).sum(axis=1, dtype=np.uint32)
-            index = int(distances.argmin())
-            if int(distances[index]) < best:
-                best, row = int(distances[index]), start + index
-        return best, row
-
-    def hex(self, row: int) -> str:
-        return self.words[row].astype(">u8").tobytes().hex()
-
-    def changed(self, added: Sequence[tuple[int, str]], removed: Sequence[int]) -> _Vectors:
-        """These vectors with entries added (id, hex) and removed (ids), still by id."""
-        words, ids = self.words, self.ids
-        if removed:
-            keep = ~np.isin(ids, np.asarray(removed, dtype=np.int64))
-            words, ids = words[keep], ids[keep]
-        if added:
-            new_ids = np.asarray([i for i, _ in added], dtype=np.int64)
-            new_words = _words([v for _, v in added])
-            words = new_words if len(ids) == 0 else np.concatenate([words, new_words])
-            ids = np.concatenate([ids, new_ids])
-            order = np.argsort(ids, kind="stable")
-            words, ids = words[order], ids[order]
-        return _Vectors(words, ids)
-
-
 def _words(values: Sequence[str]) -> np.ndarray:
     """Hex hashes of one length as an (N, W) array of native uint64 words."""
     if not values:
@@ -505,7 +468,7 @@ class _Bank:
     radius: Mapping[str, int]  # near-match kind -> largest distance that matches
     dihedral: bool
     exact: dict[str, dict[str, int]]  # exact kind -> hex -> entry id
-    near: dict[str, _Vectors]
+    near: dict[str, PdqIndex]  # near-match kind -> its index (only PDQ is near)
     bank_id: int = 0
     last_entry: int = 0  # the highest entry id read
     last_removal: int = 0  # the highest bank_entry_removal id read
@@ -529,16 +492,18 @@ class _Bank:
             else:
                 near_added.setdefault(kind_name, []).append((entry_id, value))
         for kind_name in near_added.keys() | near_removed.keys():
-            vectors = self.near.get(kind_name) or _Vectors(
-                np.zeros((0, 0), dtype=np.uint64), np.zeros(0, dtype=np.int64)
-            )
-            self.near[kind_name] = vectors.changed(
-                near_added.get(kind_name, []), near_removed.get(kind_name, [])
-            )
+            index = self.near.get(kind_name)
+            if index is None:
+                index = self.near[kind_name] = PdqIndex(radius=self.radius[kind_name])
+            if near_removed.get(kind_name):
+                index.remove(near_removed[kind_name])
+            if near_added.get(kind_name):
+                pairs = near_added[kind_name]
+                index.add(_words([v for _, v in pairs]), [i for i, _ in pairs])
 
     @property
     def size(self) -> int:
-        return sum(map(len, self.exact.values())) + sum(len(v.ids) for v in self.near.values())
+        return sum(map(len, self.exact.values())) + sum(map(len, self.near.values()))
 
 
 @dataclass(frozen=True)
@@ -632,27 +597,22 @@ class BankIndex:
                 entry = table.get(value) if value else None
                 if entry is not None:
                     found.append(BankMatch(bank.name, bank.category, kind_name, value, entry, 0))
-            vectors = bank.near.get(Pdq.name)
-            if vectors is None or not plain:
+            index = bank.near.get(Pdq.name)
+            if index is None or not plain or not len(index):
                 continue
             queries = plain + ([(h, i) for i, h in turned] if bank.dihedral else [])
-            best: tuple[int, int, int | None] | None = None
-            for words, (_, variant) in zip(_words([q for q, _ in queries]), queries, strict=True):
-                distance, row = vectors.nearest(words)
-                if best is None or distance < best[0]:
-                    best = (distance, row, variant)
-            if best is not None and best[0] <= bank.radius[Pdq.name]:
-                distance, row, variant = best
+            radius = bank.radius[Pdq.name]
+            best: tuple[int, int, int | None] | None = None  # distance, entry id, variant
+            answers = index.query_batch(_words([q for q, _ in queries]), radius)
+            for (ids, distances), (_, variant) in zip(answers, queries, strict=True):
+                # Nearest first, then the oldest entry: the first answer is the best.
+                if len(ids) and (best is None or (distances[0], ids[0]) < best[:2]):
+                    best = (int(distances[0]), int(ids[0]), variant)
+            if best is not None:
+                distance, entry, variant = best
+                value = index.hash_of(entry) or ""
                 found.append(
-                    BankMatch(
-                        bank.name,
-                        bank.category,
-                        Pdq.name,
-                        vectors.hex(row),
-                        int(vectors.ids[row]),
-                        distance,
-                        variant,
-                    )
+                    BankMatch(bank.name, bank.category, Pdq.name, value, entry, distance, variant)
                 )
         found.sort(key=lambda m: (m.distance, m.bank, m.kind))
         return found
@@ -684,14 +644,16 @@ async def _read_bank(
                 near_values.setdefault(kind_name, []).append(value)
                 near_ids.setdefault(kind_name, []).append(entry_id)
         await asyncio.sleep(0)
-    near: dict[str, _Vectors] = {}
-    for kind_name, values in near_values.items():
-        ids = np.asarray(near_ids[kind_name], dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
-        near[kind_name] = _Vectors(_words(values)[order], ids[order])
     radius = {n: k.threshold for n, k in KINDS.items() if not k.exact}
     if config is not None:
         radius[Pdq.name] = config.pdq_max_distance
+    near: dict[str, PdqIndex] = {}
+    for kind_name, values in near_values.items():
+        ids = np.asarray(near_ids[kind_name], dtype=np.int64)
+        # Building the tables is seconds at millions of hashes: off the event loop.
+        near[kind_name] = await asyncio.to_thread(
+            PdqIndex.build, _words(values), ids, radius=radius[kind_name]
+        )
     dihedral = config.dihedral if config is not None else False
     return _Bank(name, category, radius, dihedral, exact, near, row["id"], last_entry, last_removal)
 
@@ -813,6 +775,7 @@ class BankWatcher:
                     self.index = await self.index.reload(self.pool, name)
                     self.reloads += 1
                     log.info("bank_reloaded", bank=name, entries=self.index.counts().get(name))
+                await self._compact()
                 if loop.time() >= next_full:
                     if self._conn is not None:
                         await self._conn.execute("SELECT 1")  # a silently dead link shows here
@@ -826,6 +789,15 @@ class BankWatcher:
                 self.failures += 1
                 self._connected = False
                 self._wake.set()
+
+    async def _compact(self) -> None:
+        """Fold changes into the main tables once they are a noticeable share of a bank
+        (queries scan recent changes; compacting takes seconds at 10M, in a thread,
+        while queries go on)."""
+        for bank in self.index.banks.values():
+            for index in bank.near.values():
+                if index.pending > max(_COMPACT_MIN, len(index) // 20):
+                    await asyncio.to_thread(index.compact)
 
     async def _reconnect(self) -> None:
         delay = 0.1

@@ -11,7 +11,6 @@ import asyncpg
 import numpy as np
 import pytest
 
-import relay.bank
 from relay.bank import (
     CHANNEL,
     BankError,
@@ -460,7 +459,6 @@ async def test_matches_agree_with_a_plain_brute_force(
 ) -> None:
     """The numpy matcher against the definition: nearest entry per bank within radius,
     ties to the oldest entry, variants tried after the frames as is."""
-    monkeypatch.setattr(relay.bank, "_MATCH_CHUNK", 64)  # many chunks, as at scale
     rng = np.random.default_rng(2024)
     store = BankStore(pool)
     configs = {
@@ -529,7 +527,6 @@ async def test_matches_agree_with_a_plain_brute_force(
 async def test_equally_near_entries_resolve_to_the_oldest(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay.bank, "_MATCH_CHUNK", 1)  # the tie spans chunks
     rng = np.random.default_rng(7)
     query = random_pdq(rng)
     newer, older = sorted([flip(query, 5, rng), flip(query, 5, rng)])
