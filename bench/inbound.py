@@ -171,17 +171,36 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def pct(values: list[float], p: float) -> float:
-    return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) > 1 else values[0]
-
-
-async def main(args: argparse.Namespace) -> None:
+def signing_key() -> tuple[rsa.RSAPrivateKey, str]:
+    """A fresh RSA key and its public PEM, for the sender's actor document."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+    return key, pem
+
+
+async def wait_ready(session: aiohttp.ClientSession, target: str) -> None:
+    """Until Sluice answers /readyz (its embedded PostgreSQL may take seconds to start)."""
+    for _ in range(600):
+        try:
+            async with session.get(target + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"Sluice at {target} did not become ready")
+
+
+def pct(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) > 1 else values[0]
+
+
+async def main(args: argparse.Namespace) -> None:
+    key, pem = signing_key()
     up_port, sluice_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     actor = f"{upstream}/users/bench"
@@ -211,14 +230,7 @@ async def main(args: argparse.Namespace) -> None:
     target = f"http://127.0.0.1:{sluice_port}"
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(600):
-            try:
-                async with session.get(target + "/readyz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+        await wait_ready(session, target)
         # Warm up both paths (key cache, connections, JIT-less Python's caches).
         await latency(session, target, upstream, sender.make(20))
         await latency(session, upstream, upstream, sender.make(20))
