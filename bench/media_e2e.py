@@ -186,6 +186,7 @@ async def main(args: argparse.Namespace) -> None:
         f'[server]\nlisten = "127.0.0.1:{sluice_port}"\n[upstream]\nurl = "{base}"\n'
         f'[storage]\ndata_dir = "{work / "data"}"\n'
         '[network]\nallow = ["127.0.0.0/8"]\nallow_http = true\n[log]\nlevel = "warning"\n'
+        f"[media]\nper_host_concurrency = {args.per_host}\n"
         '[[bank]]\nname = "bench"\ncategory = "test"\n'
         '[[rule]]\nmatch = "bench"\naction = "review"\n'
     )
@@ -294,4 +295,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument(
+        "--per-host",
+        type=int,
+        default=4,
+        help="[media] per_host_concurrency: every image here comes from one origin host",
+    )
     asyncio.run(main(parser.parse_args()))

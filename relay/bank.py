@@ -78,7 +78,8 @@ _MAX_PROBLEMS = 20  # listed in one error; the rest are counted
 _LOAD_CHUNK = 20_000
 # Serialises changes to one bank (with the bank id as second key); any constant works.
 _CHANGE_LOCK = 0x5B4E
-# Changes held outside a PDQ index's main tables before they are folded in.
+# Changes held outside a PDQ index's main tables before they are folded in: past this,
+# each add rebuilds the pending tables in the calling thread (46 ms at 100k pending).
 _COMPACT_MIN = 65_536
 
 
@@ -791,12 +792,12 @@ class BankWatcher:
                 self._wake.set()
 
     async def _compact(self) -> None:
-        """Fold changes into the main tables once they are a noticeable share of a bank
-        (queries scan recent changes; compacting takes seconds at 10M, in a thread,
-        while queries go on)."""
+        """Fold changes into the main tables once there are many (pending changes slow
+        queries and adds; compacting takes seconds at 10M, in a thread, while queries
+        go on)."""
         for bank in self.index.banks.values():
             for index in bank.near.values():
-                if index.pending > max(_COMPACT_MIN, len(index) // 20):
+                if index.pending > _COMPACT_MIN:
                     await asyncio.to_thread(index.compact)
 
     async def _reconnect(self) -> None:

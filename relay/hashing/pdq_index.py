@@ -347,6 +347,13 @@ class _Segment:
         self.live -= len(rows)
         return len(rows)
 
+    def row_of(self, entry_id: int) -> int | None:
+        """A live row holding ``entry_id``, or None (the id may have dead rows too)."""
+        lo = int(np.searchsorted(self.ids, entry_id, "left"))
+        hi = int(np.searchsorted(self.ids, entry_id, "right"))
+        live = np.flatnonzero(self.alive[lo:hi])
+        return int(lo + live[0]) if len(live) else None
+
     def plan(self, radius: int) -> _Plan | None:
         """The probes for ``radius``, or None where a scan costs less."""
         if radius in self._plans:
@@ -526,9 +533,9 @@ class PdqIndex:
     """PDQ hashes with int64 ids (bank entry ids); ``query`` returns every id within a
     radius, exactly as brute force would, nearest first (then by id).
 
-    Queries take no lock and see one consistent state. ``add`` and ``remove`` are
-    visible to the next query; ``compact`` (O(N), seconds at 10M) may run in a thread
-    while they go on.
+    Queries take no lock and see one state of the segments (a remove racing a query may
+    or may not be seen by it). ``add`` and ``remove`` are visible to the next query;
+    ``compact`` (O(N), 13 s at 10M) may run in a thread while they go on.
     """
 
     def __init__(
@@ -581,6 +588,15 @@ class PdqIndex:
         still in them: what ``compact`` would fold in."""
         state = self._state
         return len(state.delta) + len(state.tail) + len(state.main) - state.main.live
+
+    def hash_of(self, entry_id: int) -> str | None:
+        """The hash stored under ``entry_id`` (a live one), as 64 hex digits; None if none.
+        Matches report the bank entry's own hash, not the query's."""
+        for segment in self._state.segments():
+            row = segment.row_of(entry_id)
+            if row is not None:
+                return segment.hashes[row].astype(">u8").tobytes().hex()
+        return None
 
     # -- changes ------------------------------------------------------------------
 
@@ -710,15 +726,6 @@ class PdqIndex:
         return q[order], ids[order], dist[order]
 
     # -- persistence ---------------------------------------------------------------
-
-    def hash_of(self, entry_id: int) -> str | None:
-        """The hash stored under ``entry_id`` (a live one), as 64 hex digits; None if none.
-        Matches report the bank entry's own hash, not the query's."""
-        for segment in self._state.segments():
-            row = int(np.searchsorted(segment.ids, entry_id))
-            if row < len(segment.ids) and segment.ids[row] == entry_id and segment.alive[row]:
-                return segment.hashes[row].astype(">u8").tobytes().hex()
-        return None
 
     def save(self, path: str | Path) -> None:
         """Write the index to one uncompressed .npz file (replaced atomically), tables

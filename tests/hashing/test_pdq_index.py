@@ -227,6 +227,26 @@ def test_duplicate_hashes_with_different_ids():
     assert list(index.query(hashes[4], 0)[0]) == [10**12 + 4]
 
 
+def test_hash_of_an_id(tables):
+    _, hashes, ids = random_set(5000)
+    index = PdqIndex.build(hashes[:4000], ids[:4000], tail_limit=100)
+    hex_of = [h.astype(">u8").tobytes().hex() for h in hashes[:3]]
+    assert index.hash_of(int(ids[0])) == hex_of[0]
+    assert index.hash_of(10**15) is None
+    index.add(hashes[4000:4050], ids[4000:4050])  # tail
+    index.add(hashes[4050:], ids[4050:])  # delta
+    assert index.hash_of(int(ids[4001])) == hashes[4001].astype(">u8").tobytes().hex()
+    assert index.hash_of(int(ids[4900])) == hashes[4900].astype(">u8").tobytes().hex()
+    index.remove([ids[1], ids[4001], ids[4900]])
+    assert index.hash_of(int(ids[1])) is index.hash_of(int(ids[4001])) is None
+    assert index.hash_of(int(ids[4900])) is None
+    index.add(hashes[2:3], ids[1:2])  # id 1 again, with another hash
+    assert index.hash_of(int(ids[1])) == hex_of[2]
+    index.compact()
+    assert index.hash_of(int(ids[2])) == index.hash_of(int(ids[1])) == hex_of[2]
+    assert index.hash_of(int(ids[4001])) is None
+
+
 def test_hex_strings_and_words_give_the_same_answer():
     _, hashes, ids = random_set(3000)
     index = PdqIndex.build(hashes, ids)
