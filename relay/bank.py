@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -619,6 +620,35 @@ class BankIndex:
         return found
 
 
+# A binary COPY row of (id bigint, hash bytea): field count, then length and value of each.
+_PDQ_ROW = np.dtype(
+    [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("hash_len", ">i4"), ("hash", "u1", 32)]
+)
+_COPY_HEADER = 19  # signature (11), flags (4), header extension length (4)
+
+
+async def _read_pdq(conn: asyncpg.Connection, bank_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (N, 4) uint64 words) of a bank's PDQ hashes, read as binary COPY and parsed
+    with numpy: fixed-size rows, no per-row Python (10M hashes in seconds, not minutes)."""
+    buffer = io.BytesIO()
+    await conn.copy_from_query(
+        "SELECT id, decode(value, 'hex') FROM bank_entry WHERE bank_id = $1 AND kind = 'pdq'",
+        bank_id,
+        output=buffer,
+        format="binary",
+    )
+    data = buffer.getbuffer()[_COPY_HEADER:-2]  # the trailer is a field count of -1
+    rows = np.frombuffer(data, dtype=_PDQ_ROW)
+    if len(rows) and not (
+        (rows["fields"] == 2).all()
+        and (rows["id_len"] == 8).all()
+        and (rows["hash_len"] == 32).all()
+    ):
+        raise BankError(f"bank {bank_id}: unexpected PDQ rows in the database")
+    words = rows["hash"].copy().view(">u8").astype(np.uint64).reshape(-1, 4)
+    return rows["id"].astype(np.int64), words
+
+
 async def _read_bank(
     conn: asyncpg.Connection, row: asyncpg.Record, config: BankConfig | None
 ) -> _Bank:
@@ -630,30 +660,26 @@ async def _read_bank(
         log.warning("bank_category_differs", bank=name, stored=category, configured=config.category)
         category = config.category
     exact: dict[str, dict[str, int]] = {}
-    near_values: dict[str, list[str]] = {}
-    near_ids: dict[str, list[int]] = {}
     last_entry = 0
     last_removal = await conn.fetchval("SELECT coalesce(max(id), 0) FROM bank_entry_removal")
-    query = "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1"
+    query = "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1 AND kind <> 'pdq'"
     cursor = await conn.cursor(query, row["id"])
     while chunk := await cursor.fetch(_LOAD_CHUNK):
         for entry_id, kind_name, value in chunk:
             last_entry = max(last_entry, entry_id)
-            if KINDS[kind_name].exact:
-                exact.setdefault(kind_name, {})[value] = entry_id
-            else:
-                near_values.setdefault(kind_name, []).append(value)
-                near_ids.setdefault(kind_name, []).append(entry_id)
+            exact.setdefault(kind_name, {})[value] = entry_id
         await asyncio.sleep(0)
+    pdq_ids, pdq_words = await _read_pdq(conn, row["id"])
+    if len(pdq_ids):
+        last_entry = max(last_entry, int(pdq_ids.max()))
     radius = {n: k.threshold for n, k in KINDS.items() if not k.exact}
     if config is not None:
         radius[Pdq.name] = config.pdq_max_distance
     near: dict[str, PdqIndex] = {}
-    for kind_name, values in near_values.items():
-        ids = np.asarray(near_ids[kind_name], dtype=np.int64)
+    if len(pdq_ids):
         # Building the tables is seconds at millions of hashes: off the event loop.
-        near[kind_name] = await asyncio.to_thread(
-            PdqIndex.build, _words(values), ids, radius=radius[kind_name]
+        near[Pdq.name] = await asyncio.to_thread(
+            PdqIndex.build, pdq_words, pdq_ids, radius=radius[Pdq.name]
         )
     dihedral = config.dihedral if config is not None else False
     return _Bank(name, category, radius, dihedral, exact, near, row["id"], last_entry, last_removal)
