@@ -434,8 +434,8 @@ class BankMatch:
     variant: int | None = None  # which rotation/flip of the file matched (dihedral banks)
 
     def as_signal(self) -> Signal:
-        # The policy fires a rule when its match is the bank's name (source) or
-        # "category:NAME" (category_rule).
+        # A rule fires on the bank's name or "category:NAME" (relay.signal.Signal.targets);
+        # category_rule spells the latter out for whoever reads the record.
         return Signal(
             kind="match",
             source=self.bank,

@@ -41,10 +41,3 @@ class Envelope:
     body: bytes
     remote: str | None
     received_at: float
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None

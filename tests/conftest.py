@@ -122,6 +122,7 @@ class Upstream:
     status: int = 202
     delay: float = 0.0
     requests: list[Received] = field(default_factory=list)
+    refused: int = 0  # requests answered with an error status
 
     @property
     def url(self) -> str:
@@ -142,7 +143,7 @@ class Upstream:
         if self.status < 300:
             self.requests.append(received)
         else:
-            self.refused = getattr(self, "refused", 0) + 1
+            self.refused += 1
         return web.Response(status=self.status, text=f"upstream says {self.status}")
 
 

@@ -213,7 +213,7 @@ async def test_5xx_is_retried_until_accepted(
     alice = fediverse.actor("alice")
     activity = alice.activity()
     assert (await sluice.post(alice, activity))[0] == 202
-    await wait_for(lambda: getattr(upstream, "refused", 0) >= 2)
+    await wait_for(lambda: upstream.refused >= 2)
     upstream.status = 202
     await wait_for(upstream.inbox_posts, timeout=5)
     record = await sluice.parts.store.get(activity["id"])
@@ -503,7 +503,7 @@ async def test_two_processes_share_one_queue(
     await asyncio.gather(
         *(s.post(alice, a) for s, a in zip([first, second] * 20, sent, strict=True))
     )
-    await wait_for(lambda: getattr(upstream, "refused", 0) >= 40)
+    await wait_for(lambda: upstream.refused >= 40)
     upstream.status = 202
     await wait_for(lambda: len(upstream.inbox_posts()) == 40)
     await asyncio.sleep(0.5)
