@@ -447,9 +447,17 @@ async def test_example_site_routes(software: str, tmp_path: Path):
     assert {name for name, _ in upstreams} >= {"sluice"} | {r[3] for r in EXAMPLE_ROUTES[software]}
     async with contextlib.AsyncExitStack() as stack:
         backends = {}
+        ports = {}
         for name, address in upstreams:
             backends[name] = await stack.enter_async_context(recording_backend(name))
-            text = text.replace(f"server {address}", f"server 127.0.0.1:{backends[name].port}")
+            ports[address] = backends[name].port
+        # One pass: replacing address by address could rewrite a port substituted a moment ago
+        # (127.0.0.1:40005 starts with 127.0.0.1:4000).
+        text = re.sub(
+            r"server (127\.0\.0\.1:\d+)\b",
+            lambda m: f"server 127.0.0.1:{ports[m[1]]}" if m[1] in ports else m[0],
+            text,
+        )
         with run_nginx(tmp_path / "nginx", text) as port:
             async with aiohttp.ClientSession() as http:
                 for method, path, accept, expected in EXAMPLE_ROUTES[software]:
