@@ -10,7 +10,7 @@ the same sizes (built in memory from the PDQ reference photos in tests/fixtures/
 - ours: ``relay.media.image.hash_media`` (sniff, draft decode of JPEGs, EXIF orientation,
   RGB, shrink, PDQ with its dihedral variants, SHA-256, MD5);
 - the floor: the bare decode of the same file at the scale hash_media decodes it
-  (``img.draft("RGB", (HASH_SIZE, HASH_SIZE))`` + ``img.load()`` for JPEGs, the full
+  (``img.draft("RGB", (JPEG_HASH_SIZE, JPEG_HASH_SIZE))`` + ``img.load()`` for JPEGs, the full
   ``img.load()`` for PNGs, which have no reduced-scale decode);
 - ours on both cores, in a process pool and in a thread pool (two workers each).
 
@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.hashing import Pdq
 from relay.media import image as media_image
-from relay.media.image import HASH_SIZE, hash_media
+from relay.media.image import JPEG_HASH_SIZE, hash_media
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pdq"
 MEGAPIXELS = (1, 4, 12)
@@ -85,7 +85,7 @@ def floor(data: bytes) -> tuple[int, int]:
     """The bare decode, at the scale hash_media decodes at (draft mode for JPEGs)."""
     with Image.open(io.BytesIO(data)) as img:
         if img.format == "JPEG":
-            img.draft("RGB", (HASH_SIZE, HASH_SIZE))
+            img.draft("RGB", (JPEG_HASH_SIZE, JPEG_HASH_SIZE))
         img.load()
         return img.size
 
@@ -245,31 +245,48 @@ def two_threads(function: Callable[[object], object], items: list[object], reps:
     return statistics.median(one) / statistics.median(two)
 
 
-def our_pdq(array: np.ndarray) -> object:
+@dataclass
+class PdqInput:
+    """What hash_media's PDQ step was given: the pixels, and the full size they stand for."""
+
+    array: np.ndarray
+    full: tuple[int, int] | None = None
+    scale: int = 1
+
+
+def our_pdq(given: PdqInput) -> object:
     """The PDQ step as hash_media runs it on a first frame (hash and dihedral variants)."""
     if hasattr(media_image, "_pdq"):  # PDQ in numpy, pdqhash where rounding could matter
-        return media_image._pdq(array, dihedral=True)
-    return pdqhash.compute_dihedral(array)  # before: pdqhash throughout
+        return media_image._pdq(given.array, dihedral=True, full=given.full, scale=given.scale)
+    return pdqhash.compute_dihedral(given.array)  # before: pdqhash throughout
 
 
-def pdq_inputs(data: list[bytes]) -> tuple[list[np.ndarray], int]:
-    """The arrays hash_media hashes (captured by wrapping its PDQ step), and how many of
-    them went to pdqhash."""
-    captured: list[np.ndarray] = []
+def pdqhash_dihedral(given: PdqInput) -> object:
+    return pdqhash.compute_dihedral(given.array)
+
+
+def pdqhash_compute(given: PdqInput) -> object:
+    return pdqhash.compute(given.array)
+
+
+def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
+    """What hash_media hashes (captured by wrapping its PDQ step), and how many of them
+    went to pdqhash."""
+    captured: list[PdqInput] = []
     wrapped = "_pdq" if hasattr(media_image, "_pdq") else None
     originals = pdqhash.compute, pdqhash.compute_dihedral, getattr(media_image, "_pdq", None)
     fallbacks = 0
 
-    def spy_ours(array: np.ndarray, dihedral: bool) -> object:
-        captured.append(array)
-        return originals[2](array, dihedral)  # type: ignore[misc]
+    def spy_ours(array: np.ndarray, dihedral: bool, **shrunk: object) -> object:
+        captured.append(PdqInput(array, **shrunk))  # type: ignore[arg-type]
+        return originals[2](array, dihedral, **shrunk)  # type: ignore[misc]
 
     def spy_pdqhash(original: Callable[[np.ndarray], object]) -> Callable[[np.ndarray], object]:
         def call(array: np.ndarray) -> object:
             nonlocal fallbacks
             fallbacks += 1
             if not wrapped:
-                captured.append(array)
+                captured.append(PdqInput(array))
             return original(array)
 
         return call
@@ -320,35 +337,42 @@ def bridge_mods() -> dict[str, int]:
 
 
 def draft_scales(klass: Klass, reps: int) -> None:
-    """Decode + PDQ at coarser draft scales than hash_media's: speed and hash drift."""
+    """JPEG decode at 1/1 to 1/8 scale, then PDQ of the pixels as decoded (pdqhash) or
+    as the full-size picture they stand for (hash_media's PDQ step): speed and bits."""
     good = [s for s in klass.samples if not s.sideways and baseline(s.data)[1] >= GOOD_QUALITY]
     expected = [baseline(s.data)[0] for s in good]
     seen = set()
-    for size in (HASH_SIZE, HASH_SIZE // 2, HASH_SIZE // 4):
+    for size in (1024, 512, 256, 128):
 
-        def hashed(data: bytes, size: int = size) -> str:
+        def drafted(data: bytes, size: int = size) -> PdqInput:
             with Image.open(io.BytesIO(data)) as img:
+                full = img.size
                 img.draft("RGB", (size, size))
-                vector, _ = pdqhash.compute(np.asarray(img))
+                scale = media_image._draft_scale(full, img.size)
+                return PdqInput(np.asarray(img), (full[1], full[0]), scale)
+
+        def plain(data: bytes) -> str:
+            vector, _ = pdqhash.compute(drafted(data).array)
             return np.packbits(vector.astype(np.uint8)).tobytes().hex()
 
-        decoded = []
-        for s in good:
-            with Image.open(io.BytesIO(s.data)) as img:
-                img.draft("RGB", (size, size))
-                decoded.append(img.size)
-        if tuple(decoded) in seen:
+        def emulated(data: bytes) -> str:
+            return our_pdq(drafted(data))[0][0]  # type: ignore[index]
+
+        sizes = tuple(drafted(s.data).array.shape[:2] for s in good)
+        if sizes in seen:
             continue
-        seen.add(tuple(decoded))
-        rate = images_per_second({"draft": hashed}, [s.data for s in good], reps)["draft"]
-        bits = [Pdq.distance(hashed(s.data), e) for s, e in zip(good, expected, strict=True)]
-        rest = [b for s, b in zip(good, bits, strict=True) if not s.name.startswith("sea")]
-        low, high = min(decoded, key=min), max(decoded, key=min)
-        print(
-            f"  {klass.name:8} draft({size:3}): {low[0]}x{low[1]}..{high[0]}x{high[1]},"
-            f" decode+pdqhash {rate:6.1f} img/s, bits from baseline max {max(bits)}"
-            f" (without the sea {max(rest)}), mean {statistics.mean(bits):.1f}"
-        )
+        seen.add(sizes)
+        rates = images_per_second({"plain": plain, "full": emulated}, [s.data for s in good], reps)
+        low, high = min(sizes, key=min), max(sizes, key=min)
+        print(f"  {klass.name:8} draft({size:4}): {low[1]}x{low[0]}..{high[1]}x{high[0]}")
+        for name, method in (("plain", plain), ("full", emulated)):
+            bits = [Pdq.distance(method(s.data), e) for s, e in zip(good, expected, strict=True)]
+            rest = [b for s, b in zip(good, bits, strict=True) if not s.name.startswith("sea")]
+            label = "pdqhash of the pixels   " if name == "plain" else "PDQ as of the full size"
+            print(
+                f"    {label} {rates[name]:6.1f} img/s, bits from baseline max {max(bits):2}"
+                f" (without the sea {max(rest):2}), mean {statistics.mean(bits):4.1f}"
+            )
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -364,11 +388,11 @@ def measure(klass: Klass, reps: int, pool: concurrent.futures.Executor) -> None:
     r.update(images_per_second({"sha256+md5": exact_hashes}, data, reps))
     pdq_methods = {
         "pdq ours": our_pdq,
-        "pdqhash dihedral": pdqhash.compute_dihedral,
-        "pdqhash compute": pdqhash.compute,
+        "pdqhash dihedral": pdqhash_dihedral,
+        "pdqhash compute": pdqhash_compute,
     }
     r.update(images_per_second(pdq_methods, arrays, reps))  # type: ignore[arg-type]
-    r["pdq pixels"] = statistics.mean(a.shape[0] * a.shape[1] for a in arrays)
+    r["pdq pixels"] = statistics.mean(a.array.shape[0] * a.array.shape[1] for a in arrays)
     r["processes"] = pooled(pool, data, reps)
     with concurrent.futures.ThreadPoolExecutor(2) as threads:
         r["threads"] = pooled(threads, data, reps)
@@ -417,7 +441,7 @@ def gil(classes: list[Klass], reps: int) -> None:
     arrays, _ = pdq_inputs(data)
     stages: dict[str, tuple[Callable[[object], object], list[object]]] = {
         "JPEG draft decode (Pillow)": (floor, list(data)),  # type: ignore[dict-item]
-        "pdqhash.compute_dihedral": (pdqhash.compute_dihedral, list(arrays)),
+        "pdqhash.compute_dihedral": (pdqhash_dihedral, list(arrays)),  # type: ignore[dict-item]
         "hash_media's PDQ step": (our_pdq, list(arrays)),  # type: ignore[dict-item]
         "SHA-256 + MD5 (hashlib)": (exact_hashes, list(data)),  # type: ignore[dict-item]
         "hash_media": (hash_media, list(data)),  # type: ignore[dict-item]
@@ -439,7 +463,8 @@ def main() -> None:
     print(
         f"Python {sys.version.split()[0]}, Pillow {Image.__version__},"
         f" pdqhash {pdqhash.__version__}, numpy {np.__version__}, {os.cpu_count()} cores;"
-        f" HASH_SIZE {media_image.HASH_SIZE}, {args.reps} reps,"
+        f" JPEG_HASH_SIZE {media_image.JPEG_HASH_SIZE}, HASH_SIZE {media_image.HASH_SIZE},"
+        f" {args.reps} reps,"
         f" load average {os.getloadavg()[0]:.2f}"
     )
     started = time.perf_counter()
@@ -458,7 +483,7 @@ def main() -> None:
         f" {max(mods.values()) <= Pdq.threshold}"
     )
     if args.scales:
-        print("\nCoarser draft scales (JPEG decode + pdqhash.compute, no hash_media):")
+        print("\nDraft scales (JPEG decode + PDQ, no exact hashes, no EXIF):")
         for klass in classes:
             if klass.name.startswith("jpeg"):
                 draft_scales(klass, args.reps)

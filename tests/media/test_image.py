@@ -27,7 +27,7 @@ from PIL import Image, JpegImagePlugin
 
 from relay.errors import DecodeError
 from relay.hashing import Pdq
-from relay.media.image import Hashes, hash_file, hash_media, sniff
+from relay.media.image import Hashes, _pdq, _taps, hash_file, hash_media, sniff
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pdq"
 BRIDGE = "bridge-mods/aaa-orig.jpg"
@@ -201,6 +201,57 @@ def test_pictures_hashed_from_rounding_noise_get_pdqhash_s_bits(picture: str) ->
     assert_hashed_as_pdqhash_hashes(NO_DETAIL_ONE_WAY[picture]())
 
 
+# -- shrunk pictures, hashed as of their full size ------------------------------------
+
+
+def pdqhash_of(pixels: np.ndarray) -> str:
+    return pdqhash_dihedral(pixels)[0][0]
+
+
+@functools.cache
+def full_size(photo: str, size: tuple[int, int]) -> Image.Image:
+    with Image.open(FIXTURES / photo) as img:
+        return img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+SHRINK_PHOTOS = [BRIDGE, "misc/pen-and-coaster.png", "labelme-subset/q0122.jpg"]
+
+
+@pytest.mark.parametrize("size", [(2401, 1603), (1603, 2401)])  # sides no scale divides
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+@pytest.mark.parametrize("photo", SHRINK_PHOTOS)
+def test_a_shrunk_picture_hashes_as_its_full_size(
+    photo: str, scale: int, size: tuple[int, int]
+) -> None:
+    full = full_size(photo, size)
+    expected = pdqhash_of(np.asarray(full))
+    shrunk = np.asarray(full.reduce(scale))
+    (ours,), _ = _pdq(shrunk, dihedral=False, full=(full.height, full.width), scale=scale)
+    as_is = pdqhash_of(shrunk)
+    # Measured 0-2 bits at scales 2-4, 0-12 at 8 (the sea: a 256 px picture blown up,
+    # every coefficient near the median); the shrunk pixels hashed as they are: 0-64.
+    assert Pdq.distance(ours, expected) <= (4 if scale <= 4 else 14)
+    assert Pdq.distance(ours, expected) <= Pdq.distance(as_is, expected)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_big_pictures_hash_near_their_full_size_hash(fmt: str) -> None:
+    # JPEG: drafted to 1/4 (short side >= 256); PNG: box-shrunk by 3 (short side >= 512).
+    full = full_size("labelme-subset/q0122.jpg", (2401, 1603))
+    data = encode(full, fmt, quality=95) if fmt == "JPEG" else encode(full, "PNG")
+    with Image.open(io.BytesIO(data)) as img:
+        expected = pdqhash_of(np.asarray(img.convert("RGB")))
+    # Measured 4 (JPEG) and 2 (PNG); hashing the shrunk pixels as they were: 38 and 16.
+    assert Pdq.distance(hash_media(data).pdq[0].hash, expected) <= 6
+
+
+@pytest.mark.parametrize(("n", "full", "scale"), [(64, 64, 1), (1001, 8001, 8), (7, 20, 3)])
+def test_each_pdq_sample_weighs_its_pixels_to_one(n: int, full: int, scale: int) -> None:
+    pixels, weights = _taps(n, full, scale)
+    assert pixels.min() >= 0 and pixels.max() < n
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_a_photo_is_hashed_without_pdqhash(
     bridge: Image.Image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,12 +409,12 @@ def test_a_12_megapixel_jpeg_is_decoded_in_draft_mode(
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     got = hash_media(data)
-    assert drafts == [("RGB", (0, 0, 1000, 750))]  # libjpeg decoded at 1/4 scale
+    assert drafts == [("RGB", (0, 0, 500, 375))]  # libjpeg decoded at 1/8 scale
     assert (got.width, got.height) == (4000, 3000)
     with Image.open(io.BytesIO(data)) as img:
         full = pdq_of(img.convert("RGB"))
-    # Measured 2 bits; hash_media 40 ms against 500 ms decoding and hashing in full.
-    assert Pdq.distance(got.pdq[0].hash, full) <= 8
+    # Measured 0 bits; hash_media 20 ms against 500 ms decoding and hashing in full.
+    assert Pdq.distance(got.pdq[0].hash, full) <= 4
 
 
 def bomb_png(width: int, height: int) -> bytes:
