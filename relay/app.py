@@ -113,6 +113,7 @@ def build_app(
             lease_seconds=config.delivery.lease_seconds,
             dedup_window_seconds=config.delivery.dedup_window_seconds,
             max_age_seconds=config.delivery.max_age_seconds,
+            keep_days=config.database.keep_days,
         )
         deliverer = upstream or HttpUpstream(
             config.upstream.url,

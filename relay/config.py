@@ -89,6 +89,7 @@ class UpstreamConfig:
 class DatabaseConfig:
     url: str = field(repr=False)  # may hold a password
     pool_size: int
+    keep_days: int
 
 
 @dataclass(frozen=True)
@@ -494,6 +495,9 @@ SCHEMA: tuple[Section, ...] = (
         Field("url", STRING, "", "postgresql:// URL; empty: embedded PostgreSQL under data_dir",
               check=postgresql_url, env=DATABASE_URL_ENV),
         Field("pool_size", INTEGER, 10, "connections to the database", check=positive),
+        Field("keep_days", INTEGER, 30,
+              "days a finished activity's record and bytes are kept; 0: forever",
+              check=not_negative),
     ), "Where activities are kept while held and delivered."),
     Section("storage", StorageConfig, (
         Field("data_dir", PATH, "./sluice-data",

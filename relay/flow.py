@@ -59,6 +59,9 @@ class Flow:
         self.backoff_max = backoff_max
         self.poll_interval = poll_interval
         self.evidence = evidence
+        #: Seconds between tidying passes: expired duplicate keys and activities past
+        #: ``keep_days`` deleted, the per-state gauges refreshed.
+        self.tidy_interval = 60.0
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._blocked_at = float("-inf")
@@ -159,14 +162,16 @@ class Flow:
 
     async def _housekeeper(self) -> None:
         interval = max(0.2, self.store.lease / 3)
-        last_prune = 0.0
+        last_tidy = float("-inf")
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.store.renew_leases(list(self.held))
-                if time.monotonic() - last_prune > 60:
-                    last_prune = time.monotonic()
+                if time.monotonic() - last_tidy > self.tidy_interval:
+                    last_tidy = time.monotonic()
                     await self.store.prune_seen()
+                    if pruned := await self.store.prune_finished():
+                        log.info("activities_pruned", count=pruned, keep_days=self.store.keep_days)
                     counts = await self.store.counts()
                     for state in State:
                         self.metrics.held.labels(state.value).set(counts.get(state.value, 0))
