@@ -171,7 +171,11 @@ def build_app(
             return await request.app[SLUICE].inbound.handle(request)
         return await request.app[SLUICE].passthrough.handle(request)
 
+    async def going_away(app: web.Application) -> None:
+        await app[SLUICE].passthrough.going_away()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(going_away)
     # Admin routes first: the router falls through to the catch-all for anything else.
     app.router.add_routes(AdminDoor(lambda request: request.app[SLUICE]).routes())
     app.router.add_route("*", "/{tail:.*}", dispatch)

@@ -1,11 +1,14 @@
 """Everything that is not an inbox POST goes to the instance unchanged, streamed.
 
 An admin may route all traffic through Sluice instead of writing nginx rules;
-then pages, API calls and media must pass as if Sluice were not there.
+then pages, API calls, media and WebSockets (Mastodon's and Misskey's streaming)
+must pass as if Sluice were not there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping
 
 import aiohttp
@@ -17,6 +20,17 @@ from relay.envelope import HOP_BY_HOP
 __all__ = ["Passthrough"]
 
 _CHUNK = 64 * 1024
+# Negotiated by each hop on its own (aiohttp sends its own key and version upstream,
+# and answers the client with its own accept); the subprotocol is passed on apart.
+_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
 
 
 def _end_to_end(headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -39,16 +53,12 @@ class Passthrough:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        self._sockets: set[web.WebSocketResponse] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        headers = _end_to_end(request.headers)
-        # Append, never trust: a client talking to Sluice directly must not choose the
-        # address the instance rate-limits by.
-        forwarded = request.headers.get("X-Forwarded-For")
-        if request.remote:
-            headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
-            chain = f"{forwarded}, {request.remote}" if forwarded else request.remote
-            headers.append(("X-Forwarded-For", chain))
+        if request.method == "GET" and "websocket" in request.headers.get("Upgrade", "").lower():
+            return await self._websocket(request)
+        headers = _forwarded(request)
         if request.content_length is not None:  # keep it: some servers refuse chunked uploads
             headers.append(("Content-Length", str(request.content_length)))
         body = request.content if request.body_exists else None
@@ -80,5 +90,85 @@ class Passthrough:
                 {"error": f"upstream unreachable: {exc or type(exc).__name__}"}, status=502
             )
 
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """Open the same WebSocket to the instance, then pass messages both ways until
+        either side closes; its close code reaches the other side."""
+        headers = [(k, v) for k, v in _forwarded(request) if k.lower() not in _HANDSHAKE]
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        try:
+            upstream = await self.session.ws_connect(
+                URL(self.base + request.raw_path, encoded=True),
+                headers=headers,
+                protocols=[p.strip() for p in offered.split(",") if p.strip()],
+                max_msg_size=0,  # the instance's limits apply, not ours
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            # The instance said no (401 without a token, 404...): say the same.
+            return web.json_response(
+                {"error": f"upstream refused the WebSocket: {exc.status} {exc.message}"},
+                status=exc.status if exc.status >= 400 else 502,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return web.json_response(
+                {"error": f"upstream unreachable: {exc or type(exc).__name__}"}, status=502
+            )
+        async with upstream:
+            client = web.WebSocketResponse(
+                protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0
+            )
+            await client.prepare(request)
+            self._sockets.add(client)
+            pumps = [
+                asyncio.create_task(_pump(upstream, client)),
+                asyncio.create_task(_pump(client, upstream)),
+            ]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._sockets.discard(client)
+                for pump in pumps:
+                    pump.cancel()
+                for pump in pumps:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
+                code = upstream.close_code or client.close_code or aiohttp.WSCloseCode.OK
+                await client.close(code=code)
+                await upstream.close(code=client.close_code or code)
+        return client
+
+    async def going_away(self) -> None:
+        """Close the WebSockets passing through (1001, going away), so that a stop does
+        not wait on streaming clients; they reconnect to the next Sluice."""
+        for client in list(self._sockets):
+            await client.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"Sluice stopping")
+
     async def close(self) -> None:
         await self.session.close()
+
+
+def _forwarded(request: web.Request) -> list[tuple[str, str]]:
+    """The request's end-to-end headers, with the client's address appended to
+    X-Forwarded-For: appended, never trusted, so that a client talking to Sluice
+    directly does not choose the address the instance rate-limits by."""
+    headers = _end_to_end(request.headers)
+    forwarded = request.headers.get("X-Forwarded-For")
+    if request.remote:
+        headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
+        chain = f"{forwarded}, {request.remote}" if forwarded else request.remote
+        headers.append(("X-Forwarded-For", chain))
+    return headers
+
+
+_Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(source: _Socket, sink: _Socket) -> None:
+    """Text and binary messages from ``source`` to ``sink``, until ``source`` closes.
+    Pings and pongs stay with the hop they belong to (aiohttp answers them)."""
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        else:  # ERROR; CLOSE and CLOSED end the iteration
+            return

@@ -6,14 +6,18 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
 import pytest
+from aiohttp import WSMsgType, WSServerHandshakeError, web
+from aiohttp.test_utils import TestServer
 
 from relay.activity import Activity
 from relay.signal import Signal
-from tests.conftest import Fediverse, Running, Upstream, wait_for
+from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 
 SIGNED = ("host", "date", "digest", "signature", "content-type")
 
@@ -630,3 +634,109 @@ async def test_passthrough_forwarding_headers(sluice: Running, upstream: Upstrea
     assert "X-Secret" not in got.headers
     assert got.headers["Content-Length"] == "1000"
     assert "Transfer-Encoding" not in got.headers
+
+
+# -- WebSockets (Mastodon's and Misskey's streaming) through the passthrough -------------
+
+
+@dataclass
+class StreamingServer:
+    """An instance's streaming endpoint: echoes, says who asked, closes on request."""
+
+    server: TestServer | None = None
+    seen: list[dict[str, str]] = field(default_factory=list)
+    closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer token":
+            return web.Response(status=401, text="no token")
+        self.seen.append({"path": request.raw_path, **request.headers})
+        ws = web.WebSocketResponse(protocols=("mastodon-v1",))
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT and message.data == "bye":
+                await ws.close(code=4001, message=b"asked to")
+            elif message.type == WSMsgType.TEXT:
+                await ws.send_str("echo " + message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data[::-1])
+        if ws.close_code != 4001:
+            self.closed_by_client.set()
+        return ws
+
+
+@pytest.fixture
+async def streaming() -> AsyncIterator[StreamingServer]:
+    streaming = StreamingServer()
+    app = web.Application()
+    app.router.add_get("/api/v1/streaming", streaming.handle)
+    streaming.server = await start_server(app)
+    yield streaming
+    await streaming.server.close()
+
+
+async def streaming_sluice(sluice_factory: Any, streaming: StreamingServer) -> Running:
+    assert streaming.server is not None
+    url = str(streaming.server.make_url("")).rstrip("/")
+    return await sluice_factory(upstream={"url": url})
+
+
+async def test_websockets_pass_through_both_ways(
+    sluice_factory: Any, streaming: StreamingServer
+) -> None:
+    sluice = await streaming_sluice(sluice_factory, streaming)
+    async with sluice.session.ws_connect(
+        sluice.url + "/api/v1/streaming?stream=user",
+        headers={"Authorization": "Bearer token", "X-Forwarded-For": "203.0.113.9"},
+        protocols=("mastodon-v1",),
+    ) as ws:
+        assert ws.protocol == "mastodon-v1"
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=5) == "echo hello"
+        await ws.send_bytes(b"\x00\x01\x02")
+        assert await ws.receive_bytes(timeout=5) == b"\x02\x01\x00"
+    await asyncio.wait_for(streaming.closed_by_client.wait(), 5)
+    [seen] = streaming.seen
+    assert seen["path"] == "/api/v1/streaming?stream=user"
+    assert seen["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
+
+
+async def test_the_instance_s_close_code_reaches_the_client(
+    sluice_factory: Any, streaming: StreamingServer
+) -> None:
+    sluice = await streaming_sluice(sluice_factory, streaming)
+    async with sluice.session.ws_connect(
+        sluice.url + "/api/v1/streaming", headers={"Authorization": "Bearer token"}
+    ) as ws:
+        await ws.send_str("bye")
+        message = await ws.receive(timeout=5)
+        assert message.type == WSMsgType.CLOSE
+        assert ws.close_code == 4001
+
+
+async def test_a_refused_websocket_gets_the_instance_s_status(
+    sluice_factory: Any, streaming: StreamingServer
+) -> None:
+    sluice = await streaming_sluice(sluice_factory, streaming)
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await sluice.session.ws_connect(sluice.url + "/api/v1/streaming")
+    assert refused.value.status == 401
+    assert streaming.seen == []
+
+
+async def test_stopping_sluice_closes_websockets_as_going_away(
+    sluice_factory: Any, streaming: StreamingServer
+) -> None:
+    sluice = await streaming_sluice(sluice_factory, streaming)
+    async with sluice.session.ws_connect(
+        sluice.url + "/api/v1/streaming", headers={"Authorization": "Bearer token"}
+    ) as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=5) == "echo hello"
+        started = time.monotonic()
+        await sluice.server.close()
+        message = await ws.receive(timeout=5)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, 1001)
+    # Without the close, the stop waits for the handler: the runner's shutdown timeout.
+    assert time.monotonic() - started < 5
+    await asyncio.wait_for(streaming.closed_by_client.wait(), 5)
