@@ -10,6 +10,7 @@ lease expires.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,8 +33,7 @@ CANCELLING_TYPES = frozenset({"Delete", "Undo"})
 # takes back (a Delete: the held Create and Updates of its object; an Undo: the held
 # activity it undoes; both only by the same, verified actor); store the activity; and
 # claim it for this worker unless an earlier activity of the same actor about the same
-# object is still pending (then the poller takes it once that one is done). Two
-# activities about one object arriving in the same instant may not see each other.
+# object is still pending (then the poller takes it once that one is done).
 _INSERT = f"""
 WITH fresh AS (
     INSERT INTO seen (key) VALUES ($1)
@@ -68,6 +68,28 @@ SELECT $3::text, $4::text, $6::text, $7::text, $9::text, $8::text, $10::text, $1
 FROM fresh, blocked
 RETURNING id, owner IS NOT NULL AS claimed, (SELECT count(*) FROM cancelled) AS cancelled
 """
+
+# Two activities about one object arriving in the same instant would not see each other
+# (each statement's snapshot misses the other's uncommitted row): a Delete would pass
+# the Create it should cancel, which then reaches the instance after it. So an insert
+# first takes a transaction lock on its own id and on its object's (sorted: no
+# deadlock), and the statement after it sees whatever the other committed. Hashes to
+# 32 bits: a collision only makes two unrelated inserts take turns.
+_ORDER_LOCK = 0x0B1E
+_LOCK_ORDER = "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k"
+
+
+async def lock_order(conn: asyncpg.Connection, activity: Activity) -> bool:
+    """Within ``conn``'s transaction, wait for and take the locks of ``activity``'s id
+    (which an Undo names as its object) and of its object (which a Create, its Updates
+    and its Delete share); False if it has neither."""
+    ids = {i for i in (activity.id, activity.object_id) if i}
+    if not ids:
+        return False
+    keys = sorted({zlib.crc32(i.encode()) - 2**31 for i in ids})
+    await conn.execute(_LOCK_ORDER, _ORDER_LOCK, keys)
+    return True
+
 
 _CLAIM = f"""
 WITH c AS (
@@ -158,8 +180,7 @@ class ActivityStore:
         With ``claim`` the row is leased to this worker at once (the fast path);
         without, the poller of any process takes it.
         """
-        row = await self.pool.fetchrow(
-            _INSERT,
+        arguments = (
             activity.dedup_key,
             self.dedup_window,
             activity.id,
@@ -179,6 +200,9 @@ class ActivityStore:
             self.lease,
             claim,
         )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await lock_order(conn, activity)
+            row = await conn.fetchrow(_INSERT, *arguments)
         if row is None:
             return None
         return Stored(id=row["id"], claimed=row["claimed"], cancelled=row["cancelled"])

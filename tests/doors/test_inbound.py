@@ -15,8 +15,9 @@ import pytest
 from aiohttp import WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestServer
 
-from relay.activity import Activity
+from relay.activity import Activity, parse_activity
 from relay.signal import Signal
+from relay.store.activities import lock_order
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 
 SIGNED = ("host", "date", "digest", "signature", "content-type")
@@ -304,6 +305,45 @@ async def test_delete_cancels_a_held_create(
     record = await sluice.parts.store.get(create["id"])
     assert record["state"] == "cancelled"
     assert delete["id"] in record["last_error"]
+
+
+async def test_a_delete_arriving_while_its_create_is_being_stored_still_cancels_it(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    gate = Gate()
+    sluice = await sluice_factory(checks=(gate,))
+    alice = fediverse.actor("alice")
+    create = alice.activity()
+    note = create["object"]["id"]
+    gate.held.add(create["id"])
+    delete = alice.activity("Delete", obj={"id": note, "type": "Tombstone"})
+    pool = sluice.parts.pool
+    # The Create's insert, caught between its lock and its commit: its row is not
+    # visible to the Delete's statement until it commits.
+    async with pool.acquire() as conn:
+        storing = conn.transaction()
+        await storing.start()
+        assert await lock_order(conn, parse_activity(json.dumps(create).encode()))
+        await conn.execute(
+            "INSERT INTO activity (ap_id, type, actor, signer, object_id, target, headers, "
+            "body, deadline) VALUES ($1, 'Create', $2, $2, $3, '/inbox', '[]', $4, "
+            "now() + interval '1 day')",
+            create["id"],
+            alice.id,
+            note,
+            json.dumps(create).encode(),
+        )
+        posting = asyncio.create_task(sluice.post(alice, delete))
+        await asyncio.sleep(0.3)
+        assert not posting.done()  # the Delete waits for the Create's commit...
+        await storing.commit()
+    assert (await posting)[0] == 202
+    record = await wait_for(lambda: sluice.parts.store.get(create["id"]))
+    assert record["state"] == "cancelled"  # ...and then sees it, and cancels it
+    gate.opened.set()
+    await wait_for(upstream.inbox_posts)
+    await asyncio.sleep(0.2)
+    assert upstream.ids() == [delete["id"]]
 
 
 async def test_delete_by_another_actor_does_not_cancel(
