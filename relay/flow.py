@@ -237,8 +237,8 @@ class Flow:
             "received_at": item.received_at,
             "signals": [s.as_json() for s in verdict.signals],
             "verdict": verdict.as_json(),
-            # Media already seen (cached by URL or SHA-256) was not fetched again: its
-            # bytes are in the evidence of the activity that brought it first.
+            # Matched media known from the cache is fetched again for its bytes; these
+            # could not be (gone from the origin: the match's refetch_error says why).
             "media_without_bytes": [
                 s.detail.get("url")
                 for s in verdict.signals

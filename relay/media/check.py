@@ -101,6 +101,17 @@ class MediaCheck:
         except _Failed as failed:
             self.metrics.media.labels(f"{failed.detail['stage']}_error").inc()
             return [Signal("error", self.name, {**where, **failed.detail})]
+        matches = self.banks().match(hashes)
+        refetch: dict[str, object] = {}
+        if matches and data is None:
+            # Known from the cache, and now in a bank (added since, or matched before):
+            # fetch it again, so that the evidence holds the file and the verdict
+            # judges what the origin serves now. Rare; the cache is for clean media.
+            try:
+                hashes, data, cached, problem = await self._obtain(ref.url, cache=False)
+                matches = self.banks().match(hashes)
+            except _Failed as failed:
+                refetch = {"refetch_error": failed.detail["error"]}
         signals = [Signal("hashed", self.name, {**where, **_facts(hashes), "cached": cached})]
         outcome = "cached" if cached else hashes.kind
         if problem is not None:
@@ -111,26 +122,26 @@ class MediaCheck:
             signals.append(
                 Signal("unchecked", self.name, {**where, "kind": hashes.kind, "mime": hashes.mime})
             )
-        for match in self.banks().match(hashes):
+        for match in matches:
             self.metrics.matches.labels(match.bank, match.kind).inc()
             signal = match.as_signal()
-            signals.append(
-                Signal(signal.kind, signal.source, {**signal.detail, **where}, payload=data)
-            )
+            detail = {**signal.detail, **where, **refetch}
+            signals.append(Signal(signal.kind, signal.source, detail, payload=data))
         signals[0].detail["seconds"] = round(time.perf_counter() - started, 4)
         return signals
 
-    async def _obtain(self, url: str) -> _Obtained:
+    async def _obtain(self, url: str, *, cache: bool = True) -> _Obtained:
         """The hashes of ``url`` (cached, or fetched and hashed), the bytes if fetched,
-        whether they came from the cache, and what went wrong decoding, if anything."""
-        hashes = self.cache.by_url(url)
+        whether they came from the cache, and what went wrong decoding, if anything.
+        Without ``cache``, fetched and hashed whatever the cache knows."""
+        hashes = self.cache.by_url(url) if cache else None
         if hashes is not None:
             return hashes, None, True, None
         try:
             data = await self.fetcher.get(url)
         except FetchError as exc:
             raise _Failed({"stage": "fetch", "error": str(exc)}) from exc
-        hashes = self.cache.by_sha256(hashlib.sha256(data).hexdigest())
+        hashes = self.cache.by_sha256(hashlib.sha256(data).hexdigest()) if cache else None
         cached = hashes is not None
         if hashes is None:
             try:

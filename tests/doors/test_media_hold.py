@@ -170,14 +170,7 @@ async def test_known_image_is_quarantined_never_delivered_and_evidence_kept(
     assert upstream.requests == []  # the instance never saw the activity, nor the image
     assert origin.fetched == ["bridge-edit.jpg"]
 
-    store = EvidenceStore(
-        guarded.parts.pool,
-        guarded.parts.config.storage.data_dir / "evidence",
-        EvidenceKey.load(evidence_key),
-    )
-    facts, media = await store.read(
-        evidence["detail"]["evidence_id"], who="test", why="checking the evidence"
-    )
+    facts, media = await read_evidence(guarded, evidence_key, evidence["detail"]["evidence_id"])
     assert media == [BRIDGE_EDIT]
     assert facts.facts["activity"]["id"] == activity["id"]
     assert facts.facts["signer"] == alice.id
@@ -290,8 +283,15 @@ async def test_lying_content_type_is_judged_by_the_bytes(
     assert record["state"] == "quarantined"  # served as text/html, but it is the bridge
 
 
+async def read_evidence(sluice: Running, key: Path, evidence_id: Any) -> tuple[Any, list[bytes]]:
+    store = EvidenceStore(
+        sluice.parts.pool, sluice.parts.config.storage.data_dir / "evidence", EvidenceKey.load(key)
+    )
+    return await store.read(evidence_id, who="test", why="checking the evidence")
+
+
 async def test_a_bank_change_applies_to_the_next_activity(
-    guarded: Running, fediverse: Fediverse, origin: Origin
+    guarded: Running, fediverse: Fediverse, origin: Origin, evidence_key: Path
 ) -> None:
     alice = fediverse.actor("alice")
     flipped = hash_and_flip(BRIDGE)
@@ -305,7 +305,36 @@ async def test_a_bank_change_applies_to_the_next_activity(
     await asyncio.sleep(1.0)  # "within one second"
     after = with_media(alice, origin.url("flipped.jpg"))  # same URL: cached hashes, new bank
     assert (await guarded.post(alice, after))[0] == 202
-    assert (await _settled(guarded, after["id"]))["state"] == "quarantined"
+    record = await _settled(guarded, after["id"])
+    assert record["state"] == "quarantined"
+    # The cache knew the hashes; the file was fetched again for the evidence.
+    assert origin.fetched == ["flipped.jpg", "flipped.jpg"]
+    [evidence] = [s for s in record["verdict"]["signals"] if s["kind"] == "evidence"]
+    assert evidence["detail"]["media"] == 1
+    _, media = await read_evidence(guarded, evidence_key, evidence["detail"]["evidence_id"])
+    assert media == [flipped]
+
+
+async def test_a_cached_match_whose_file_is_gone_is_still_acted_on(
+    guarded: Running, fediverse: Fediverse, origin: Origin
+) -> None:
+    alice = fediverse.actor("alice")
+    flipped = hash_and_flip(BRIDGE)
+    origin.files["gone.jpg"] = (flipped, "image/jpeg")
+    before = with_media(alice, origin.url("gone.jpg"))
+    assert (await guarded.post(alice, before))[0] == 202
+    assert (await _settled(guarded, before["id"]))["state"] == "delivered"
+    await BankStore(guarded.parts.pool).add(
+        "test-known", [("sha256", hash_media(flipped).sha256, "added later")]
+    )
+    del origin.files["gone.jpg"]
+    await asyncio.sleep(1.0)
+    after = with_media(alice, origin.url("gone.jpg"))
+    assert (await guarded.post(alice, after))[0] == 202
+    record = await _settled(guarded, after["id"])
+    assert record["state"] == "quarantined"  # on the cached hashes
+    [match] = [s for s in record["verdict"]["signals"] if s["kind"] == "match"]
+    assert "404" in match["detail"]["refetch_error"]
 
 
 async def test_undecodable_file_still_meets_the_exact_hash_banks(
