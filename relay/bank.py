@@ -4,11 +4,11 @@
   every change on channel ``sluice_bank`` (payload: the bank's name).
 - ``parse_hash_file`` reads the lists admins get: ThreatExchange "local file" lines
   (``pdq <hex>``), bare hashes of one kind, and CSV with a header.
-- ``BankIndex`` is an immutable snapshot of every bank, matched against a file's
-  ``Hashes``; ``BankWatcher`` keeps one current by swapping in a new snapshot when
-  a notification names a bank.
-
-Matching is brute force for now: correct first, fast at 10 million hashes next.
+- ``BankIndex`` holds every bank in memory, matched against a file's ``Hashes``:
+  exact digests in an ``ExactIndex`` per kind, PDQ in a ``PdqIndex``, both built for
+  10 million hashes. ``BankWatcher`` keeps it current: a notification naming a bank
+  applies what changed past the bank's marks, and a periodic pass does so for every
+  bank, in case a notification was lost.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,9 @@ import structlog
 
 from relay.config import BankConfig, bank_name
 from relay.errors import SluiceError
-from relay.hashing import KINDS, Pdq
+from relay.hashing import KINDS, HashKind, Pdq
+from relay.hashing.base import HexDigestKind
+from relay.hashing.exact_index import ExactIndex
 from relay.hashing.pdq_index import PdqIndex
 from relay.signal import Signal
 
@@ -75,12 +78,12 @@ _CSV_NOTE = ("note", "notes", "comment", "description")
 _CSV_EXTRA = ("id", "category")  # kept in the note, as id=... category=...
 _MAX_PROBLEMS = 20  # listed in one error; the rest are counted
 
-# Rows read per round trip when loading a bank; between chunks the event loop runs.
-_LOAD_CHUNK = 20_000
 # Serialises changes to one bank (with the bank id as second key); any constant works.
 _CHANGE_LOCK = 0x5B4E
-# Changes held outside a PDQ index's main tables before they are folded in: past this,
-# each add rebuilds the pending tables in the calling thread (46 ms at 100k pending).
+# What BankIndex reads of a bank's row.
+_BANK_COLUMNS = "id, name, category, changed_at"
+# Changes held outside an index's main part before they are folded in: past this, each
+# add rebuilds the pending part, in a worker thread (PDQ: 46 ms at 100k pending).
 _COMPACT_MIN = 65_536
 
 
@@ -451,67 +454,67 @@ class BankMatch:
         )
 
 
-def _words(values: Sequence[str]) -> np.ndarray:
-    """Hex hashes of one length as an (N, W) array of native uint64 words."""
-    if not values:
-        return np.zeros((0, 0), dtype=np.uint64)
-    words = len(values[0]) // 16
-    packed = np.frombuffer(bytes.fromhex("".join(values)), dtype=">u8")
-    return packed.astype(np.uint64).reshape(len(values), words)
+#: Per kind: the ids (int64) and the hashes as raw bytes ((N, size) uint8) of entries.
+_Added = Mapping[str, tuple[np.ndarray, np.ndarray]]
+#: A field of a binary COPY row: its name, then numpy dtype arguments (big-endian).
+_Field = tuple[str, tuple[Any, ...]]
 
 
 @dataclass(slots=True)
 class _Bank:
-    """One bank in memory. Changed in place by ``apply`` between matches (one thread,
-    and ``match`` never awaits), so a change of one hash costs no copy of the bank."""
+    """One bank in memory, changed in place so a change of one hash costs no copy of it.
+
+    ``apply`` runs in a worker thread while ``match`` reads the bank on the event loop:
+    the indexes take changes under their own locks and answer from one consistent state
+    (see ExactIndex and PdqIndex), and the kind-to-index maps are replaced, never
+    changed, so a match never iterates a map that grows under it.
+    """
 
     name: str
     category: str
     radius: Mapping[str, int]  # near-match kind -> largest distance that matches
     dihedral: bool
-    exact: dict[str, dict[str, int]]  # exact kind -> hex -> entry id
-    near: dict[str, PdqIndex]  # near-match kind -> its index (only PDQ is near)
+    exact: Mapping[str, ExactIndex]  # exact kind -> its index
+    near: Mapping[str, PdqIndex]  # near-match kind -> its index (only PDQ is near)
     bank_id: int = 0
     last_entry: int = 0  # the highest entry id read
     last_removal: int = 0  # the highest bank_entry_removal id read
+    # The bank's changed_at when the marks last explained it: an entry changed in a way
+    # the marks cannot see (UPDATE in place, TRUNCATE) moves it, and nothing else does.
+    changed_at: datetime | None = None
 
-    def apply(
-        self, added: Sequence[tuple[int, str, str]], removed: Sequence[tuple[int, str, str]]
-    ) -> None:
-        """Entries added (id, kind, hex) and removed (entry id, kind, hex) since the marks."""
-        near_added: dict[str, list[tuple[int, str]]] = {}
-        near_removed: dict[str, list[int]] = {}
-        for entry_id, kind_name, value in removed:
-            if KINDS[kind_name].exact:
-                table = self.exact.get(kind_name, {})
-                if table.get(value) == entry_id:
-                    del table[value]
+    def apply(self, added: _Added, removed: np.ndarray) -> None:
+        """Entries added since the marks, and the ids of entries removed since then.
+
+        A match running meanwhile may see some of the changes and not others; entries
+        nobody changed are found throughout.
+        """
+        if len(removed):
+            for index in self.indexes():
+                index.remove(removed)
+        for kind_name, (ids, values) in added.items():
+            kind = KINDS[kind_name]
+            index = (self.exact if kind.exact else self.near).get(kind_name)
+            if index is not None:
+                index.add(values, ids)
+            elif kind.exact:  # published once built, in one assignment
+                self.exact = {**self.exact, kind_name: _build(kind, ids, values, self.radius)}
             else:
-                near_removed.setdefault(kind_name, []).append(entry_id)
-        for entry_id, kind_name, value in added:
-            if KINDS[kind_name].exact:
-                self.exact.setdefault(kind_name, {}).setdefault(value, entry_id)
-            else:
-                near_added.setdefault(kind_name, []).append((entry_id, value))
-        for kind_name in near_added.keys() | near_removed.keys():
-            index = self.near.get(kind_name)
-            if index is None:
-                index = self.near[kind_name] = PdqIndex(radius=self.radius[kind_name])
-            if near_removed.get(kind_name):
-                index.remove(near_removed[kind_name])
-            if near_added.get(kind_name):
-                pairs = near_added[kind_name]
-                index.add(_words([v for _, v in pairs]), [i for i, _ in pairs])
+                self.near = {**self.near, kind_name: _build(kind, ids, values, self.radius)}
+
+    def indexes(self) -> list[ExactIndex | PdqIndex]:
+        return [*self.exact.values(), *self.near.values()]
 
     @property
     def size(self) -> int:
-        return sum(map(len, self.exact.values())) + sum(map(len, self.near.values()))
+        return sum(map(len, self.indexes()))
 
 
 @dataclass(frozen=True)
 class BankIndex:
-    """Every bank in memory, immutable: a change builds a new index that replaces the
-    old one in one assignment, so a match in progress sees one consistent state."""
+    """Every bank in memory. A bank read whole builds a new index that replaces the old
+    one in one assignment; changes to a bank already in memory are applied to it in
+    place (see ``_Bank``)."""
 
     banks: Mapping[str, _Bank] = field(default_factory=dict)
     configs: Mapping[str, BankConfig] = field(default_factory=dict)
@@ -530,46 +533,54 @@ class BankIndex:
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            for row in await conn.fetch("SELECT id, name, category FROM bank ORDER BY name"):
+            for row in await conn.fetch(f"SELECT {_BANK_COLUMNS} FROM bank ORDER BY name"):
                 banks[row["name"]] = await _read_bank(conn, row, by_name.get(row["name"]))
         return cls(banks, by_name)
 
-    async def reload(self, pool: asyncpg.Pool, name: str) -> BankIndex:
+    async def reload(self, pool: asyncpg.Pool, name: str, *, verify: bool = False) -> BankIndex:
         """The index with bank ``name`` brought up to date (or gone, if it was deleted).
 
-        A bank already in memory gets only what changed since its marks, in place; a
-        new bank (or one deleted and created again) is read whole into a new index.
+        A bank already in memory gets only what changed since its marks, in place (the
+        indexes change in a thread). A new bank, or one deleted and created again, is
+        read whole into a new index; so is one changed where the marks cannot see: its
+        ``changed_at`` moved with nothing past the marks (an entry updated in place, a
+        TRUNCATE), or, when ``verify`` is set, its entry count differs from the
+        database's (a delete in replica mode, which fires no trigger).
+
+        Call it for one bank at a time: two reloads of one bank would apply its changes
+        twice. BankWatcher runs every reload in its one task, one after another.
         """
         async with (
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            row = await conn.fetchrow("SELECT id, name, category FROM bank WHERE name = $1", name)
+            row = await conn.fetchrow(f"SELECT {_BANK_COLUMNS} FROM bank WHERE name = $1", name)
             current = self.banks.get(name)
+            config = self.configs.get(name)
             if row is not None and current is not None and current.bank_id == row["id"]:
-                added = await conn.fetch(
-                    "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1 AND id > $2 "
-                    "ORDER BY id",
-                    current.bank_id,
-                    current.last_entry,
-                )
-                removed = await conn.fetch(
-                    "SELECT id, entry_id, kind, value FROM bank_entry_removal "
-                    "WHERE bank_id = $1 AND id > $2 ORDER BY id",
-                    current.bank_id,
-                    current.last_removal,
-                )
-                current.apply([tuple(r) for r in added], [(r[1], r[2], r[3]) for r in removed])
-                if added:
-                    current.last_entry = added[-1]["id"]
-                if removed:
-                    current.last_removal = removed[-1]["id"]
-                return self
-            bank = await _read_bank(conn, row, self.configs.get(name)) if row else None
+                if await _catch_up(conn, current):
+                    current.changed_at = row["changed_at"]
+                current.category = _category(row, config)
+                if row["changed_at"] == current.changed_at and (
+                    not verify or await _count(conn, current.bank_id) == current.size
+                ):
+                    return self
+                log.warning("bank_out_of_step", bank=name, entries=current.size)
+            bank = await _read_bank(conn, row, config) if row else None
         banks = {k: v for k, v in self.banks.items() if k != name}
         if bank is not None:
             banks[name] = bank
         return BankIndex(banks, self.configs)
+
+    async def refresh(self, pool: asyncpg.Pool, *, verify: bool = True) -> BankIndex:
+        """Every bank, in the database or in memory, brought up to date by ``reload``:
+        what lost notifications missed, read past the marks. ``verify`` counts each
+        bank's entries too (a scan: about 1 s per 10M entries in PostgreSQL)."""
+        names = {r["name"] for r in await pool.fetch("SELECT name FROM bank")}
+        index = self
+        for name in sorted(names | self.banks.keys()):
+            index = await index.reload(pool, name, verify=verify)
+        return index
 
     def __len__(self) -> int:
         return sum(bank.size for bank in self.banks.values())
@@ -605,7 +616,7 @@ class BankIndex:
             queries = plain + ([(h, i) for i, h in turned] if bank.dihedral else [])
             radius = bank.radius[Pdq.name]
             best: tuple[int, int, int | None] | None = None  # distance, entry id, variant
-            answers = index.query_batch(_words([q for q, _ in queries]), radius)
+            answers = index.query_batch([q for q, _ in queries], radius)
             for (ids, distances), (_, variant) in zip(answers, queries, strict=True):
                 # Nearest first, then the oldest entry: the first answer is the best.
                 if len(ids) and (best is None or (distances[0], ids[0]) < best[:2]):
@@ -620,69 +631,140 @@ class BankIndex:
         return found
 
 
-# A binary COPY row of (id bigint, hash bytea): field count, then length and value of each.
-_PDQ_ROW = np.dtype(
-    [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("hash_len", ">i4"), ("hash", "u1", 32)]
-)
 _COPY_HEADER = 19  # signature (11), flags (4), header extension length (4)
 
 
-async def _read_pdq(conn: asyncpg.Connection, bank_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, (N, 4) uint64 words) of a bank's PDQ hashes, read as binary COPY and parsed
-    with numpy: fixed-size rows, no per-row Python (10M hashes in seconds, not minutes)."""
+async def _copy(
+    conn: asyncpg.Connection, what: str, query: str, *args: object, fields: Sequence[_Field]
+) -> dict[str, np.ndarray]:
+    """Each field of the rows of ``query``, as a native array: read as binary COPY and
+    parsed with numpy as fixed-size records, in a thread (no per-row Python: 10M rows in
+    seconds, not minutes, and the event loop goes on meanwhile)."""
     buffer = io.BytesIO()
-    await conn.copy_from_query(
-        "SELECT id, decode(value, 'hex') FROM bank_entry WHERE bank_id = $1 AND kind = 'pdq'",
-        bank_id,
-        output=buffer,
-        format="binary",
-    )
+    await conn.copy_from_query(query, *args, output=buffer, format="binary")
+    return await asyncio.to_thread(_parse, buffer, fields, what)
+
+
+def _parse(buffer: io.BytesIO, fields: Sequence[_Field], what: str) -> dict[str, np.ndarray]:
+    """Binary COPY rows: a field count, then each field's length and value. Every field
+    must be of its dtype's size (so no NULLs)."""
+    layout: list[tuple[Any, ...]] = [("fields", ">i2")]
+    for name, dtype in fields:
+        layout += [(f"{name}_len", ">i4"), (name, *dtype)]
+    row = np.dtype(layout)
     data = buffer.getbuffer()[_COPY_HEADER:-2]  # the trailer is a field count of -1
-    rows = np.frombuffer(data, dtype=_PDQ_ROW)
-    if len(rows) and not (
-        (rows["fields"] == 2).all()
-        and (rows["id_len"] == 8).all()
-        and (rows["hash_len"] == 32).all()
+    rows = np.frombuffer(data, dtype=row) if len(data) % row.itemsize == 0 else None
+    if rows is None or (
+        len(rows)
+        and not (
+            (rows["fields"] == len(fields)).all()
+            and all((rows[f"{n}_len"] == row[n].itemsize).all() for n, _ in fields)
+        )
     ):
-        raise BankError(f"bank {bank_id}: unexpected PDQ rows in the database")
-    words = rows["hash"].copy().view(">u8").astype(np.uint64).reshape(-1, 4)
-    return rows["id"].astype(np.int64), words
+        raise BankError(f"{what}: unexpected rows in the database")
+    return {n: rows[n].astype(rows[n].dtype.newbyteorder("=")) for n, _ in fields}
+
+
+async def _read_hashes(
+    conn: asyncpg.Connection, bank_id: int, kind: type[HashKind], after: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, hashes as (N, size) uint8) of a bank's entries of ``kind``, every one or
+    those with ids past ``after``: a binary COPY of ``(id, decode(value, 'hex'))``."""
+    query = "SELECT id, decode(value, 'hex') FROM bank_entry WHERE bank_id = $1 AND kind = $2"
+    args: list[object] = [bank_id, kind.name]
+    if after is not None:
+        query += " AND id > $3"
+        args.append(after)
+    size = kind.size() if issubclass(kind, HexDigestKind) else Pdq.bits // 8
+    fields: list[_Field] = [("id", (">i8",)), ("hash", ("u1", size))]
+    rows = await _copy(conn, f"bank {bank_id}: {kind.name} entries", query, *args, fields=fields)
+    return rows["id"], rows["hash"]
+
+
+async def _catch_up(conn: asyncpg.Connection, bank: _Bank) -> bool:
+    """Apply to ``bank`` the entries added and removed since its marks; whether there
+    were any."""
+    added: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for kind in KINDS.values():
+        ids, values = await _read_hashes(conn, bank.bank_id, kind, after=bank.last_entry)
+        if len(ids):
+            added[kind.name] = ids, values
+    removals = await _copy(
+        conn,
+        f"bank {bank.bank_id}: removals",
+        "SELECT id, entry_id FROM bank_entry_removal WHERE bank_id = $1 AND id > $2",
+        bank.bank_id,
+        bank.last_removal,
+        fields=[("id", (">i8",)), ("entry_id", (">i8",))],
+    )
+    removed = removals["entry_id"]
+    if added or len(removed):
+        # A full tail rebuilds an index's delta (tens of ms at 65k pending): not here.
+        await asyncio.to_thread(bank.apply, added, removed)
+    if added:
+        bank.last_entry = max(int(ids.max()) for ids, _ in added.values())
+    if len(removed):
+        bank.last_removal = int(removals["id"].max())
+    return bool(added or len(removed))
+
+
+async def _count(conn: asyncpg.Connection, bank_id: int) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM bank_entry WHERE bank_id = $1", bank_id))
+
+
+def _category(row: asyncpg.Record, config: BankConfig | None) -> str:
+    """Rules are written against the configured category: the admin's file wins."""
+    return config.category if config is not None else row["category"]
+
+
+def _build(
+    kind: type[HashKind], ids: np.ndarray, values: np.ndarray, radius: Mapping[str, int]
+) -> ExactIndex | PdqIndex:
+    if issubclass(kind, HexDigestKind):
+        return ExactIndex.build(values, ids, kind=kind)
+    return PdqIndex.build(values, ids, radius=radius[kind.name])
 
 
 async def _read_bank(
     conn: asyncpg.Connection, row: asyncpg.Record, config: BankConfig | None
 ) -> _Bank:
-    """One bank's entries, read in chunks so a big bank does not stall the event loop."""
+    """One bank's entries, kind by kind; each index is built in a thread (seconds at
+    millions of hashes), so the event loop goes on meanwhile."""
     name = row["name"]
-    category = row["category"]
-    if config is not None and config.category != category:
-        # Rules are written against the configured category; follow the admin's file.
-        log.warning("bank_category_differs", bank=name, stored=category, configured=config.category)
-        category = config.category
-    exact: dict[str, dict[str, int]] = {}
-    last_entry = 0
-    last_removal = await conn.fetchval("SELECT coalesce(max(id), 0) FROM bank_entry_removal")
-    query = "SELECT id, kind, value FROM bank_entry WHERE bank_id = $1 AND kind <> 'pdq'"
-    cursor = await conn.cursor(query, row["id"])
-    while chunk := await cursor.fetch(_LOAD_CHUNK):
-        for entry_id, kind_name, value in chunk:
-            last_entry = max(last_entry, entry_id)
-            exact.setdefault(kind_name, {})[value] = entry_id
-        await asyncio.sleep(0)
-    pdq_ids, pdq_words = await _read_pdq(conn, row["id"])
-    if len(pdq_ids):
-        last_entry = max(last_entry, int(pdq_ids.max()))
+    category = _category(row, config)
+    if category != row["category"]:
+        log.warning("bank_category_differs", bank=name, stored=row["category"], configured=category)
     radius = {n: k.threshold for n, k in KINDS.items() if not k.exact}
     if config is not None:
         radius[Pdq.name] = config.pdq_max_distance
+    last_removal = await conn.fetchval("SELECT coalesce(max(id), 0) FROM bank_entry_removal")
+    last_entry = 0
+    exact: dict[str, ExactIndex] = {}
     near: dict[str, PdqIndex] = {}
-    if len(pdq_ids):
-        # Building the tables is seconds at millions of hashes: off the event loop.
-        near[Pdq.name] = await asyncio.to_thread(
-            PdqIndex.build, pdq_words, pdq_ids, radius=radius[Pdq.name]
-        )
+    for kind in KINDS.values():
+        ids, values = await _read_hashes(conn, row["id"], kind)
+        if not len(ids):
+            continue
+        last_entry = max(last_entry, int(ids.max()))
+        index = await asyncio.to_thread(_build, kind, ids, values, radius)
+        del ids, values
+        if isinstance(index, ExactIndex):
+            exact[kind.name] = index
+        else:
+            near[kind.name] = index
     dihedral = config.dihedral if config is not None else False
-    return _Bank(name, category, radius, dihedral, exact, near, row["id"], last_entry, last_removal)
+    return _Bank(
+        name,
+        category,
+        radius,
+        dihedral,
+        exact,
+        near,
+        bank_id=row["id"],
+        last_entry=last_entry,
+        last_removal=last_removal,
+        changed_at=row["changed_at"],
+    )
 
 
 # -- propagation ----------------------------------------------------------------------
@@ -695,8 +777,11 @@ class BankWatcher:
     One pooled connection is held for LISTEN (so it works with the embedded database,
     whose URL only the pool knows). A notification reloads the bank it names, after a
     short debounce that gathers a burst of changes. Notifications sent while the
-    connection was down are lost, so every reconnect, and every ``full_reload_seconds``
-    as a safety net, reloads everything.
+    connection was down are lost: every reconnect reloads everything, and every
+    ``refresh_seconds``, as a safety net, every bank is brought up to date past its
+    marks (``BankIndex.refresh``); every ``count_every`` such passes, its entries are
+    counted too, for deletes that fire no trigger. All of it runs in one task, one step
+    after another, so two reloads of one bank never overlap.
     """
 
     def __init__(
@@ -705,16 +790,20 @@ class BankWatcher:
         configs: Sequence[BankConfig] = (),
         *,
         debounce_seconds: float = 0.1,
-        full_reload_seconds: float = 60.0,
+        refresh_seconds: float = 60.0,
+        count_every: int = 10,
         max_backoff_seconds: float = 5.0,
     ) -> None:
         self.pool = pool
         self.configs = tuple(configs)
         self.debounce = debounce_seconds
-        self.full_reload = full_reload_seconds
+        self.refresh = refresh_seconds
+        self.count_every = count_every
         self.max_backoff = max_backoff_seconds
         self.index = BankIndex()
         self.reloads = 0  # banks reloaded on notification, for tests and metrics
+        self.refreshes = 0  # safety-net passes over every bank
+        self.reconnects = 0  # connections lost and made again, everything read whole
         self.failures = 0  # reloads or reconnects that failed and were retried
         self._conn: asyncpg.Connection | None = None
         self._connected = False
@@ -784,30 +873,32 @@ class BankWatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_full = loop.time() + self.full_reload
+        next_refresh = loop.time() + self.refresh
         while True:
             try:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(next_full):
+                    async with asyncio.timeout_at(next_refresh):
                         await self._wake.wait()
                 if self._pending and self._connected:
                     await asyncio.sleep(self.debounce)
                 self._wake.clear()
                 if not self._connected:
                     await self._reconnect()
-                    next_full = loop.time() + self.full_reload
+                    next_refresh = loop.time() + self.refresh
                     continue
                 names, self._pending = self._pending, set()
                 for name in sorted(names):
                     self.index = await self.index.reload(self.pool, name)
                     self.reloads += 1
                     log.info("bank_reloaded", bank=name, entries=self.index.counts().get(name))
-                await self._compact()
-                if loop.time() >= next_full:
+                if loop.time() >= next_refresh:
                     if self._conn is not None:
                         await self._conn.execute("SELECT 1")  # a silently dead link shows here
-                    self.index = await BankIndex.load(self.pool, self.configs)
-                    next_full = loop.time() + self.full_reload
+                    verify = (self.refreshes + 1) % self.count_every == 0
+                    self.index = await self.index.refresh(self.pool, verify=verify)
+                    self.refreshes += 1
+                    next_refresh = loop.time() + self.refresh
+                await self._compact()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -822,7 +913,7 @@ class BankWatcher:
         queries and adds; compacting takes seconds at 10M, in a thread, while queries
         go on)."""
         for bank in self.index.banks.values():
-            for index in bank.near.values():
+            for index in bank.indexes():
                 if index.pending > _COMPACT_MIN:
                     await asyncio.to_thread(index.compact)
 
@@ -834,6 +925,7 @@ class BankWatcher:
                 await self._listen()
                 self._pending.clear()  # the full load below covers them
                 self.index = await BankIndex.load(self.pool, self.configs)
+                self.reconnects += 1
             except Exception as exc:
                 self.failures += 1
                 log.warning(

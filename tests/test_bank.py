@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from relay.bank import (
     BankMatch,
     BankStore,
     BankWatcher,
+    _Bank,
     parse_hash_file,
     read_hash_file,
 )
@@ -278,6 +280,22 @@ async def test_add_is_all_or_nothing(pool: asyncpg.Pool) -> None:
         await store.add("nope", [("md5", MD5, None)])
     with pytest.raises(BankError, match="no bank named `nope`"):
         await store.add("nope", [])
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("md5", MD5.upper()), ("md5", MD5[:-1]), ("sha256", MD5), ("pdq", "z" * 64)],
+)
+async def test_the_database_refuses_entries_that_are_not_hex_of_their_length(
+    pool: asyncpg.Pool, kind: str, value: str
+) -> None:
+    # Loading parses fixed-size rows: one bad row written past BankStore (psql) would
+    # stop every bank update.
+    bank = await BankStore(pool).ensure("b", "test")
+    with pytest.raises(asyncpg.CheckViolationError, match="bank_entry_value_is_hex"):
+        await pool.execute(
+            "INSERT INTO bank_entry (bank_id, kind, value) VALUES ($1, $2, $3)", bank, kind, value
+        )
 
 
 async def test_every_kind_of_change_is_announced(pool: asyncpg.Pool, database_url: str) -> None:
@@ -628,31 +646,140 @@ async def test_watcher_reconnects_after_losing_its_connection(
         assert watcher._conn is not None
         pid = watcher._conn.get_server_pid()
         await admin.execute("SELECT pg_terminate_backend($1)", pid)
-        await wait_for(lambda: watcher._conn is not None and watcher._conn.get_server_pid() != pid)
+        # Wait on the watcher's count, not its connection: asyncpg detaches the lost one
+        # at once, and until the watcher lets it go, asking it anything raises.
+        await wait_for(lambda: watcher.reconnects == 1)
+        assert watcher._conn is not None and watcher._conn.get_server_pid() != pid
+        # The full load after the reconnect is over: the change can only arrive as a
+        # notification on the new connection. (Wait on the count: a bank changes in
+        # place, so a match may see the change before the reload has returned.)
         await store.add("live", [("md5", MD5, None)])
-        await wait_for(lambda: watcher.index.match(bank_hashes(MD5)), timeout=2.0)
+        await wait_for(lambda: watcher.reloads >= 1)
+        assert watcher.index.match(bank_hashes(MD5))
         assert watcher.failures == 0  # a lost connection is expected, not a failure
     assert watcher._conn is None
 
 
-async def test_full_reload_catches_unannounced_changes(processes: list[asyncpg.Pool]) -> None:
+async def test_periodic_refresh_catches_lost_notifications_in_place(
+    processes: list[asyncpg.Pool],
+) -> None:
     admin, one, _ = processes
+    rng = np.random.default_rng(11)
+    stored = [random_pdq(rng) for _ in range(20)]
+    later = random_pdq(rng)
     store = BankStore(admin)
     await store.ensure("quiet", "test")
-    async with BankWatcher(one, full_reload_seconds=0.3) as watcher:
+    await store.add("quiet", [("pdq", h, None) for h in stored] + [("sha256", SHA, None)])
+    async with BankWatcher(one, refresh_seconds=0.3) as watcher:
+        bank = watcher.index.banks["quiet"]
+        pdq, sha = bank.near["pdq"], bank.exact["sha256"]
+        # The watcher hears nothing from now on, as if every notification were lost.
+        assert watcher._conn is not None
+        await watcher._conn.remove_listener(CHANNEL, watcher._notified)
+        await store.add("quiet", [("md5", MD5, None), ("pdq", later, None)])
+        await store.remove("quiet", [("pdq", stored[0]), ("sha256", SHA)])
         async with admin.acquire() as conn:
-            # Replica mode skips the triggers: a change nobody announces.
+            # Replica mode skips every trigger: changes nobody announces at all.
             await conn.execute("SET session_replication_role = replica")
             await conn.execute(
                 "INSERT INTO bank_entry (bank_id, kind, value) "
                 "SELECT id, 'md5', $1 FROM bank WHERE name = 'quiet'",
-                MD5,
+                "1" * 32,
             )
+            await conn.execute("UPDATE bank SET category = 'spam' WHERE name = 'quiet'")
             await conn.execute("SET session_replication_role = DEFAULT")
-        await asyncio.sleep(0.15)
-        assert watcher.index.match(bank_hashes(MD5)) == []
-        await wait_for(lambda: watcher.index.match(bank_hashes(MD5)), timeout=2.0)
-        assert watcher.reloads == 0
+
+        # Two more passes: one in progress now may have read before the changes.
+        passes = watcher.refreshes
+        await wait_for(lambda: watcher.refreshes >= passes + 2)
+        await watcher._conn.add_listener(CHANNEL, watcher._notified)
+        index = watcher.index
+        found = index.match(hashes((later, 100), md5=MD5))
+        assert [(m.kind, m.category) for m in found] == [("md5", "spam"), ("pdq", "spam")]
+        assert index.match(bank_hashes("1" * 32))
+        assert index.match(hashes((stored[0], 100))) == []
+        assert index.match(hashes(sha256=SHA)) == []
+        assert watcher.index.counts() == {"quiet": 22}
+        # Read past the marks, in place: nothing was read whole.
+        assert watcher.index.banks["quiet"] is bank
+        assert bank.near["pdq"] is pdq and bank.exact["sha256"] is sha
+        assert watcher.reloads == watcher.reconnects == watcher.failures == 0
+
+
+async def test_changes_the_marks_cannot_see_are_read_whole(
+    processes: list[asyncpg.Pool],
+) -> None:
+    """Neither a new entry id nor a logged removal: an UPDATE in place and a TRUNCATE move
+    the bank's changed_at; a delete in replica mode fires no trigger at all, and the
+    periodic pass finds it by the count."""
+    admin, one, _ = processes
+    store = BankStore(admin)
+    await store.ensure("quiet", "test")
+    await store.add("quiet", [("md5", MD5, None), ("md5", "1" * 32, None), ("md5", "2" * 32, None)])
+    async with BankWatcher(one, refresh_seconds=0.3, count_every=1) as watcher:
+
+        def held(md5: str) -> bool:
+            return bool(watcher.index.match(bank_hashes(md5)))
+
+        bank = watcher.index.banks["quiet"]
+        await admin.execute("UPDATE bank_entry SET value = $1 WHERE value = $2", "3" * 32, MD5)
+        await wait_for(lambda: held("3" * 32) and not held(MD5))
+        assert watcher.index.banks["quiet"] is not bank
+        async with admin.acquire() as conn:
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute("DELETE FROM bank_entry WHERE value = $1", "1" * 32)
+            await conn.execute("SET session_replication_role = DEFAULT")
+        await wait_for(lambda: not held("1" * 32))
+        assert held("2" * 32) and held("3" * 32)
+        await admin.execute("TRUNCATE bank_entry")
+        await wait_for(lambda: watcher.index.counts() == {"quiet": 0})
+        assert watcher.failures == 0
+
+
+async def test_matches_go_on_while_a_reload_applies_changes(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexes change in a worker thread while matches run on the event loop: every
+    entry nobody changed is found throughout, and a new kind appears whole."""
+    rng = np.random.default_rng(12)
+    kept = [random_pdq(rng) for _ in range(300)]
+    kept_md5 = [f"{i:032x}" for i in range(300)]
+    store = BankStore(pool)
+    await store.ensure("busy", "test")
+    await store.add("busy", [("pdq", h, None) for h in kept] + [("md5", m, None) for m in kept_md5])
+    index = await BankIndex.load(pool)
+    # Enough to fill the PDQ tail (4,096) a few times: the delta is rebuilt meanwhile.
+    await store.add(
+        "busy",
+        [("pdq", random_pdq(rng), None) for _ in range(20_000)]
+        + [("md5", f"{i:032x}", None) for i in range(300, 20_300)]
+        + [("sha256", SHA, None)],
+    )
+    await store.remove("busy", [("pdq", kept[0]), ("md5", kept_md5[0])])
+    threads: list[threading.Thread] = []
+    real_apply = _Bank.apply
+
+    def apply(bank: _Bank, *args: object) -> None:
+        threads.append(threading.current_thread())
+        real_apply(bank, *args)
+
+    monkeypatch.setattr(_Bank, "apply", apply)
+    reload = asyncio.create_task(index.reload(pool, "busy"))
+    matched = 0
+    while not reload.done():
+        i = 1 + matched % 299
+        found = index.match(hashes((kept[i], 100), md5=kept_md5[i]))
+        assert {(m.kind, m.value) for m in found} == {("pdq", kept[i]), ("md5", kept_md5[i])}
+        sha = [m.kind for m in index.match(hashes(sha256=SHA, md5="f" * 32))]
+        assert sha in ([], ["sha256"])
+        matched += 1
+        await asyncio.sleep(0)
+    assert await reload is index
+    assert threads and threading.main_thread() not in threads
+    assert matched > 1
+    assert index.counts() == {"busy": 40_599}
+    assert [m.kind for m in index.match(hashes(sha256=SHA, md5="f" * 32))] == ["sha256"]
+    assert index.match(hashes((kept[0], 100), md5=kept_md5[0])) == []
 
 
 def test_bank_match_is_a_fact() -> None:

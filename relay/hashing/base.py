@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import ClassVar
 
-__all__ = ["HashKind", "HexDigestKind", "hex_string"]
+import numpy as np
+
+__all__ = ["HashKind", "HexDigestKind", "as_ids", "hex_string", "ranges"]
 
 
 class HashKind(ABC):
@@ -51,6 +54,11 @@ class HexDigestKind(HashKind):
     def distance(cls, a: str, b: str) -> int:
         return 0 if cls.validate(a) == cls.validate(b) else 1
 
+    @classmethod
+    def size(cls) -> int:
+        """Bytes of one digest, as ``bytes.fromhex`` (or PostgreSQL's ``decode``) gives it."""
+        return cls.hex_length // 2
+
 
 def hex_string(value: str, digits: int, label: str) -> str:
     """``value`` stripped and lower-cased if it is exactly ``digits`` hex digits."""
@@ -62,3 +70,25 @@ def hex_string(value: str, digits: int, label: str) -> str:
 
 # An explicit class: int(x, 16) and str.isdigit would accept "0x", "_" or non-ASCII digits.
 _HEX = re.compile(r"[0-9a-f]+")
+
+
+# -- shared by the indexes (relay.hashing.pdq_index, relay.hashing.exact_index) -----------
+
+
+def as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
+    """Entry ids as a flat int64 array; ValueError if they are not integers."""
+    out = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+    if out.size and not np.issubdtype(out.dtype, np.integer):
+        raise ValueError(f"ids must be integers, not {out.dtype}")
+    return out.astype(np.int64).reshape(-1)
+
+
+def ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Every integer in each [lo, hi), concatenated."""
+    lengths = hi - lo
+    ends = np.cumsum(lengths)
+    if not len(ends):
+        return np.zeros(0, np.intp)
+    out = np.repeat(lo - (ends - lengths), lengths)
+    out += np.arange(int(ends[-1]))
+    return out

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relay.hashing.base import as_ids, ranges
 from relay.hashing.pdq import Pdq
 
 __all__ = ["PdqIndex", "as_words"]
@@ -87,13 +88,6 @@ def as_words(hashes: str | Iterable[str] | np.ndarray) -> np.ndarray:
         return np.zeros((0, WORDS), dtype=np.uint64)
     packed = np.frombuffer(bytes.fromhex("".join(values)), dtype=">u8")
     return packed.astype(np.uint64).reshape(-1, WORDS)
-
-
-def _ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    out = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
-    if out.size and not np.issubdtype(out.dtype, np.integer):
-        raise ValueError(f"ids must be integers, not {out.dtype}")
-    return out.astype(np.int64).reshape(-1)
 
 
 def _radius(radius: int) -> int:
@@ -341,7 +335,7 @@ class _Segment:
         found = hi > lo
         if not found.any():
             return 0
-        rows = _ranges(lo[found], hi[found])
+        rows = ranges(lo[found], hi[found])
         rows = rows[self.alive[rows]]
         self.alive[rows] = False
         self.live -= len(rows)
@@ -507,15 +501,6 @@ def _within(diff: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     return hit, dist
 
 
-def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Every integer in each [lo, hi), concatenated."""
-    lengths = hi - lo
-    ends = np.cumsum(lengths)
-    out = np.repeat(lo - (ends - lengths), lengths)
-    out += np.arange(int(ends[-1]))
-    return out
-
-
 # -- the index ------------------------------------------------------------------------
 
 
@@ -618,7 +603,7 @@ class PdqIndex:
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
         """Remove every entry with one of ``ids``; how many there were."""
-        ids = np.unique(_ids(ids))
+        ids = np.unique(as_ids(ids))
         with self._lock:
             removed = self._removed(self._state, ids)
             if self._journal is not None:
@@ -791,7 +776,7 @@ class PdqIndex:
 def _entries(
     hashes: str | Iterable[str] | np.ndarray, ids: Iterable[int] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    words, ids = as_words(hashes), _ids(ids)
+    words, ids = as_words(hashes), as_ids(ids)
     if len(words) != len(ids):
         raise ValueError(f"{len(words)} hashes but {len(ids)} ids")
     return words, ids
