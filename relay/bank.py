@@ -777,11 +777,11 @@ class BankWatcher:
     One pooled connection is held for LISTEN (so it works with the embedded database,
     whose URL only the pool knows). A notification reloads the bank it names, after a
     short debounce that gathers a burst of changes. Notifications sent while the
-    connection was down are lost: every reconnect reloads everything, and every
-    ``refresh_seconds``, as a safety net, every bank is brought up to date past its
-    marks (``BankIndex.refresh``); every ``count_every`` such passes, its entries are
-    counted too, for deletes that fire no trigger. All of it runs in one task, one step
-    after another, so two reloads of one bank never overlap.
+    connection was down are lost: every reconnect brings every bank up to date past its
+    marks, entries counted (``BankIndex.refresh``), and so does a pass every
+    ``refresh_seconds`` as a safety net, counting on every ``count_every``-th pass only
+    (a count is a scan), for deletes that fire no trigger. All of it runs in one task,
+    one step after another, so two reloads of one bank never overlap.
     """
 
     def __init__(
@@ -923,8 +923,10 @@ class BankWatcher:
             await self._unlisten()
             try:
                 await self._listen()
-                self._pending.clear()  # the full load below covers them
-                self.index = await BankIndex.load(self.pool, self.configs)
+                self._pending.clear()  # the refresh below covers them
+                # What notifications were lost is past the marks (or moved changed_at,
+                # or the counts): no bank is read whole, nor held twice, for a blip.
+                self.index = await self.index.refresh(self.pool, verify=True)
                 self.reconnects += 1
             except Exception as exc:
                 self.failures += 1

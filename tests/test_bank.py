@@ -642,15 +642,28 @@ async def test_watcher_reconnects_after_losing_its_connection(
     admin, one, _ = processes
     store = BankStore(admin)
     await store.ensure("live", "test")
+    await store.add("live", [("md5", "2" * 32, None)])
     async with BankWatcher(one, max_backoff_seconds=0.2) as watcher:
         assert watcher._conn is not None
         pid = watcher._conn.get_server_pid()
+        before = watcher.index.banks["live"]
+        async with admin.acquire() as conn:  # an entry nobody announces (no trigger)
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(
+                "INSERT INTO bank_entry (bank_id, kind, value) "
+                "SELECT id, 'md5', $1 FROM bank WHERE name = 'live'",
+                "3" * 32,
+            )
+            await conn.execute("SET session_replication_role = DEFAULT")
         await admin.execute("SELECT pg_terminate_backend($1)", pid)
         # Wait on the watcher's count, not its connection: asyncpg detaches the lost one
         # at once, and until the watcher lets it go, asking it anything raises.
         await wait_for(lambda: watcher.reconnects == 1)
         assert watcher._conn is not None and watcher._conn.get_server_pid() != pid
-        # The full load after the reconnect is over: the change can only arrive as a
+        # The reconnect caught up past the bank's marks, without reading it whole.
+        assert watcher.index.banks["live"] is before
+        assert watcher.index.match(bank_hashes("3" * 32))
+        # The refresh after the reconnect is over: the change can only arrive as a
         # notification on the new connection. (Wait on the count: a bank changes in
         # place, so a match may see the change before the reload has returned.)
         await store.add("live", [("md5", MD5, None)])
