@@ -6,21 +6,19 @@ sorted numpy array of fixed-width strings, with the ids beside it and the rows i
 order (for removes): 16 + 8 + 8 + 1 bytes an entry for MD5, and a lookup is a binary
 search (``np.searchsorted``, a few microseconds).
 
-Shaped like ``PdqIndex``: ``build``, ``add``, ``remove``, ``compact``. Recent adds go to
-a small tail, rebuilt on every add, then to a delta segment; removals are tombstones;
-``compact`` folds everything into the main segment and may run in another thread while
-lookups, adds and removes go on.
+Shaped like ``PdqIndex``: ``build``, ``add``, ``remove``, ``compact``, with the same
+main, delta and tail segments (``relay.hashing.segments``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from relay.hashing.base import HexDigestKind, as_ids, ranges
+from relay.hashing.segments import Part, SegmentedIndex
 
 __all__ = ["ExactIndex"]
 
@@ -99,17 +97,7 @@ class _Segment:
         return self.digests[alive], self.ids[alive]
 
 
-@dataclass(frozen=True, eq=False)
-class _State:
-    main: _Segment
-    delta: _Segment
-    tail: _Segment
-
-    def segments(self) -> tuple[_Segment, ...]:
-        return self.main, self.delta, self.tail
-
-
-class ExactIndex:
+class ExactIndex(SegmentedIndex[_Segment]):
     """Digests of one exact kind with int64 ids (bank entry ids); ``get`` returns the
     smallest live id holding a digest: the oldest entry, as a dict filled in id order
     with ``setdefault`` would.
@@ -122,12 +110,13 @@ class ExactIndex:
     def __init__(self, kind: type[HexDigestKind], *, tail_limit: int = _TAIL_LIMIT) -> None:
         self.kind = kind
         self.dtype = np.dtype(f"S{kind.size()}")
-        self.tail_limit = tail_limit
-        empty = _Segment.empty(self.dtype)
-        self._state = _State(empty, empty, empty)
-        self._lock = threading.Lock()  # add, remove and the swap of compact
-        self._compacting = threading.Lock()
-        self._journal: list[tuple[str, np.ndarray, np.ndarray]] | None = None
+        super().__init__(tail_limit=tail_limit)
+
+    def _empty(self) -> _Segment:
+        return _Segment.empty(self.dtype)
+
+    def _segment(self, hashes: np.ndarray, ids: np.ndarray, part: Part) -> _Segment:
+        return _Segment.build(hashes, ids)
 
     @classmethod
     def build(
@@ -144,21 +133,6 @@ class ExactIndex:
         digests, ids = index._entries(digests, ids)
         index._state = replace(index._state, main=_Segment.build(digests, ids))
         return index
-
-    def __len__(self) -> int:
-        return sum(s.live for s in self._state.segments())
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays of the index."""
-        return sum(s.nbytes for s in self._state.segments())
-
-    @property
-    def pending(self) -> int:
-        """Entries outside the main segment (added since the last compact), and dead rows
-        still in it: what ``compact`` would fold in."""
-        state = self._state
-        return len(state.delta) + len(state.tail) + len(state.main) - state.main.live
 
     def as_digests(self, digests: str | Iterable[str] | np.ndarray) -> np.ndarray:
         """Digests as an (N,) array of raw bytes (``S16`` for MD5). Takes hex strings (one
@@ -190,62 +164,6 @@ class ExactIndex:
                 best = found
         return best
 
-    # -- changes ------------------------------------------------------------------
-
-    def add(
-        self, digests: str | Iterable[str] | np.ndarray, ids: Iterable[int] | np.ndarray
-    ) -> None:
-        """Add entries; the next lookup sees them. A digest may be held by several ids.
-
-        Usually O(tail); every ``tail_limit`` entries the delta is rebuilt, O(delta).
-        Call ``compact`` when ``pending`` grows large.
-        """
-        digests, ids = self._entries(digests, ids)
-        if not len(ids):
-            return
-        with self._lock:
-            self._state = self._added(self._state, digests, ids)
-            if self._journal is not None:
-                self._journal.append(("add", digests.copy(), ids.copy()))
-
-    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
-        """Remove every entry with one of ``ids``; how many there were."""
-        ids = np.unique(as_ids(ids))
-        with self._lock:
-            removed = self._removed(self._state, ids)
-            if self._journal is not None:
-                self._journal.append(("remove", np.zeros(0, self.dtype), ids))
-        return removed
-
-    def compact(self) -> None:
-        """Rebuild the main segment with every live entry, emptying delta and tail.
-
-        Changes made while it runs are recorded and replayed on the new state before
-        it replaces the old, so none is lost; lookups see the old state until then.
-        """
-        with self._compacting:
-            with self._lock:
-                state = self._state
-                self._journal = []
-            try:
-                digests, ids = _concat(s.entries() for s in state.segments())
-                main = _Segment.build(digests, ids)
-                del digests, ids
-            except BaseException:
-                with self._lock:
-                    self._journal = None
-                raise
-            with self._lock:
-                journal, self._journal = self._journal, None
-                empty = _Segment.empty(self.dtype)
-                new = _State(main, empty, empty)
-                for op, op_digests, op_ids in journal:
-                    if op == "add":
-                        new = self._added(new, op_digests, op_ids)
-                    else:
-                        self._removed(new, op_ids)
-                self._state = new
-
     def _entries(
         self, digests: str | Iterable[str] | np.ndarray, ids: Iterable[int] | np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -253,20 +171,3 @@ class ExactIndex:
         if len(digests) != len(ids):
             raise ValueError(f"{len(digests)} digests but {len(ids)} ids")
         return digests, ids
-
-    def _added(self, state: _State, digests: np.ndarray, ids: np.ndarray) -> _State:
-        digests, ids = _concat([state.tail.entries(), (digests, ids)])
-        if len(ids) <= self.tail_limit:
-            return replace(state, tail=_Segment.build(digests, ids))
-        # The tail is full: the delta is rebuilt with its live rows and the tail's.
-        delta = _Segment.build(*_concat([state.delta.entries(), (digests, ids)]))
-        return _State(state.main, delta, _Segment.empty(self.dtype))
-
-    @staticmethod
-    def _removed(state: _State, ids: np.ndarray) -> int:
-        return sum(segment.kill(ids) for segment in state.segments())
-
-
-def _concat(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    digests, ids = zip(*parts, strict=True)
-    return np.concatenate(digests), np.concatenate(ids)

@@ -17,10 +17,9 @@ take 1.26 GiB). Where clustered data makes a query's buckets huge, the query sca
 every row instead, so the worst case is brute force.
 
 Shape after python-threatexchange's ``signal_type/index.py``: ``build`` from
-entries, ``add``, ``query``; plus ``remove`` and ``compact``. Recent adds go to a
-small tail scanned in full, then to a delta segment with its own tables; removals
-are tombstones. ``compact`` folds both into the main tables and may run in another
-thread while queries, adds and removes go on. numpy only, no compiled extension.
+entries, ``add``, ``query``; plus ``remove`` and ``compact``, over main, delta and tail
+segments (``relay.hashing.segments``): recent adds go to a small tail scanned in full,
+then to a delta segment with its own tables. numpy only, no compiled extension.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import json
 import math
 import os
 import tempfile
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -40,6 +38,7 @@ import numpy as np
 
 from relay.hashing.base import as_ids, ranges
 from relay.hashing.pdq import Pdq
+from relay.hashing.segments import Part, SegmentedIndex
 
 __all__ = ["PdqIndex", "as_words"]
 
@@ -341,6 +340,11 @@ class _Segment:
         self.live -= len(rows)
         return len(rows)
 
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, ids) of the live rows."""
+        alive = self.alive.copy()  # one copy: a remove may flip it meanwhile
+        return self.hashes[alive], self.ids[alive]
+
     def row_of(self, entry_id: int) -> int | None:
         """A live row holding ``entry_id``, or None (the id may have dead rows too)."""
         lo = int(np.searchsorted(self.ids, entry_id, "left"))
@@ -504,17 +508,7 @@ def _within(diff: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
 # -- the index ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class _State:
-    main: _Segment
-    delta: _Segment
-    tail: _Segment  # no tables: scanned
-
-    def segments(self) -> tuple[_Segment, ...]:
-        return self.main, self.delta, self.tail
-
-
-class PdqIndex:
+class PdqIndex(SegmentedIndex[_Segment]):
     """PDQ hashes with int64 ids (bank entry ids); ``query`` returns every id within a
     radius, exactly as brute force would, nearest first (then by id).
 
@@ -533,12 +527,22 @@ class PdqIndex:
         self.radius = _radius(radius)
         # Chunk widths for the main tables (widest first); None: chosen by size.
         self.chunks = _Layout.of(chunks).bits if chunks is not None else None
-        self.tail_limit = tail_limit
-        empty = _Segment.empty()
-        self._state = _State(empty, empty, empty)
-        self._lock = threading.Lock()  # add, remove and the swap of compact
-        self._compacting = threading.Lock()
-        self._journal: list[tuple[str, np.ndarray, np.ndarray]] | None = None
+        super().__init__(tail_limit=tail_limit)
+
+    def _empty(self) -> _Segment:
+        return _Segment.empty()
+
+    def _segment(self, hashes: np.ndarray, ids: np.ndarray, part: Part) -> _Segment:
+        if part == "tail":  # scanned: tables would cost more than they save
+            return _Segment.build(hashes, ids, tables=False)
+        # The delta's layout follows its own size; the main one may be given.
+        chunks = self.chunks if part == "main" else None
+        return _Segment.build(hashes, ids, radius=self.radius, chunks=chunks)
+
+    def _entries(
+        self, hashes: str | Iterable[str] | np.ndarray, ids: Iterable[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return _entries(hashes, ids)
 
     @classmethod
     def build(
@@ -559,21 +563,6 @@ class PdqIndex:
         index._state = replace(index._state, main=main)
         return index
 
-    def __len__(self) -> int:
-        return sum(s.live for s in self._state.segments())
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays of the index."""
-        return sum(s.nbytes for s in self._state.segments())
-
-    @property
-    def pending(self) -> int:
-        """Entries outside the main tables (added since the last compact), and dead rows
-        still in them: what ``compact`` would fold in."""
-        state = self._state
-        return len(state.delta) + len(state.tail) + len(state.main) - state.main.live
-
     def hash_of(self, entry_id: int) -> str | None:
         """The hash stored under ``entry_id`` (a live one), as 64 hex digits; None if none.
         Matches report the bank entry's own hash, not the query's."""
@@ -582,83 +571,6 @@ class PdqIndex:
             if row is not None:
                 return segment.hashes[row].astype(">u8").tobytes().hex()
         return None
-
-    # -- changes ------------------------------------------------------------------
-
-    def add(
-        self, hashes: str | Iterable[str] | np.ndarray, ids: Iterable[int] | np.ndarray
-    ) -> None:
-        """Add entries; the next query sees them. An id may be added more than once.
-
-        Usually O(tail) (microseconds); every ``tail_limit`` entries the delta is
-        rebuilt, O(delta). Call ``compact`` when ``pending`` grows large.
-        """
-        words, ids = _entries(hashes, ids)
-        if not len(ids):
-            return
-        with self._lock:
-            self._state = self._added(self._state, words, ids)
-            if self._journal is not None:
-                self._journal.append(("add", words.copy(), ids.copy()))
-
-    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
-        """Remove every entry with one of ``ids``; how many there were."""
-        ids = np.unique(as_ids(ids))
-        with self._lock:
-            removed = self._removed(self._state, ids)
-            if self._journal is not None:
-                self._journal.append(("remove", np.zeros((0, WORDS), np.uint64), ids))
-        return removed
-
-    def compact(self) -> None:
-        """Rebuild the main tables with every live entry, emptying delta and tail.
-
-        Changes made while it runs are recorded and replayed on the new state before
-        it replaces the old, so none is lost; queries see the old state until then.
-        """
-        with self._compacting:
-            with self._lock:
-                state = self._state
-                self._journal = []
-            try:
-                # One copy of each mask: a remove may flip it while this runs.
-                keep = [(s, s.alive.copy()) for s in state.segments()]
-                words = np.concatenate([s.hashes[alive] for s, alive in keep])
-                ids = np.concatenate([s.ids[alive] for s, alive in keep])
-                del keep
-                main = _Segment.build(words, ids, radius=self.radius, chunks=self.chunks)
-                del words, ids
-            except BaseException:
-                with self._lock:
-                    self._journal = None
-                raise
-            with self._lock:
-                journal, self._journal = self._journal, None
-                empty = _Segment.empty()
-                new = _State(main, empty, empty)
-                for op, op_words, op_ids in journal:
-                    if op == "add":
-                        new = self._added(new, op_words, op_ids)
-                    else:
-                        self._removed(new, op_ids)
-                self._state = new
-
-    def _added(self, state: _State, words: np.ndarray, ids: np.ndarray) -> _State:
-        tail = state.tail
-        words = np.concatenate([tail.hashes[tail.alive], words])
-        ids = np.concatenate([tail.ids[tail.alive], ids])
-        if len(ids) <= self.tail_limit:
-            return replace(state, tail=_Segment.build(words, ids, tables=False))
-        # The tail is full: the delta gets tables over its live rows and the tail's.
-        delta = state.delta
-        words = np.concatenate([delta.hashes[delta.alive], words])
-        ids = np.concatenate([delta.ids[delta.alive], ids])
-        delta = _Segment.build(words, ids, radius=self.radius, chunks=None)
-        return _State(state.main, delta, _Segment.empty())
-
-    @staticmethod
-    def _removed(state: _State, ids: np.ndarray) -> int:
-        return sum(segment.kill(ids) for segment in state.segments())
 
     # -- queries ------------------------------------------------------------------
 
