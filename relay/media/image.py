@@ -46,9 +46,9 @@ Kind = Literal["image", "video", "audio", "unknown"]
 
 # JPEGs decode at 1/2, 1/4 or 1/8 scale with their short side kept >= this; other
 # images are box-shrunk by a whole factor keeping it >= HASH_SIZE. PDQ then reads
-# them as the full-size picture (see _taps). On the reference photos, against
-# pdqhash at full size: at most 4 bits off (2 at 4 and 12 MP), where hashing the
-# shrunk pixels as they were cost up to 20-46 bits. Smaller JPEG scales are where
+# them as the full-size picture (see _taps). Against pdqhash at full size, on the
+# corpus of bench/hashing.py: at most 6 bits off, where hashing the shrunk pixels
+# as they were cost up to 20-46 bits. Smaller JPEG scales are where
 # the time goes (a 1 MP JPEG decodes 1.5x faster at 1/2 scale); a smaller box
 # shrink gains little, as a PNG's time is its full decode.
 JPEG_HASH_SIZE = 256
