@@ -286,17 +286,24 @@ class Gate:
         return self.signals
 
 
-async def test_delete_cancels_a_held_create(
-    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
-) -> None:
+async def create_and_delete(
+    sluice_factory: Any, fediverse: Fediverse
+) -> tuple[Running, Gate, Any, dict[str, Any], dict[str, Any]]:
+    """A Sluice whose gate holds alice's Create; alice; the Create; her Delete of its note."""
     gate = Gate()
     sluice = await sluice_factory(checks=(gate,))
     alice = fediverse.actor("alice")
     create = alice.activity()
-    note = create["object"]["id"]
     gate.held.add(create["id"])
+    delete = alice.activity("Delete", obj={"id": create["object"]["id"], "type": "Tombstone"})
+    return sluice, gate, alice, create, delete
+
+
+async def test_delete_cancels_a_held_create(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    sluice, gate, alice, create, delete = await create_and_delete(sluice_factory, fediverse)
     assert (await sluice.post(alice, create))[0] == 202
-    delete = alice.activity("Delete", obj={"id": note, "type": "Tombstone"})
     assert (await sluice.post(alice, delete))[0] == 202
     await wait_for(upstream.inbox_posts)
     gate.opened.set()
@@ -310,13 +317,8 @@ async def test_delete_cancels_a_held_create(
 async def test_a_delete_arriving_while_its_create_is_being_stored_still_cancels_it(
     sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
 ) -> None:
-    gate = Gate()
-    sluice = await sluice_factory(checks=(gate,))
-    alice = fediverse.actor("alice")
-    create = alice.activity()
+    sluice, gate, alice, create, delete = await create_and_delete(sluice_factory, fediverse)
     note = create["object"]["id"]
-    gate.held.add(create["id"])
-    delete = alice.activity("Delete", obj={"id": note, "type": "Tombstone"})
     pool = sluice.parts.pool
     # The Create's insert, caught between its lock and its commit: its row is not
     # visible to the Delete's statement until it commits.
