@@ -92,6 +92,35 @@ async def test_authorization_signature_form(rsa_key: rsa.RSAPrivateKey) -> None:
     assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
 
 
+@pytest.mark.parametrize(
+    "signature_input",
+    [
+        "junk((",  # no structured dictionary
+        'sig1=("@method" "@target-uri");created=1700000000;keyid="https://x.example/k"',
+        "",
+    ],
+)
+@pytest.mark.parametrize("where", ["Signature", "Authorization"])
+async def test_a_stray_signature_input_does_not_sink_a_good_signature(
+    rsa_key: rsa.RSAPrivateKey, signature_input: str, where: str
+) -> None:
+    """Signature-Input names no signature that Signature carries: this is cavage."""
+    headers = signed(rsa_key)
+    if where == "Authorization":
+        headers["Authorization"] = "Signature " + headers.pop("Signature")
+    headers["Signature-Input"] = signature_input
+    result = await verify(headers, one_key(rsa_key.public_key()))
+    assert (result.scheme, result.signer) == ("cavage", ALICE)
+
+
+async def test_a_stray_signature_input_next_to_a_bad_signature_still_fails(
+    rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey
+) -> None:
+    headers = {**signed(rsa_key2), "Signature-Input": "junk(("}
+    with pytest.raises(SignatureError, match=f"^signature does not verify with key {KEY_ID}$"):
+        await verify(headers, one_key(rsa_key.public_key()))
+
+
 async def test_hand_built_mastodon_request(rsa_key: rsa.RSAPrivateKey) -> None:
     """Cross-check against the signing string spelled out, not produced by sign_cavage."""
     date = "Tue, 14 Nov 2023 22:13:20 GMT"  # NOW

@@ -15,7 +15,14 @@ from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algor
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from relay.errors import SignatureError
-from relay.signature import KeyCache, Verified, rfc9421, sign_rfc9421, verify_request
+from relay.signature import (
+    KeyCache,
+    Verified,
+    rfc9421,
+    sign_cavage,
+    sign_rfc9421,
+    verify_request,
+)
 from tests.signature_support import (
     ALICE,
     BODY,
@@ -57,6 +64,7 @@ def library_signed(
     algorithm: Any = algorithms.RSA_V1_5_SHA256,
     include_alg: bool = True,
     body: bytes | None = BODY,
+    url: str = INBOX,
 ) -> dict[str, str]:
     """Sign with the library directly, for shapes sign_rfc9421 does not produce."""
     headers = {"Host": "relay.example"}
@@ -65,7 +73,7 @@ def library_signed(
         key_resolver=MappingKeyResolver(public_keys={}, private_keys={KEY_ID: key}),
     )
     signer.sign(
-        _Message("POST", INBOX, headers),
+        _Message("POST", url, headers),
         key_id=KEY_ID,
         created=datetime.fromtimestamp(NOW, UTC),
         label="sig1",
@@ -191,10 +199,14 @@ async def test_rfc9421_appendix_b26_ed25519_vector() -> None:
     }
     created = 1618884473
     # B.2.6 does not cover the body, so verify the signature over a request without one.
-    result = await verify_request(
-        "POST", "/foo?param=Value&Pet=dog", headers, b"", keys, now=created + 5
-    )
+    # Nor does it cover the query of its `/foo?param=Value&Pet=dog`, which Sluice refuses
+    # (below), so the signature is verified on the target without it: same signature base.
+    result = await verify_request("POST", "/foo", headers, b"", keys, now=created + 5)
     assert result == Verified("rfc9421", "test-key-ed25519", "https://example.com/actor", created)
+    with pytest.raises(SignatureError, match=r"does not cover `@query` or `@target-uri`$"):
+        await verify_request(
+            "POST", "/foo?param=Value&Pet=dog", headers, b"", keys, now=created + 5
+        )
     # With the body, Sluice insists the digest be signed.
     with pytest.raises(SignatureError, match=r"^signature does not cover `content-digest`$"):
         await verify_request("POST", "/foo", headers, b'{"hello": "world"}', keys, now=created + 5)
@@ -266,6 +278,53 @@ async def test_coverage(rsa_key: rsa.RSAPrivateKey, covered: tuple[str, ...], me
     headers = library_signed(rsa_key, covered)
     with pytest.raises(SignatureError, match=r"^" + re.escape(message)):
         await verify(headers, one_key(rsa_key.public_key()))
+
+
+async def test_a_query_must_be_covered(rsa_key: rsa.RSAPrivateKey) -> None:
+    """@path without @query: a proxy could rewrite `?shared=1` and the signature would hold."""
+    url = "https://relay.example/inbox?shared=1"
+    headers = library_signed(rsa_key, ("@method", "@authority", "@path"), url=url)
+    keys = one_key(rsa_key.public_key())
+    message = "the target has a query, and the signature does not cover `@query` or `@target-uri`"
+    with pytest.raises(SignatureError, match=f"^{re.escape(message)}$"):
+        await verify_request("POST", "/inbox?shared=1", headers, BODY, keys, now=NOW)
+    assert keys.calls == []  # refused before any key is fetched
+
+
+@pytest.mark.parametrize(
+    "covered",
+    [("@authority", "@path", "@query"), ("@authority", "@request-target"), ("@target-uri",)],
+)
+async def test_a_covered_query_is_accepted(
+    rsa_key: rsa.RSAPrivateKey, covered: tuple[str, ...]
+) -> None:
+    url = "https://relay.example/inbox?shared=1"
+    headers = library_signed(rsa_key, ("@method", *covered), url=url)
+    keys = one_key(rsa_key.public_key())
+    result = await verify_request("POST", "/inbox?shared=1", headers, BODY, keys, now=NOW)
+    assert result.signer == ALICE
+    with pytest.raises(SignatureError, match=r"does not verify"):
+        await verify_request("POST", "/inbox?shared=2", headers, BODY, keys, now=NOW)
+
+
+async def test_without_a_query_the_path_is_enough(rsa_key: rsa.RSAPrivateKey) -> None:
+    headers = library_signed(rsa_key, ("@method", "@authority", "@path"))
+    assert (await verify(headers, one_key(rsa_key.public_key()))).signer == ALICE
+
+
+async def test_a_failing_rfc9421_signature_is_not_retried_as_cavage(
+    rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey
+) -> None:
+    """A well-formed RFC 9421 signature that fails is the answer, whatever else is there."""
+    headers = signed(rsa_key2)  # not Alice's key
+    cavage = sign_cavage("POST", INBOX, BODY, rsa_key, KEY_ID, now=NOW)  # a good one
+    headers["Authorization"] = "Signature " + cavage["Signature"]
+    headers["Digest"] = cavage["Digest"]
+    assert headers["Date"] == cavage["Date"]
+    keys = one_key(rsa_key.public_key())
+    with pytest.raises(SignatureError, match=f"^signature does not verify with key {KEY_ID}$"):
+        await verify(headers, keys)
+    assert (await verify(cavage, keys)).scheme == "cavage"  # the cavage one alone is good
 
 
 async def test_digest_must_be_covered(rsa_key: rsa.RSAPrivateKey) -> None:

@@ -16,11 +16,17 @@ from typing import Any
 
 from relay.errors import SignatureError
 from relay.signature import linked_data, proof
-from relay.signature.cavage import header_getter, sign_cavage, verify_cavage
+from relay.signature.cavage import (
+    HeaderGetter,
+    header_getter,
+    parse_signature,
+    sign_cavage,
+    verify_cavage,
+)
 from relay.signature.keys import KeyCache, KeyResolver, PublicKey, Verified
 from relay.signature.linked_data import sign_ld
 from relay.signature.proof import sign_proof
-from relay.signature.rfc9421 import sign_rfc9421, verify_rfc9421
+from relay.signature.rfc9421 import carries_signature, sign_rfc9421, verify_rfc9421
 
 __all__ = [
     "KeyCache",
@@ -50,15 +56,34 @@ async def verify_request(
     """Verify a request's HTTP signature and say who signed it.
 
     `target` is the path and query as received; `headers` a case-insensitive mapping
-    (aiohttp's) or a plain dict. RFC 9421 is used when Signature-Input is present,
-    else draft-cavage. Raises SignatureError (KeyFetchError when the key is unreachable).
+    (aiohttp's) or a plain dict. RFC 9421 is used when Signature-Input names a signature
+    that Signature carries; else draft-cavage when Signature is one (a stray
+    Signature-Input must not sink a good cavage signature); else RFC 9421 again, to say
+    what is wrong with it. An RFC 9421 signature that is there and fails is never retried
+    as cavage. Raises SignatureError (KeyFetchError when the key is unreachable).
     """
     get = header_getter(headers)
     when = time.time() if now is None else now
     limits = {"now": when, "max_age": max_age, "clock_skew": clock_skew}
-    if get("signature-input") is not None:
+    signature_input = get("signature-input")
+    if signature_input is not None and (
+        carries_signature(signature_input, get("signature")) or not _looks_cavage(get)
+    ):
         return await verify_rfc9421(method, target, headers, get, body, keys, **limits)
     return await verify_cavage(method, target, get, body, keys, **limits)
+
+
+def _looks_cavage(get: HeaderGetter) -> bool:
+    """A draft-cavage signature is there: Signature (or Authorization: Signature) has a keyId."""
+    header = get("signature")
+    if header is None:
+        header = get("authorization") or ""
+        if header[:10].lower() != "signature ":
+            return False
+    try:
+        return bool(parse_signature(header).get("keyid"))
+    except SignatureError:
+        return False
 
 
 async def verify_object(document: Mapping[str, Any], actor_id: str, keys: KeyResolver) -> str:

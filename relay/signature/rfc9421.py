@@ -38,7 +38,7 @@ from relay.errors import SignatureError
 from relay.signature.cavage import HeaderGetter, add_headers, check_expires, check_window
 from relay.signature.keys import KeyResolver, PublicKey, Verified, verify_with_key
 
-__all__ = ["sign_rfc9421", "verify_rfc9421"]
+__all__ = ["carries_signature", "sign_rfc9421", "verify_rfc9421"]
 
 _ALGORITHMS: dict[str, type[HTTPSignatureAlgorithm]] = {
     "rsa-v1_5-sha256": algorithms.RSA_V1_5_SHA256,
@@ -83,12 +83,30 @@ def _parse_dictionary(value: str, what: str) -> dict[str, Any]:
     return parsed
 
 
-def _check_coverage(names: list[str], needs_digest: bool) -> None:
+def carries_signature(signature_input: str, signature: str | None) -> bool:
+    """Whether the request carries an RFC 9421 signature at all: Signature-Input parses and
+    names a label that Signature, parsed as a dictionary, has too. A Signature-Input next
+    to a draft-cavage ``Signature: keyId=...`` fails this (that is no dictionary)."""
+    try:
+        inputs = _parse_dictionary(signature_input, "Signature-Input")
+        signatures = _parse_dictionary(signature or "", "Signature")
+    except SignatureError:
+        return False
+    return not inputs.keys().isdisjoint(signatures.keys())
+
+
+def _check_coverage(names: list[str], needs_digest: bool, has_query: bool) -> None:
     if "@method" not in names:
         raise SignatureError("signature does not cover `@method`")
     has_path = "@path" in names or "@request-target" in names
     if "@target-uri" not in names and not ("@authority" in names and has_path):
         raise SignatureError("signature does not cover `@target-uri` (or `@authority` and `@path`)")
+    # @path leaves the query out: a proxy could change it and the signature still hold.
+    # (@request-target is the path with its query.)
+    if has_query and not {"@target-uri", "@query", "@request-target"} & set(names):
+        raise SignatureError(
+            "the target has a query, and the signature does not cover `@query` or `@target-uri`"
+        )
     if needs_digest and "content-digest" not in names:
         raise SignatureError("signature does not cover `content-digest`")
 
@@ -225,7 +243,7 @@ async def verify_rfc9421(
     inputs = _parse_dictionary(get("signature-input") or "", "Signature-Input")
     signatures = _parse_dictionary(get("signature") or "", "Signature")
     chosen = _select(inputs, signatures)
-    _check_coverage(chosen.names, needs_digest=bool(body))
+    _check_coverage(chosen.names, needs_digest=bool(body), has_query="?" in target)
     created = _signing_time(chosen.params, now, max_age, clock_skew)
     digest = get("content-digest")
     if digest is not None:
