@@ -15,7 +15,7 @@ from relay.bank import BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor
-from relay.doors.inbound import InboundDoor, inbox_matcher, normalized_path
+from relay.doors.inbound import InboundDoor, inbox_matcher, looks_inbound, normalized_path
 from relay.doors.passthrough import Passthrough
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
@@ -48,6 +48,7 @@ class Sluice:
     inbound: InboundDoor
     passthrough: Passthrough
     banks: BankWatcher
+    admin_url: str | None = None  # the admin listener, once it listens
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -144,20 +145,34 @@ def build_app(
             require_signatures=config.signatures.require,
             max_age=config.signatures.max_age_seconds,
             clock_skew=config.signatures.clock_skew_seconds,
+            hosts=config.server.hosts,
+            trusted_proxies=config.server.trusted_proxies,
         )
         passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
-        app[SLUICE] = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
-        flow.start()
-        log.info(
-            "started",
-            listen=config.server.listen,
-            upstream=config.upstream.url,
-            owner=store.owner,
-            embedded_database=database.embedded is not None,
-        )
+        parts = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
+        app[SLUICE] = parts
+        admin: web.AppRunner | None = None
         try:
+            # Inside the try: a taken admin port must still close what is open.
+            admin = await _start_admin(config.admin.listen, parts)
+            flow.start()
+            log.info(
+                "started",
+                listen=config.server.listen,
+                admin=parts.admin_url,
+                upstream=config.upstream.url,
+                owner=store.owner,
+                embedded_database=database.embedded is not None,
+            )
+            if not config.server.hosts:
+                log.warning(
+                    "hosts_not_configured",
+                    advice="set [server] hosts: requests signed for any host are accepted",
+                )
             yield
         finally:
+            if admin is not None:
+                await admin.cleanup()
             await flow.stop()
             await banks.stop()
             await deliverer.close()
@@ -167,7 +182,9 @@ def build_app(
             await database.close()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and inbox.match(normalized_path(request.path)):
+        if request.method == "POST" and (
+            inbox.match(normalized_path(request.path)) or looks_inbound(request.headers)
+        ):
             return await request.app[SLUICE].inbound.handle(request)
         return await request.app[SLUICE].passthrough.handle(request)
 
@@ -176,7 +193,27 @@ def build_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(going_away)
-    # Admin routes first: the router falls through to the catch-all for anything else.
-    app.router.add_routes(AdminDoor(lambda request: request.app[SLUICE]).routes())
+    # /healthz first: the router falls through to the catch-all for anything else.
+    app.router.add_routes(AdminDoor(lambda request: request.app[SLUICE]).public_routes())
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+async def _start_admin(listen: str, parts: Sluice) -> web.AppRunner | None:
+    """The admin listener ([admin] listen): metrics, readiness and the admin API."""
+    if not listen:
+        return None
+    admin = web.Application()
+    admin.router.add_routes(AdminDoor(lambda request: parts).routes())
+    runner = web.AppRunner(admin, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    parts.admin_url = f"http://{shown}:{bound_port}"
+    return runner

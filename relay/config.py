@@ -47,6 +47,7 @@ __all__ = [
     "StorageConfig",
     "UpstreamConfig",
     "check_config",
+    "config_warnings",
     "load_config",
     "main_check_config",
 ]
@@ -67,6 +68,8 @@ class ServerConfig:
     listen: str
     max_body_bytes: int
     inbox_paths: tuple[str, ...]
+    hosts: tuple[str, ...]
+    trusted_proxies: tuple[str, ...]
 
     @property
     def host(self) -> str:
@@ -161,6 +164,7 @@ class RuleConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
+    listen: str
     token_file: Path | None
     # From $SLUICE_ADMIN_TOKEN, else the contents of token_file; None: the
     # admin API refuses every request.
@@ -380,6 +384,46 @@ def listen_address(value: str) -> str | None:
     return None
 
 
+def admin_listen(value: str) -> str | None:
+    """Like ``listen``, but empty turns the listener off and port 0 takes a free port."""
+    if not value:
+        return None
+    host, colon, port = value.rpartition(":")
+    return listen_address(f"{host}:1" if colon and port == "0" else value)
+
+
+def split_authority(value: str) -> tuple[str, str]:
+    """A Host header value as (host, port): lower-cased, brackets and a trailing dot gone."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, rest.removeprefix(":")
+    host, _, port = value.partition(":")
+    return host.rstrip("."), port
+
+
+def host_name(value: str) -> str | None:
+    """A host the instance answers to, as senders write it in Host: a name, an optional port."""
+    if "/" in value or any(c.isspace() for c in value):
+        return f"`{value}` is not a host name like social.example (no scheme, no path)"
+    if value.count(":") > 1 and not value.startswith("["):
+        return f"write an IPv6 address in brackets, like [2001:db8::1]; got `{value}`"
+    host, port = split_authority(value)
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port must be a number from 1 to 65535; got `{port}`"
+    if not (_HOSTNAME.fullmatch(host) or _is_ip(host)):
+        return f"`{value}` is not a host name like social.example (no scheme, no path)"
+    return None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def http_url(value: str) -> str | None:
     # The value is not echoed: a URL may carry a password.
     try:
@@ -483,6 +527,11 @@ SCHEMA: tuple[Section, ...] = (
         Field("inbox_paths", STRINGS, DEFAULT_INBOX_PATHS,
               "inbox path patterns (* is one segment); other requests are proxied unchanged",
               check=not_empty, each=inbox_path),
+        Field("hosts", STRINGS, (),
+              "Host values the instance answers to; a request signed for another gets 401",
+              each=host_name),
+        Field("trusted_proxies", STRINGS, ("127.0.0.0/8", "::1/128"),
+              "proxies (CIDR) whose X-Real-IP / X-Forwarded-For name the sender", each=cidr),
     ), "Where Sluice listens and which requests are inbox deliveries."),
     Section("upstream", UpstreamConfig, (
         Field("url", STRING, "http://127.0.0.1:3000", "the instance behind Sluice",
@@ -539,6 +588,9 @@ SCHEMA: tuple[Section, ...] = (
               check=one_of("deliver", "review", "reject")),
     ), "Holding activities until their checks are done."),
     Section("admin", AdminConfig, (
+        Field("listen", STRING, "127.0.0.1:9090",
+              "HOST:PORT of the admin listener (/metrics, /readyz, the admin API); empty: none",
+              check=admin_listen),
         Field("token_file", OPTIONAL_PATH, "",
               "file holding the admin API's bearer token; $SLUICE_ADMIN_TOKEN overrides"),
     ), "The admin API.", finish=_admin_token),
@@ -1131,10 +1183,51 @@ def load_config(
     return config
 
 
+def config_warnings(config: Config) -> list[ConfigProblem]:
+    """What is valid but unsafe: Sluice runs with it, the admin should still hear of it."""
+    found: dict[KeyPath, int] = {}
+    if config.source != DEFAULTS_SOURCE:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found = locate_keys(Path(config.source).read_text(encoding="utf-8"))
+
+    def warn(path: KeyPath, message: str) -> ConfigProblem:
+        line = _line(found, path)
+        return ConfigProblem(config.source, line, _dotted(path), f"warning: {message}")
+
+    warnings = []
+    if not config.server.hosts:
+        warnings.append(
+            warn(
+                ("server", "hosts"),
+                "empty: activities signed for any host are accepted (replays from other "
+                'servers too); list the names your instance answers to, like ["social.example"]',
+            )
+        )
+    secrets = (("evidence", "key_file", config.evidence.key_file),)
+    secrets += (("admin", "token_file", config.admin.token_file),)
+    for section, key, file in secrets:
+        with contextlib.suppress(OSError):
+            if file is not None and file.stat().st_mode & 0o007:
+                mode = oct(file.stat().st_mode & 0o777)
+                warnings.append(
+                    warn(
+                        (section, key),
+                        f"{file} is readable or writable by every user (mode {mode}); "
+                        f"chmod o-rwx {file}",
+                    )
+                )
+    return warnings
+
+
 def main_check_config(path: str) -> int:
-    """``sluice check-config FILE``: OK on stdout and 0, or the problems on stderr and 1."""
-    problems = check_config(path)
-    if not problems:
+    """``sluice check-config FILE``: OK on stdout and 0, or the problems on stderr and 1.
+
+    Warnings go to stderr too, but leave the answer OK.
+    """
+    config, problems = _read(path, None)
+    if config is not None:
+        for warning in config_warnings(config):
+            print(warning, file=sys.stderr)
         print(f"OK: {path}")
         return 0
     for problem in problems:

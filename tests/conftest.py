@@ -309,6 +309,7 @@ def config_text(
         "network": {"allow": ["127.0.0.0/8"], "allow_http": True},
         "delivery": {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.5},
         "log": {"level": "warning"},
+        "admin": {"listen": "127.0.0.1:0"},  # a free port: tests run several Sluices
     }
     tables: dict[str, list[dict[str, Any]]] = {}
     for name, values in sections.items():
@@ -358,6 +359,12 @@ class Running:
     @property
     def parts(self) -> Sluice:
         return self.server.app[SLUICE]
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: /metrics, /readyz and the admin API live there."""
+        assert self.parts.admin_url is not None
+        return self.parts.admin_url
 
     async def post(
         self,

@@ -21,6 +21,7 @@ from relay.config import (
     Field,
     Section,
     check_config,
+    config_warnings,
     load_config,
     locate_keys,
     main_check_config,
@@ -328,7 +329,12 @@ CASES = [
         "sever",
         "unknown table `sever`; did you mean `server`?",
     ),
-    ('listen = "0.0.0.0:80"\n', 1, "listen", "unknown key `listen`; it belongs in [server]"),
+    (
+        'listen = "0.0.0.0:80"\n',
+        1,
+        "listen",
+        "unknown key `listen`; it belongs in [server] or [admin]",
+    ),
     ("[server.tls]\ncert = 1\n", 1, "server.tls", "unknown table `tls`"),
     ("server = 5\n", 1, "server", "expected a table, got an integer"),
     (
@@ -614,7 +620,10 @@ def test_load_config_raises_with_every_problem(tmp_path):
 
 
 def test_main_check_config(tmp_path, capsys):
-    good = write(tmp_path, '[log]\nlevel = "info"\n', name="good.toml")
+    # A complete file names the instance's hosts: without them check-config warns (below).
+    good = write(
+        tmp_path, '[server]\nhosts = ["social.example"]\n[log]\nlevel = "info"\n', name="good.toml"
+    )
     assert main_check_config(str(good)) == 0
     out, err = capsys.readouterr()
     assert (out, err) == (f"OK: {good}\n", "")
@@ -627,6 +636,49 @@ def test_main_check_config(tmp_path, capsys):
         f"{bad}:2: log.level: must be one of debug, info, warning, error; got `loud`",
         f"{bad}:3: log.levle: unknown key `levle`; did you mean `level`?",
     ]
+
+
+def test_check_config_warns_about_unsafe_but_valid_settings(tmp_path, capsys):
+    key = tmp_path / "evidence.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    token = tmp_path / "token"
+    token.write_text("secret")
+    token.chmod(0o600)
+    path = write(
+        tmp_path,
+        f'[log]\nlevel = "info"\n[evidence]\nkey_file = "{key}"\n[admin]\ntoken_file = "{token}"\n',
+        name="lax.toml",
+    )
+    assert main_check_config(str(path)) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: {path}\n"
+    lines = err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{path}: server.hosts: warning: empty: activities signed for any")
+    assert lines[1] == (
+        f"{path}:4: evidence.key_file: warning: {key} is readable or writable by every user "
+        f"(mode 0o644); chmod o-rwx {key}"
+    )
+    # The token file is private: no warning. Named hosts: no warning either.
+    assert config_warnings(load_config(None, environ={}))[0].key == "server.hosts"
+    hosts = write(tmp_path, '[server]\nhosts = ["social.example", "[2001:db8::1]:8443"]\n')
+    assert config_warnings(load_config(hosts, environ={})) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://social.example", "is not a host name like social.example (no scheme, no path)"),
+        ("::1", "write an IPv6 address in brackets"),
+        ("social.example:0", "the port must be a number from 1 to 65535"),
+    ],
+)
+def test_server_hosts_are_host_names(tmp_path, value, message):
+    path = write(tmp_path, f'[server]\nhosts = ["{value}"]\n')
+    [problem] = check_config(path, environ={})
+    assert problem.key == "server.hosts[0]"
+    assert message in problem.message
 
 
 # --- finding lines -----------------------------------------------------------

@@ -31,7 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def start_sluice(config: Path, port: int, log: Path) -> asyncio.subprocess.Process:
+async def start_sluice(config: Path, admin_port: int, log: Path) -> asyncio.subprocess.Process:
+    """Start ``sluice serve``; ready once its admin listener answers /readyz."""
     with log.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "relay", "serve", "--config", str(config)),
@@ -44,7 +45,7 @@ async def start_sluice(config: Path, port: int, log: Path) -> asyncio.subprocess
             if process.returncode is not None:
                 raise AssertionError(f"sluice exited: {log.read_text()[-2000:]}")
             try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
                     return response.status == 200
             except aiohttp.ClientError:
                 return False
@@ -57,7 +58,7 @@ async def start_sluice(config: Path, port: int, log: Path) -> asyncio.subprocess
 async def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, fediverse: Fediverse
 ) -> None:
-    port, upstream_port = free_port(), free_port()
+    port, upstream_port, admin_port = free_port(), free_port(), free_port()
     config = tmp_path / "sluice.toml"
     config.write_text(
         config_text(
@@ -71,6 +72,7 @@ async def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
                 "backoff_max_seconds": 1.0,
             },
             log={"level": "info"},
+            admin={"listen": f"127.0.0.1:{admin_port}"},
         )
     )
     log = tmp_path / "sluice.log"
@@ -89,7 +91,7 @@ async def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
         except aiohttp.ClientError:
             pass  # killed mid-request: the sender will try again, as real senders do
 
-    process = await start_sluice(config, port, log)
+    process = await start_sluice(config, admin_port, log)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
         burst = asyncio.gather(*(send(session, i) for i in range(BURST)))
         await wait_for(lambda: len(acknowledged) >= BURST // 2, timeout=60, interval=0.001)
@@ -98,7 +100,7 @@ async def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
         await burst
     assert BURST // 2 <= len(acknowledged) < BURST, "the kill must land mid-burst"
 
-    process = await start_sluice(config, port, log)
+    process = await start_sluice(config, admin_port, log)
     try:
         async with aiohttp.ClientSession() as session:
             # Real senders retry what was not acknowledged; some of those were stored.

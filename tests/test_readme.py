@@ -45,7 +45,7 @@ async def test_sluice_serve_starts_with_embedded_defaults(tmp_path: Path) -> Non
                 if process.returncode is not None:
                     raise AssertionError((tmp_path / "stderr").read_text()[-3000:])
                 try:
-                    async with session.get("http://127.0.0.1:8080/readyz") as response:
+                    async with session.get("http://127.0.0.1:9090/readyz") as response:
                         return response.status == 200
                 except aiohttp.ClientError:
                     return False

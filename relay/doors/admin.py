@@ -1,4 +1,10 @@
-"""The admin door: health, metrics, and the JSON API behind a bearer token."""
+"""The admin door: health, metrics, and the JSON API behind a bearer token.
+
+It has its own listener (``[admin] listen``, loopback by default). The public
+listener, which senders reach, answers ``/healthz`` and nothing else of ours:
+per-bank match counters on a public ``/metrics`` would let a sender tune an image
+until it stops matching, and ``/readyz`` would tell them about our database.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -16,6 +23,8 @@ from relay.store.activities import ActivityStore
 __all__ = ["API_PREFIX", "AdminDoor"]
 
 API_PREFIX = "/_sluice/api"
+
+log = structlog.get_logger(__name__)
 
 
 class AdminDoor:
@@ -26,6 +35,10 @@ class AdminDoor:
 
     def _store(self, request: web.Request) -> ActivityStore:
         return self._parts(request).store
+
+    def public_routes(self) -> list[web.RouteDef]:
+        """What the public listener serves of ours: liveness, nothing more."""
+        return [web.get("/healthz", self.healthz)]
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -46,8 +59,10 @@ class AdminDoor:
     async def readyz(self, request: web.Request) -> web.Response:
         try:
             await self._store(request).pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError) as exc:
-            return web.json_response({"status": "database unavailable", "error": str(exc)}, 503)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The reason goes to the log, not to whoever asked.
+            log.warning("not_ready", error=str(exc))
+            return web.json_response({"status": "database unavailable"}, status=503)
         return web.json_response({"status": "ready"})
 
     async def prometheus(self, request: web.Request) -> web.Response:
@@ -63,8 +78,9 @@ class AdminDoor:
                 ),
                 content_type="application/json",
             )
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # Header bytes that are not UTF-8 arrive as surrogates; they are simply wrong.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             raise web.HTTPUnauthorized(
                 text='{"error": "missing or wrong bearer token"}',
                 content_type="application/json",

@@ -10,13 +10,14 @@ from __future__ import annotations
 import posixpath
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 from aiohttp import web
 
 from relay.activity import Activity, parse_activity
-from relay.envelope import Envelope, forwardable_headers
+from relay.config import split_authority
+from relay.envelope import Envelope, Proxies
 from relay.errors import DecodeError, KeyFetchError, SignatureError
 from relay.flow import Flow
 from relay.metrics import Metrics
@@ -24,7 +25,7 @@ from relay.signature import KeyResolver, Verified, verify_object, verify_request
 from relay.state import State
 from relay.store.activities import ActivityStore, Item
 
-__all__ = ["InboundDoor", "inbox_matcher"]
+__all__ = ["InboundDoor", "inbox_matcher", "looks_inbound"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,22 @@ def inbox_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
     """
     parts = [re.escape(p).replace(r"\*", "[^/]+") for p in patterns]
     return re.compile("^(?:" + "|".join(parts) + r")(?:\.[^/.]+)?/?$", re.IGNORECASE)
+
+
+_ACTIVITY_TYPES = frozenset({"application/activity+json", "application/ld+json"})
+
+
+def looks_inbound(headers: Mapping[str, str]) -> bool:
+    """A POST that speaks ActivityPub, whatever its path: checked, never passed unchecked.
+
+    Inbox paths differ per server and per version (Pixelfed's ``/f/inbox``, Pleroma's
+    ``/relay/inbox``) and routers accept spellings we cannot foresee, so a list alone
+    fails open. What a delivery cannot do without is its content type or its signature.
+    """
+    if "Signature" in headers or "Signature-Input" in headers:
+        return True
+    content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return content_type in _ACTIVITY_TYPES
 
 
 def normalized_path(path: str) -> str:
@@ -59,6 +76,8 @@ class InboundDoor:
         require_signatures: bool = True,
         max_age: float = 43200,
         clock_skew: float = 3600,
+        hosts: Iterable[str] = (),
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.flow = flow
@@ -67,6 +86,15 @@ class InboundDoor:
         self.require_signatures = require_signatures
         self.max_age = max_age
         self.clock_skew = clock_skew
+        self.hosts = frozenset(split_authority(h) for h in hosts)
+        self.proxies = Proxies(trusted_proxies)
+
+    def answers_to(self, host: str) -> bool:
+        """Is ``host`` (a Host header) one the instance answers to? Yes for any, unconfigured."""
+        if not self.hosts:
+            return True
+        name, port = split_authority(host)
+        return (name, port) in self.hosts or (name, "") in self.hosts
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -82,14 +110,21 @@ class InboundDoor:
         except web.HTTPRequestEntityTooLarge as exc:
             self.metrics.received.labels("too_large").inc()
             return _refuse(413, f"body too large: {exc.text}")
+        remote = self.proxies.client(request.remote, request.headers)
         envelope = Envelope(
             method=request.method,
             target=request.raw_path,  # raw: what the sender signed, byte for byte
-            headers=tuple(forwardable_headers(request.headers)),
+            headers=tuple(self.proxies.forwardable(request.remote, remote, request.headers)),
             body=body,
-            remote=request.remote,
+            remote=remote,
             received_at=time.time(),
         )
+        host = request.headers.get("Host", "")
+        if not self.answers_to(host):
+            # Signed for another server and replayed here (Host and @authority are signed).
+            self.metrics.received.labels("wrong_host").inc()
+            log.warning("wrong_host", host=host, remote=remote, target=envelope.target)
+            return _refuse(401, f"signed for host {host!r}, which this instance does not answer to")
         try:
             activity = parse_activity(body)
         except DecodeError as exc:

@@ -490,15 +490,15 @@ async def test_passthrough_with_upstream_down_is_502(
 async def test_health_readiness_and_metrics(
     sluice: Running, fediverse: Fediverse, upstream: Upstream
 ) -> None:
-    for path in ("/healthz", "/readyz"):
-        async with sluice.session.get(sluice.url + path) as response:
+    for url in (sluice.url + "/healthz", sluice.admin_url + "/readyz"):
+        async with sluice.session.get(url) as response:
             assert response.status == 200
     alice = fediverse.actor("alice")
     await sluice.post(alice, alice.activity())
     await sluice.post(alice, b"{")
     await wait_for(upstream.inbox_posts)
     await asyncio.sleep(0.05)
-    async with sluice.session.get(sluice.url + "/metrics") as response:
+    async with sluice.session.get(sluice.admin_url + "/metrics") as response:
         text = await response.text()
     assert 'sluice_activities_received_total{result="accepted"} 1.0' in text
     assert 'sluice_activities_received_total{result="malformed"} 1.0' in text
@@ -511,7 +511,7 @@ async def test_admin_api_requires_the_token(
     sluice_factory: Any, fediverse: Fediverse, upstream: Upstream, monkeypatch: Any
 ) -> None:
     sluice = await sluice_factory()
-    async with sluice.session.get(sluice.url + "/_sluice/api/dead-letters") as response:
+    async with sluice.session.get(sluice.admin_url + "/_sluice/api/dead-letters") as response:
         assert response.status == 403
     monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
     sluice = await sluice_factory()
@@ -519,7 +519,7 @@ async def test_admin_api_requires_the_token(
     activity = alice.activity()
     await sluice.post(alice, activity)
     await wait_for(upstream.inbox_posts)
-    api = sluice.url + "/_sluice/api"
+    api = sluice.admin_url + "/_sluice/api"
     async with sluice.session.get(api + "/dead-letters") as response:
         assert response.status == 401
     auth = {"Authorization": "Bearer s3cret"}

@@ -177,7 +177,7 @@ async def test_known_image_is_quarantined_never_delivered_and_evidence_kept(
     assert facts.facts["remote"] == "127.0.0.1"
     for blob in (guarded.parts.config.storage.data_dir / "evidence").glob("*.blob"):
         assert BRIDGE_EDIT[100:200] not in blob.read_bytes()  # never in clear on disk
-    async with guarded.session.get(guarded.url + "/metrics") as response:
+    async with guarded.session.get(guarded.admin_url + "/metrics") as response:
         metrics = await response.text()
     assert 'sluice_media_total{outcome="image"} 1.0' in metrics
     assert 'sluice_bank_matches_total{bank="test-known",kind="pdq"} 1.0' in metrics
