@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Mapping
 
 import aiohttp
+import structlog
 from aiohttp import web
 from yarl import URL
 
@@ -19,7 +20,29 @@ from relay.envelope import HOP_BY_HOP
 
 __all__ = ["Passthrough"]
 
+log = structlog.get_logger(__name__)
+
 _CHUNK = 64 * 1024
+#: Headers a ``Connection`` token may not remove: what the request is for and who
+#: sends it, and what a signature covers. A client naming ``Host`` there would
+#: otherwise make the instance see Sluice's own upstream address as the host.
+#: (Content-Length is always recomputed from the body.)
+_KEPT = frozenset(
+    {
+        "host",
+        "authorization",
+        "cookie",
+        "signature",
+        "signature-input",
+        "digest",
+        "content-digest",
+        "date",
+        "content-type",
+    }
+)
+#: Headers some frameworks read as the real method: a PUT carrying
+#: ``X-HTTP-Method-Override: POST`` could reach an inbox as a POST that was never checked.
+_METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Negotiated by each hop on its own (aiohttp sends its own key and version upstream,
 # and answers the client with its own accept); the subprotocol is passed on apart.
 _HANDSHAKE = frozenset(
@@ -34,12 +57,13 @@ _HANDSHAKE = frozenset(
 
 
 def _end_to_end(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Headers without the hop-by-hop ones, including those the Connection header names."""
+    """Headers without the hop-by-hop ones, including those the Connection header names
+    (but never one of ``_KEPT``)."""
     named = {
         token.strip().lower()
         for value in headers.getall("Connection", [])  # type: ignore[attr-defined]
         for token in value.split(",")
-    }
+    } - _KEPT
     return [
         (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
     ]
@@ -86,9 +110,7 @@ class Passthrough:
                 # Part of the answer is out: a second one would corrupt the stream.
                 # Raising makes aiohttp drop the connection, so the client sees the cut.
                 raise
-            return web.json_response(
-                {"error": f"upstream unreachable: {exc or type(exc).__name__}"}, status=502
-            )
+            return _unreachable(request, exc)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """Open the same WebSocket to the instance, then pass messages both ways until
@@ -109,9 +131,7 @@ class Passthrough:
                 status=exc.status if exc.status >= 400 else 502,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return web.json_response(
-                {"error": f"upstream unreachable: {exc or type(exc).__name__}"}, status=502
-            )
+            return _unreachable(request, exc)
         async with upstream:
             client = web.WebSocketResponse(
                 protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0
@@ -146,11 +166,25 @@ class Passthrough:
         await self.session.close()
 
 
+def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
+    """502 that names no address and no error text (they reach any client); the log has them."""
+    reason = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
+    log.warning(
+        "upstream_unreachable",
+        method=request.method,
+        path=request.path,
+        error=str(exc) or type(exc).__name__,
+    )
+    return web.json_response({"error": f"upstream unreachable: {reason}"}, status=502)
+
+
 def _forwarded(request: web.Request) -> list[tuple[str, str]]:
-    """The request's end-to-end headers, with the client's address appended to
-    X-Forwarded-For: appended, never trusted, so that a client talking to Sluice
-    directly does not choose the address the instance rate-limits by."""
-    headers = _end_to_end(request.headers)
+    """The request's end-to-end headers, less method overrides, with the client's
+    address appended to X-Forwarded-For: appended, never trusted, so that a client
+    talking to Sluice directly does not choose the address the instance rate-limits by."""
+    headers = [
+        (k, v) for k, v in _end_to_end(request.headers) if k.lower() not in _METHOD_OVERRIDES
+    ]
     forwarded = request.headers.get("X-Forwarded-For")
     if request.remote:
         headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
