@@ -6,6 +6,7 @@ import asyncio
 import importlib.resources
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,43 @@ import structlog
 
 from relay.errors import SluiceError
 
-__all__ = ["Database", "EmbeddedPostgres", "connect", "migrate"]
+__all__ = ["Database", "EmbeddedPostgres", "connect", "embedded_socket_problem", "migrate"]
 
 log = structlog.get_logger(__name__)
 
 # Any constant works; it serialises migrations between processes sharing a database.
 _MIGRATION_LOCK = 0x51_1C_E0_01
+
+#: The socket pgserver's PostgreSQL listens on (no -p: the default port) in its -k dir.
+_SOCKET_NAME = ".s.PGSQL.5432"
+#: A Unix socket path fits in sun_path with its final NUL: 108 bytes on Linux, 104 on
+#: macOS and the BSDs (PostgreSQL refuses a longer one).
+_SOCKET_PATH_MAX = (108 if sys.platform.startswith("linux") else 104) - 1
+
+
+def embedded_socket_problem(data_dir: Path) -> str | None:
+    """Why the embedded PostgreSQL must not start under ``data_dir``, or None.
+
+    Its server trusts every local connection (pgserver runs ``initdb --auth=trust``),
+    which is safe only while its socket stays in the 0700 data directory. When that
+    path is too long for a socket, pgserver moves the socket to
+    ``$XDG_RUNTIME_DIR/python_PostgresServer/<hash>`` or ``/tmp/runtime-<uid>/…``
+    (made 0777 as root, its parents opened to all): any local user would be superuser.
+    """
+    pgdata = (data_dir / "postgres").expanduser().resolve()  # as pgserver resolves it
+    socket = pgdata / _SOCKET_NAME
+    size = len(os.fsencode(socket))
+    if size <= _SOCKET_PATH_MAX:
+        return None
+    room = _SOCKET_PATH_MAX - len(f"/postgres/{_SOCKET_NAME}")
+    return (
+        f"the embedded PostgreSQL's socket would be {socket} ({size} bytes), longer than "
+        f"the {_SOCKET_PATH_MAX} bytes a Unix socket path may have; it would then be put "
+        "in a directory other local users can reach, and that server lets anyone who "
+        f"reaches it in as superuser. Use a [storage] data_dir of at most {room} bytes "
+        "(as an absolute path, symbolic links resolved), or set [database] url "
+        "(or SLUICE_DATABASE_URL) to a PostgreSQL you run"
+    )
 
 
 class EmbeddedPostgres:
@@ -35,6 +67,9 @@ class EmbeddedPostgres:
         self._server = None
 
     def start(self) -> str:
+        # Before pgserver runs at all: it would move the socket (and open directories).
+        if problem := embedded_socket_problem(self.pgdata.parent):
+            raise SluiceError(problem)
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (services, containers);
             # pgserver then keeps its lock file under /tmp, which is fine.
