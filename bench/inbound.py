@@ -183,7 +183,8 @@ def signing_key() -> tuple[rsa.RSAPrivateKey, str]:
 
 
 async def wait_ready(session: aiohttp.ClientSession, target: str) -> None:
-    """Until Sluice answers /readyz (its embedded PostgreSQL may take seconds to start)."""
+    """Until Sluice's admin listener answers /readyz (its embedded PostgreSQL may take
+    seconds to start)."""
     for _ in range(600):
         try:
             async with session.get(target + "/readyz") as r:
@@ -201,7 +202,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     key, pem = signing_key()
-    up_port, sluice_port = free_port(), free_port()
+    up_port, sluice_port, admin_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     actor = f"{upstream}/users/bench"
     child = multiprocessing.get_context("spawn").Process(
@@ -217,6 +218,7 @@ async def main(args: argparse.Namespace) -> None:
         f'[storage]\ndata_dir = "{workdir / "data"}"\n'
         '[network]\nallow = ["127.0.0.0/8"]\nallow_http = true\n'
         '[log]\nlevel = "warning"\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
     )
     sluice = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -230,7 +232,7 @@ async def main(args: argparse.Namespace) -> None:
     target = f"http://127.0.0.1:{sluice_port}"
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await wait_ready(session, target)
+        await wait_ready(session, f"http://127.0.0.1:{admin_port}")
         # Warm up both paths (key cache, connections, JIT-less Python's caches).
         await latency(session, target, upstream, sender.make(20))
         await latency(session, upstream, upstream, sender.make(20))

@@ -170,7 +170,7 @@ async def main(args: argparse.Namespace) -> None:
     count = int(args.rate * args.seconds)
     images = corpus(2 * count)
     key, pem = signing_key()
-    port, sluice_port = free_port(), free_port()
+    port, sluice_port, admin_port = free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     actor = f"{base}/users/bench"
     child = multiprocessing.get_context("spawn").Process(
@@ -186,6 +186,7 @@ async def main(args: argparse.Namespace) -> None:
         f'[server]\nlisten = "127.0.0.1:{sluice_port}"\n[upstream]\nurl = "{base}"\n'
         f'[storage]\ndata_dir = "{work / "data"}"\n'
         '[network]\nallow = ["127.0.0.0/8"]\nallow_http = true\n[log]\nlevel = "warning"\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
         f"[media]\nper_host_concurrency = {args.per_host}\n"
         '[[bank]]\nname = "bench"\ncategory = "test"\n'
         '[[rule]]\nmatch = "bench"\naction = "review"\n'
@@ -202,8 +203,9 @@ async def main(args: argparse.Namespace) -> None:
         env=env,
     )
     target = f"http://127.0.0.1:{sluice_port}"
+    admin = f"http://127.0.0.1:{admin_port}"  # /readyz and the admin API
     async with aiohttp.ClientSession() as session:
-        await wait_ready(session, target)
+        await wait_ready(session, admin)
         import subprocess
 
         hashes_file = work / "bank.txt"
@@ -244,10 +246,10 @@ async def main(args: argparse.Namespace) -> None:
 
         await run_rate(session, target, key, actor, batch(False)[:20], args.rate)  # warm-up
         plain = await verdicts(
-            session, target, await run_rate(session, target, key, actor, batch(False), args.rate)
+            session, admin, await run_rate(session, target, key, actor, batch(False), args.rate)
         )
         media = await verdicts(
-            session, target, await run_rate(session, target, key, actor, batch(True), args.rate)
+            session, admin, await run_rate(session, target, key, actor, batch(True), args.rate)
         )
         baseline = await floor(session, base, [(2 * i, 2 * i + 1) for i in range(50)])
     sluice.terminate()
