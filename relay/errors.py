@@ -3,7 +3,8 @@
     SluiceError
     ├── ConfigError            the TOML file is wrong (file, line, key)
     ├── SignatureError         a request's signature cannot be accepted
-    │   └── KeyFetchError      the signer's key could not be fetched
+    │   ├── KeyFetchError      the signer's key could not be fetched
+    │   └── RateLimited        too many signature checks asked of us; retry later
     ├── FetchError             a remote document or media could not be fetched
     │   └── BlockedAddress     the URL points at a refused address or scheme
     ├── DecodeError            fetched bytes are not what they claim to be
@@ -25,6 +26,7 @@ __all__ = [
     "FetchError",
     "KeyFetchError",
     "PolicyError",
+    "RateLimited",
     "SignatureError",
     "SluiceError",
 ]
@@ -70,6 +72,17 @@ class KeyFetchError(SignatureError):
     def __init__(self, message: str, *, gone: bool = False) -> None:
         super().__init__(message)
         self.gone = gone
+
+
+class RateLimited(SignatureError):
+    """Too many object signatures to check for this signer, or for everyone, right now.
+
+    ``retry_after`` is whole seconds, for a 429 answer's Retry-After header.
+    """
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class FetchError(SluiceError):

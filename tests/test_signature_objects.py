@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,6 +144,24 @@ async def test_ld_rotated_key(rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPriva
     await verify_object(sign_ld(ACTIVITY, rsa_key, RSA_KEY_ID), ALICE, cache)
     docs[ALICE] = actor(rsa_key2)
     assert await verify_object(sign_ld(ACTIVITY, rsa_key2, RSA_KEY_ID), ALICE, cache)
+
+
+MASTODON_SIGNED = (
+    Path(__file__).parent / "fixtures/signatures/mastodon-create-rsasignature2017.json"
+)
+
+
+async def test_ld_as_mastodon_signed_it() -> None:
+    """A Create signed by a real Mastodon server verifies with its author's real key."""
+    vector = json.loads(MASTODON_SIGNED.read_text())
+    key = serialization.load_pem_public_key(vector["publicKeyPem"].encode())
+    keys = Keys(PublicKey(vector["keyId"], vector["owner"], key))
+    activity = vector["activity"]
+    assert await verify_object(activity, vector["owner"], keys) == "RsaSignature2017"
+    tampered = copy.deepcopy(activity)
+    tampered["object"]["content"] = "<p>Test!</p>"
+    with pytest.raises(SignatureError, match=r"^signature does not verify with key "):
+        await verify_object(tampered, vector["owner"], keys)
 
 
 # --- FEP-8b32 eddsa-jcs-2022 ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay.errors import SignatureError
-from relay.signature import linked_data, proof
+from relay.signature import objects
 from relay.signature.cavage import (
     HeaderGetter,
     header_getter,
@@ -86,19 +86,16 @@ def _looks_cavage(get: HeaderGetter) -> bool:
         return False
 
 
-async def verify_object(document: Mapping[str, Any], actor_id: str, keys: KeyResolver) -> str:
+async def verify_object(
+    document: Mapping[str, Any], actor_id: str, keys: KeyResolver, *, signer: str | None = None
+) -> str:
     """Verify a signature carried by an object itself; return which kind it was.
 
     Used for activities relayed by someone other than their actor, where the HTTP
     signature proves only the relaying server. A FEP-8b32 eddsa-jcs-2022 proof is
     preferred (cheap, no JSON-LD); else a Mastodon RsaSignature2017. The signing key
-    must belong to `actor_id`.
+    must belong to `actor_id`. `signer`, the relaying server's actor, is rate-limited
+    (RateLimited, a SignatureError with retry_after). Uses the process-wide
+    objects.shared() limits; a server builds its own objects.ObjectVerifier.
     """
-    if proof.find_proof(document) is not None:
-        await proof.verify_proof(document, actor_id, keys)
-        return proof.CRYPTOSUITE
-    signature = document.get("signature")
-    if isinstance(signature, Mapping) and signature.get("type") == linked_data.SIGNATURE_TYPE:
-        await linked_data.verify_ld(document, actor_id, keys)
-        return linked_data.SIGNATURE_TYPE
-    raise SignatureError("object carries no RsaSignature2017 signature or eddsa-jcs-2022 proof")
+    return await objects.shared().verify(document, actor_id, keys, signer=signer)

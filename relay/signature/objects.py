@@ -1,0 +1,145 @@
+"""Signatures carried by objects, checked at a price the sender cannot run up.
+
+An activity relayed by someone other than its actor must carry the actor's own
+signature: a FEP-8b32 eddsa-jcs-2022 proof (cheap, JCS) or a Mastodon RsaSignature2017
+(JSON-LD canonicalisation, dear). Anyone with two actors can ask for the dear one, so
+ObjectVerifier bounds it three ways: size limits before canonicalising, a time budget
+on worker processes of its own, and a rate per signer (the server that relayed it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from relay.errors import RateLimited, SignatureError
+from relay.signature import linked_data, proof
+from relay.signature.canonical import Canonicaliser
+from relay.signature.keys import KeyResolver
+
+__all__ = ["ObjectVerifier", "SignerRate", "shared"]
+
+
+class SignerRate:
+    """A token bucket per signer: `per_minute` checks, refilled evenly, as a burst at most."""
+
+    def __init__(self, per_minute: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute <= 0:
+            raise ValueError("per_minute must be positive")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # signer -> (tokens, when)
+        self._prune_at = 1024
+
+    def take(self, signer: str) -> None:
+        """Spend one check for `signer`, or raise RateLimited saying when to come back."""
+        now = self._clock()
+        tokens = self._tokens(signer, now)
+        if tokens < 1:
+            retry_after = max(1, math.ceil((1 - tokens) * 60 / self.per_minute))
+            raise RateLimited(
+                f"too many signed objects relayed by {signer}; retry in {retry_after} s",
+                retry_after=retry_after,
+            )
+        self._buckets[signer] = (tokens - 1, now)
+        if len(self._buckets) > self._prune_at:
+            self._forget_full(now)
+
+    def _tokens(self, signer: str, now: float) -> float:
+        tokens, when = self._buckets.get(signer, (self.per_minute, now))
+        return min(self.per_minute, tokens + (now - when) * self.per_minute / 60)
+
+    def _forget_full(self, now: float) -> None:
+        """A full bucket is the same as none; drop those, so the map holds active signers."""
+        self._buckets = {
+            signer: bucket
+            for signer, bucket in self._buckets.items()
+            if self._tokens(signer, now) < self.per_minute
+        }
+        self._prune_at = max(1024, 2 * len(self._buckets))
+
+
+class ObjectVerifier:
+    """Verifies signatures carried by objects; owns worker processes, so close() it.
+
+    `max_bytes`, `max_nodes`: RsaSignature2017 documents above these are refused before
+    canonicalising. `budget_seconds`: a canonicalisation that runs longer is abandoned
+    and its worker killed. `workers`, `max_waiting`: canonicalisations at once, and how
+    many may wait (past that, RateLimited). `per_signer_per_minute`: object
+    verifications (of any kind) per HTTP signer; `unlimited_signers` are exempt (a relay
+    you subscribe to), though not from the other limits.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = linked_data.MAX_BYTES,
+        max_nodes: int = linked_data.MAX_NODES,
+        budget_seconds: float = 2.0,
+        workers: int = 1,
+        max_waiting: int = 16,
+        per_signer_per_minute: float = 30,
+        unlimited_signers: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_nodes = max_nodes
+        self.canonicaliser = Canonicaliser(
+            workers=workers, budget_seconds=budget_seconds, max_waiting=max_waiting
+        )
+        self.rate = SignerRate(per_signer_per_minute, clock=clock)
+        self.unlimited_signers = frozenset(unlimited_signers)
+
+    async def verify(
+        self,
+        document: Mapping[str, Any],
+        actor_id: str,
+        keys: KeyResolver,
+        *,
+        signer: str | None = None,
+    ) -> str:
+        """Verify the object's own signature by `actor_id`; return which kind it was.
+
+        `signer` is whoever signed the HTTP request that carried it; each call costs
+        them one check of their rate. A FEP-8b32 proof is preferred over an
+        RsaSignature2017. Raises SignatureError, or RateLimited (retry_after set).
+        """
+        if signer is not None and signer not in self.unlimited_signers:
+            self.rate.take(signer)
+        if proof.find_proof(document) is not None:
+            await proof.verify_proof(document, actor_id, keys)
+            return proof.CRYPTOSUITE
+        signature = document.get("signature")
+        if isinstance(signature, Mapping) and signature.get("type") == linked_data.SIGNATURE_TYPE:
+            await linked_data.verify_ld(
+                document,
+                actor_id,
+                keys,
+                self.canonicaliser,
+                max_bytes=self.max_bytes,
+                max_nodes=self.max_nodes,
+            )
+            return linked_data.SIGNATURE_TYPE
+        raise SignatureError("object carries no RsaSignature2017 signature or eddsa-jcs-2022 proof")
+
+    def close(self) -> None:
+        """Stop the worker processes; later RsaSignature2017 checks fail."""
+        self.canonicaliser.close()
+
+
+_shared: ObjectVerifier | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> ObjectVerifier:
+    """The process-wide verifier with default limits, behind relay.signature.verify_object."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ObjectVerifier()
+            atexit.register(_shared.close)
+        return _shared
