@@ -19,6 +19,13 @@ encrypted too: they name accounts, and possibly victims. The ``evidence`` row
 holds only what may be shown without the key: ids, times, sizes, SHA-256s, bank
 names and the action.
 
+A quarantined activity's row keeps none of this in clear: once its evidence is
+recorded, the ``activity`` row loses its body, headers, sender address and the
+details of its verdict's signals, and points at the evidence instead
+(``activity.evidence_id``; see ``ActivityStore.quarantine``). ``seal`` writes the
+blobs and ``record`` commits the row, on the caller's connection if it gives one,
+so that the pointer and the scrubbing commit with it.
+
 Blobs are written atomically (temporary name, fsync, rename, fsync of the
 directory) before the row is committed, so a crash leaves at worst an orphan:
 an encrypted file that no row names (or a ``.tmp-`` file cut short). Orphans
@@ -61,7 +68,14 @@ from relay.errors import SluiceError
 if TYPE_CHECKING:
     from relay.config import Config
 
-__all__ = ["EvidenceError", "EvidenceKey", "EvidenceRecord", "EvidenceStore", "MediaItem"]
+__all__ = [
+    "EvidenceError",
+    "EvidenceKey",
+    "EvidenceRecord",
+    "EvidenceStore",
+    "MediaItem",
+    "Sealed",
+]
 
 #: Where the blobs live, under ``[storage] data_dir``.
 SUBDIRECTORY = "evidence"
@@ -203,6 +217,16 @@ class EvidenceRecord:
     media: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """Evidence written to disk, its row not yet committed (``EvidenceStore.record``)."""
+
+    id: int
+    blobs: list[dict[str, Any]]
+    summary: str  # JSON
+    media: int
+
+
 def _summary(facts: dict[str, Any], media: Sequence[MediaItem]) -> dict[str, Any]:
     """What the table may show without the key: the action, the banks, counts, SHA-256s."""
     verdict = facts.get("verdict")
@@ -274,6 +298,16 @@ class EvidenceStore:
         request headers, target path, received time, media URLs, hashes, signals
         and verdict, all JSON.
         """
+        sealed = await self.seal(facts=facts, media=media)
+        await self.record(sealed, activity_row=activity_row)
+        log.info(
+            "evidence_preserved", evidence=sealed.id, activity_row=activity_row, media=sealed.media
+        )
+        return sealed.id
+
+    async def seal(self, *, facts: dict[str, Any], media: Sequence[MediaItem]) -> Sealed:
+        """Encrypt ``facts`` and ``media`` to durable blobs under a reserved id; nothing
+        names them until ``record`` commits (a crash in between leaves orphans)."""
         key = self._need_key()
         media = list(media)
         entries = [
@@ -292,11 +326,18 @@ class EvidenceStore:
             "SELECT nextval(pg_get_serial_sequence('evidence', 'id'))"
         )
         blobs = await asyncio.to_thread(self._write_blobs, key, evidence_id, plaintexts)
-        await self._insert(evidence_id, activity_row, blobs, summary)
-        log.info(
-            "evidence_preserved", evidence=evidence_id, activity_row=activity_row, media=len(media)
-        )
-        return evidence_id
+        return Sealed(evidence_id, blobs, summary, len(media))
+
+    async def record(
+        self,
+        sealed: Sealed,
+        *,
+        activity_row: int | None,
+        conn: asyncpg.Connection | None = None,
+    ) -> None:
+        """Write the row naming ``sealed``'s blobs; within ``conn``'s transaction if given
+        (then it counts once that commits)."""
+        await self._insert(conn or self.pool, sealed.id, activity_row, sealed.blobs, sealed.summary)
 
     def _write_blobs(
         self, key: EvidenceKey, evidence_id: int, plaintexts: list[tuple[str, bytes]]
@@ -335,10 +376,15 @@ class EvidenceStore:
         }
 
     async def _insert(
-        self, evidence_id: int, activity_row: int | None, blobs: list[dict[str, Any]], summary: str
+        self,
+        db: asyncpg.Pool | asyncpg.Connection,
+        evidence_id: int,
+        activity_row: int | None,
+        blobs: list[dict[str, Any]],
+        summary: str,
     ) -> None:
         try:
-            await self.pool.execute(
+            await db.execute(
                 "INSERT INTO evidence (id, activity_row, retain_until, blobs, summary) "
                 "VALUES ($1, $2, now() + make_interval(days => $3), $4::jsonb, $5::jsonb)",
                 evidence_id,

@@ -22,7 +22,7 @@ from relay.hold import Hold
 from relay.metrics import Metrics
 from relay.signal import Signal
 from relay.state import State
-from relay.store.activities import ActivityStore, Item
+from relay.store.activities import ActivityStore, Item, outline
 from relay.verdict import Action, Verdict
 
 __all__ = ["Flow", "backoff"]
@@ -184,12 +184,18 @@ class Flow:
         if item.state == State.RECEIVED:
             verdict = await self._decide(item)
             if verdict.action == Action.QUARANTINE:
-                verdict = await self._preserve(item, verdict)
-            if not await self.store.decide(item.id, verdict):
+                verdict, decided = await self._quarantine(item, verdict)
+            else:
+                decided = await self.store.decide(item.id, verdict)
+            if not decided:
                 log.info("left_hold_meanwhile", row=item.id, activity_id=item.ap_id)
                 return
             self.metrics.verdicts.labels(verdict.action.value).inc()
             self.metrics.hold_seconds.observe(verdict.timings.get("hold_seconds", 0.0))
+            if verdict.action == Action.QUARANTINE:  # the details are the evidence's only
+                signals = outline(verdict.signals)
+            else:
+                signals = [s.as_json() for s in verdict.signals]
             log.info(
                 "verdict",
                 row=item.id,
@@ -198,7 +204,7 @@ class Flow:
                 signer=item.signer,
                 verdict=verdict.action.value,
                 rule=verdict.rule,
-                signals=[s.as_json() for s in verdict.signals],
+                signals=signals,
                 timings=verdict.timings,
             )
             if verdict.action != Action.DELIVER:
@@ -214,9 +220,12 @@ class Flow:
             return Verdict(Action.REVIEW, f"stored body unreadable: {exc}")
         return await self.hold.decide(activity)
 
-    async def _preserve(self, item: Item, verdict: Verdict) -> Verdict:
-        """Seal the evidence before the activity leaves the hold; if that fails, keep it
-        held for review instead: nothing is dropped without its evidence."""
+    async def _quarantine(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
+        """Seal the evidence, then in one transaction record it, the verdict, and the
+        row's pointer to it, clearing the row's copy of what the evidence holds. If that
+        fails, keep the activity held for review instead: nothing is dropped without its
+        evidence, nothing cleared before the evidence is committed. Returns the verdict
+        recorded and whether the row was still in the hold."""
         media = [
             MediaItem(
                 url=s.detail.get("url", ""),
@@ -248,21 +257,26 @@ class Flow:
         try:
             if self.evidence is None:
                 raise EvidenceError("no evidence store configured")
-            evidence_id = await self.evidence.preserve(
-                activity_row=item.id, facts=facts, media=media
+            sealed = await self.evidence.seal(facts=facts, media=media)
+            signal = Signal("evidence", "evidence", {"evidence_id": sealed.id, "media": len(media)})
+            verdict = Verdict(
+                verdict.action, verdict.rule, (*verdict.signals, signal), verdict.timings
             )
+            async with self.store.transaction() as conn:
+                await self.evidence.record(sealed, activity_row=item.id, conn=conn)
+                decided = await self.store.quarantine(conn, item.id, verdict, sealed.id)
         except Exception as exc:
             log.error("evidence_failed", row=item.id, activity_id=item.ap_id, error=str(exc))
             signal = Signal("error", "evidence", {"error": f"evidence not preserved: {exc}"})
-            return Verdict(
+            verdict = Verdict(
                 Action.REVIEW,
                 "quarantine failed: held for review",
-                (*verdict.signals, signal),
+                (*(s for s in verdict.signals if s.kind != "evidence"), signal),
                 verdict.timings,
             )
-        timings = {**verdict.timings}
-        signal = Signal("evidence", "evidence", {"evidence_id": evidence_id, "media": len(media)})
-        return Verdict(verdict.action, verdict.rule, (*verdict.signals, signal), timings)
+            return verdict, await self.store.decide(item.id, verdict)
+        log.info("evidence_preserved", evidence=sealed.id, activity_row=item.id, media=len(media))
+        return verdict, decided
 
     async def _deliver(self, item: Item) -> None:
         self._delivering += 1

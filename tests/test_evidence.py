@@ -335,6 +335,27 @@ async def test_a_refused_insert_leaves_orphans_and_a_clear_error(store: Evidence
     assert await store.pool.fetchval("SELECT count(*) FROM evidence") == 0
 
 
+async def test_sealed_evidence_counts_once_its_row_commits_with_the_callers(
+    store: EvidenceStore, pool: asyncpg.Pool
+) -> None:
+    """``seal`` then ``record`` on the caller's connection: the quarantine's own writes
+    commit with the evidence row or not at all."""
+    image = png()
+    sealed = await store.seal(facts=facts(), media=[MediaItem("u", image, {})])
+    files = blob_files(store)
+    assert await store.orphans() == files  # durable, named by nothing yet
+    with pytest.raises(RuntimeError, match="rolled back"):
+        async with pool.acquire() as conn, conn.transaction():
+            await store.record(sealed, activity_row=None, conn=conn)
+            raise RuntimeError("rolled back")
+    assert await pool.fetchval("SELECT count(*) FROM evidence") == 0
+    async with pool.acquire() as conn, conn.transaction():
+        await store.record(sealed, activity_row=None, conn=conn)
+    assert await store.orphans() == []
+    record, data = await store.read(sealed.id, who="alice", why="test")
+    assert (record.facts, data) == (facts(), [image])
+
+
 async def test_summary_tolerates_odd_facts(store: EvidenceStore) -> None:
     evidence_id = await store.preserve(
         activity_row=None, facts={"signals": "odd", "verdict": "quarantine"}, media=[]

@@ -9,8 +9,10 @@ lease expires.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,10 +21,11 @@ import asyncpg
 
 from relay.activity import Activity, parse_activity
 from relay.envelope import Envelope
+from relay.signal import Signal
 from relay.state import HELD, PENDING, TERMINAL, State
 from relay.verdict import Verdict
 
-__all__ = ["ActivityStore", "Item"]
+__all__ = ["ActivityStore", "Item", "outline", "pointer_verdict"]
 
 _PENDING = [s.value for s in PENDING]
 _HELD = [s.value for s in HELD]
@@ -112,6 +115,44 @@ RETURNING activity.id, activity.state, activity.target, activity.headers, activi
           activity.key_id, activity.remote,
           extract(epoch FROM activity.received_at)::float8 AS received_at
 """
+
+
+# A quarantine, in the transaction that records its evidence: the row keeps what the
+# queue and "why was this held?" need, and the evidence id; body, headers and sender
+# address go (the evidence holds them). A row a Delete or Undo cancelled meanwhile
+# keeps its state but loses its copy all the same.
+_QUARANTINE = """
+UPDATE activity SET
+    state = CASE WHEN state = 'received' THEN 'quarantined' ELSE state END,
+    verdict = CASE WHEN state = 'received' THEN $3::jsonb ELSE verdict END,
+    decided_at = CASE WHEN state = 'received' THEN now() ELSE decided_at END,
+    finished_at = coalesce(finished_at, now()),
+    owner = NULL, locked_until = NULL,
+    body = NULL, headers = NULL, remote = NULL, evidence_id = $4
+WHERE id = $1 AND ((state = 'received' AND owner = $2) OR state = 'cancelled')
+RETURNING state
+"""
+
+
+def outline(signals: Iterable[Signal]) -> list[dict[str, Any]]:
+    """Which checks found what (kind and source) without the details (media URLs, hashes,
+    errors), which the evidence keeps; the evidence signal, the pointer, stays whole."""
+    return [
+        s.as_json() if s.kind == "evidence" else {"kind": s.kind, "source": s.source, "detail": {}}
+        for s in signals
+    ]
+
+
+def pointer_verdict(verdict: Verdict, evidence_id: int) -> dict[str, Any]:
+    """What a quarantined row keeps of its verdict: the action, the rule, the timings and
+    the ``outline`` of its signals. The whole verdict is in the evidence."""
+    return {
+        "action": verdict.action.value,
+        "rule": verdict.rule,
+        "signals": outline(verdict.signals),
+        "timings": verdict.timings,
+        "evidence_id": evidence_id,
+    }
 
 
 @dataclass(slots=True)
@@ -260,6 +301,28 @@ class ActivityStore:
         )
         return result.endswith(" 1")
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction that commits synchronously, for writes that
+        must land together (a quarantine and its evidence)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def quarantine(
+        self, conn: asyncpg.Connection, item_id: int, verdict: Verdict, evidence_id: int
+    ) -> bool:
+        """Record a quarantine within ``conn``'s transaction, the one that records its
+        evidence ``evidence_id``: the row keeps ``pointer_verdict`` and loses its body,
+        headers and sender address. False when the row left the hold meanwhile."""
+        state = await conn.fetchval(
+            _QUARANTINE,
+            item_id,
+            self.owner,
+            json.dumps(pointer_verdict(verdict, evidence_id)),
+            evidence_id,
+        )
+        return state == State.QUARANTINED.value
+
     async def delivered(self, item_id: int, status: int) -> None:
         await self.lazy.execute(
             "UPDATE activity SET state = 'delivered', last_status = $2, attempts = attempts + 1, "
@@ -367,8 +430,8 @@ class ActivityStore:
         column = "id" if isinstance(key, int) else "ap_id"
         row = await self.pool.fetchrow(
             "SELECT id, ap_id, type, actor, signer, key_id, object_id, state, target, remote, "
-            "received_at, decided_at, finished_at, attempts, last_status, last_error, verdict "
-            f"FROM activity WHERE {column} = $1 ORDER BY id DESC LIMIT 1",
+            "received_at, decided_at, finished_at, attempts, last_status, last_error, verdict, "
+            f"evidence_id FROM activity WHERE {column} = $1 ORDER BY id DESC LIMIT 1",
             key,
         )
         return None if row is None else _record(row)
@@ -389,7 +452,8 @@ class ActivityStore:
 
         In batches, so a first run over months of rows neither holds locks for long nor
         stalls the workers. Quarantined rows are left to their evidence, dead letters
-        to an admin: neither is finished business.
+        to an admin: neither is finished business. Nor is a row that evidence names
+        (one cancelled while its quarantine was being sealed): the evidence refers to it.
         """
         if self.keep_days <= 0:
             return 0
@@ -409,7 +473,7 @@ class ActivityStore:
 _FINISHED = (State.DELIVERED, State.REFUSED, State.REJECTED, State.CANCELLED)
 PRUNABLE = (
     "SELECT id FROM activity WHERE state IN ({}) "
-    "AND finished_at < now() - make_interval(days => $1) LIMIT $2"
+    "AND finished_at < now() - make_interval(days => $1) AND evidence_id IS NULL LIMIT $2"
 ).format(", ".join(f"'{state.value}'" for state in _FINISHED))
 
 

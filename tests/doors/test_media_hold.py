@@ -160,17 +160,18 @@ async def test_known_image_is_quarantined_never_delivered_and_evidence_kept(
     assert record["state"] == "quarantined"
     verdict = record["verdict"]
     assert verdict["rule"] == "rule[0] category:test -> quarantine"
-    [match] = [s for s in verdict["signals"] if s["kind"] == "match"]
+    [evidence] = [s for s in verdict["signals"] if s["kind"] == "evidence"]
+    facts, media = await read_evidence(guarded, evidence_key, evidence["detail"]["evidence_id"])
+    # The row keeps the outline of the verdict; the match's details are in the evidence.
+    [match] = [s for s in facts.facts["verdict"]["signals"] if s["kind"] == "match"]
     assert match["source"] == "test-known"
     assert match["detail"]["hash_kind"] == "pdq"
     assert 0 < match["detail"]["distance"] <= 31
     assert match["detail"]["url"] == origin.url("bridge-edit.jpg")
-    [evidence] = [s for s in verdict["signals"] if s["kind"] == "evidence"]
     await asyncio.sleep(0.2)
     assert upstream.requests == []  # the instance never saw the activity, nor the image
     assert origin.fetched == ["bridge-edit.jpg"]
 
-    facts, media = await read_evidence(guarded, evidence_key, evidence["detail"]["evidence_id"])
     assert media == [BRIDGE_EDIT]
     assert facts.facts["activity"]["id"] == activity["id"]
     assert facts.facts["signer"] == alice.id
@@ -290,6 +291,15 @@ async def read_evidence(sluice: Running, key: Path, evidence_id: Any) -> tuple[A
     return await store.read(evidence_id, who="test", why="checking the evidence")
 
 
+async def verdict_in_evidence(
+    sluice: Running, key: Path, record: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A quarantined activity's signals in full: its row keeps only their outline."""
+    [evidence] = [s for s in record["verdict"]["signals"] if s["kind"] == "evidence"]
+    facts, _ = await read_evidence(sluice, key, evidence["detail"]["evidence_id"])
+    return facts.facts["verdict"]["signals"]
+
+
 async def test_a_bank_change_applies_to_the_next_activity(
     guarded: Running, fediverse: Fediverse, origin: Origin, evidence_key: Path
 ) -> None:
@@ -316,7 +326,7 @@ async def test_a_bank_change_applies_to_the_next_activity(
 
 
 async def test_a_cached_match_whose_file_is_gone_is_still_acted_on(
-    guarded: Running, fediverse: Fediverse, origin: Origin
+    guarded: Running, fediverse: Fediverse, origin: Origin, evidence_key: Path
 ) -> None:
     alice = fediverse.actor("alice")
     flipped = hash_and_flip(BRIDGE)
@@ -333,7 +343,8 @@ async def test_a_cached_match_whose_file_is_gone_is_still_acted_on(
     assert (await guarded.post(alice, after))[0] == 202
     record = await _settled(guarded, after["id"])
     assert record["state"] == "quarantined"  # on the cached hashes
-    [match] = [s for s in record["verdict"]["signals"] if s["kind"] == "match"]
+    signals = await verdict_in_evidence(guarded, evidence_key, record)
+    [match] = [s for s in signals if s["kind"] == "match"]
     assert "404" in match["detail"]["refetch_error"]
 
 
@@ -356,7 +367,7 @@ async def test_undecodable_file_still_meets_the_exact_hash_banks(
 
 
 async def test_a_new_actors_avatar_is_checked(
-    guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
+    guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin, evidence_key: Path
 ) -> None:
     mallory = fediverse.actor("mallory")
     mallory.profile = {"icon": {"type": "Image", "url": origin.url("bridge.jpg")}}
@@ -364,7 +375,8 @@ async def test_a_new_actors_avatar_is_checked(
     assert (await guarded.post(mallory, like))[0] == 202
     record = await _settled(guarded, like["id"])
     assert record["state"] == "quarantined"
-    matches = [s for s in record["verdict"]["signals"] if s["kind"] == "match"]
+    signals = await verdict_in_evidence(guarded, evidence_key, record)
+    matches = [s for s in signals if s["kind"] == "match"]
     assert {m["detail"]["hash_kind"] for m in matches} == {"pdq", "md5"}
     for match in matches:
         assert match["detail"]["role"] == "avatar"
