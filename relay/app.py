@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import structlog
@@ -24,9 +23,10 @@ from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.metrics import Metrics
-from relay.network import NetworkPolicy, client_session, fetch_json
+from relay.network import JsonDocument, NetworkPolicy, client_session, fetch_json_document
 from relay.policy import Policy
 from relay.signature import KeyCache
+from relay.signature.objects import ObjectVerifier
 from relay.store import connect
 from relay.store.activities import ActivityStore
 from relay.verdict import Action
@@ -71,6 +71,9 @@ def build_app(
         )
         pool = database.pool
         policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
+        # Key fetches have their own session: a sender names the URL, so they must not
+        # hold the connections media fetches need. KeyCache bounds them further (time,
+        # per host, per client) and caches failures.
         session = client_session(
             policy,
             connect_timeout=config.network.connect_timeout_seconds,
@@ -78,10 +81,13 @@ def build_app(
         )
         fresh_actors = FreshActors()
 
-        async def fetch_key_document(url: str) -> dict[str, Any]:
-            document = await fetch_json(session, policy, url)
-            fresh_actors.remember(document)  # a new actor: its pictures get checked too
-            return document
+        async def fetch_key_document(url: str) -> JsonDocument:
+            fetched = await fetch_json_document(
+                session, policy, url, max_redirects=config.network.max_redirects
+            )
+            if fetched.at_its_id:  # only a document at its own id speaks for that actor
+                fresh_actors.remember(fetched.document)  # a new actor: pictures checked too
+            return fetched
 
         keys = KeyCache(fetch_key_document, ttl=config.signatures.key_cache_seconds)
         media_session = client_session(
@@ -137,6 +143,16 @@ def build_app(
             backoff_max=config.delivery.backoff_max_seconds,
             evidence=EvidenceStore.from_config(pool, config),
         )
+        signatures = config.signatures
+        objects = ObjectVerifier(
+            max_bytes=signatures.ld_max_bytes,
+            max_nodes=signatures.ld_max_nodes,
+            budget_seconds=signatures.ld_budget_seconds,
+            workers=signatures.ld_workers,
+            max_waiting=signatures.ld_max_waiting,
+            per_signer_per_minute=signatures.object_rate_per_minute,
+            unlimited_signers=signatures.object_rate_exempt,
+        )
         inbound = InboundDoor(
             store,
             flow,
@@ -147,6 +163,7 @@ def build_app(
             clock_skew=config.signatures.clock_skew_seconds,
             hosts=config.server.hosts,
             trusted_proxies=config.server.trusted_proxies,
+            objects=objects,
         )
         passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
         parts = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
@@ -174,6 +191,7 @@ def build_app(
             if admin is not None:
                 await admin.cleanup()
             await flow.stop()
+            objects.close()
             await banks.stop()
             await deliverer.close()
             await passthrough.close()

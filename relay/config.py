@@ -115,6 +115,13 @@ class SignaturesConfig:
     max_age_seconds: int
     clock_skew_seconds: int
     key_cache_seconds: int
+    ld_max_bytes: int
+    ld_max_nodes: int
+    ld_budget_seconds: float
+    ld_workers: int
+    ld_max_waiting: int
+    object_rate_per_minute: int
+    object_rate_exempt: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -568,6 +575,22 @@ SCHEMA: tuple[Section, ...] = (
               check=not_negative),
         Field("key_cache_seconds", INTEGER, 3_600, "how long fetched keys are kept",
               check=not_negative),
+        Field("ld_max_bytes", INTEGER, 65_536,
+              "relayed objects with an RsaSignature2017 larger than this are refused",
+              check=positive),
+        Field("ld_max_nodes", INTEGER, 2_000,
+              "the same, counted in JSON values", check=positive),
+        Field("ld_budget_seconds", NUMBER, 2.0,
+              "longest JSON-LD canonicalisation of one object; then refused", check=positive),
+        Field("ld_workers", INTEGER, 1, "processes canonicalising JSON-LD (CPU cores at most)",
+              check=positive),
+        Field("ld_max_waiting", INTEGER, 16,
+              "objects that may wait for a worker; more get 429", check=not_negative),
+        Field("object_rate_per_minute", INTEGER, 300,
+              "object signatures checked per relaying signer and minute; more get 429",
+              check=positive),
+        Field("object_rate_exempt", STRINGS, (),
+              "signers (actor ids) without that rate, e.g. relays you subscribe to"),
     ), "HTTP signatures of inbox deliveries."),
     Section("delivery", DeliveryConfig, (
         Field("max_age_seconds", INTEGER, 172_800,
@@ -1225,6 +1248,13 @@ def main_check_config(path: str) -> int:
     Warnings go to stderr too, but leave the answer OK.
     """
     config, problems = _read(path, None)
+    if config is not None and not config.database.url:
+        from relay.store.db import embedded_socket_problem  # serve refuses it, so do we
+
+        socket = embedded_socket_problem(config.storage.data_dir)
+        if socket is not None:
+            problems = [ConfigProblem(path, None, "storage.data_dir", socket)]
+            config = None
     if config is not None:
         for warning in config_warnings(config):
             print(warning, file=sys.stderr)

@@ -939,3 +939,15 @@ def test_banks_and_rules_load(tmp_path):
     )
     assert config.rule[0].action == "quarantine"
     assert config.evidence.key_file == key
+
+
+def test_check_config_refuses_a_data_dir_too_long_for_the_embedded_socket(tmp_path, capsys):
+    """serve would refuse it (relay.store.db), so check-config says so first."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    path = write(
+        tmp_path, f'[server]\nhosts = ["social.example"]\n[storage]\ndata_dir = "{deep}"\n'
+    )
+    assert main_check_config(str(path)) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"{path}: storage.data_dir: the embedded PostgreSQL's socket would be")

@@ -18,10 +18,11 @@ from aiohttp import web
 from relay.activity import Activity, parse_activity
 from relay.config import split_authority
 from relay.envelope import Envelope, Proxies
-from relay.errors import DecodeError, KeyFetchError, SignatureError
+from relay.errors import DecodeError, KeyFetchError, RateLimited, SignatureError
 from relay.flow import Flow
 from relay.metrics import Metrics
-from relay.signature import KeyResolver, Verified, verify_object, verify_request
+from relay.signature import KeyResolver, Verified, verify_request
+from relay.signature.objects import ObjectVerifier
 from relay.state import State
 from relay.store.activities import ActivityStore, Item
 
@@ -78,6 +79,7 @@ class InboundDoor:
         clock_skew: float = 3600,
         hosts: Iterable[str] = (),
         trusted_proxies: Iterable[str] = (),
+        objects: ObjectVerifier,
     ) -> None:
         self.store = store
         self.flow = flow
@@ -88,6 +90,7 @@ class InboundDoor:
         self.clock_skew = clock_skew
         self.hosts = frozenset(split_authority(h) for h in hosts)
         self.proxies = Proxies(trusted_proxies)
+        self.objects = objects  # relayed objects' own signatures, at a bounded price
 
     def answers_to(self, host: str) -> bool:
         """Is ``host`` (a Host header) one the instance answers to? Yes for any, unconfigured."""
@@ -141,6 +144,13 @@ class InboundDoor:
         verified: Verified | None
         try:
             verified = await self._verify(request, envelope, activity)
+        except RateLimited as exc:
+            # Costly to check and too many at once: the sender retries later, nothing lost.
+            self.metrics.received.labels("rate_limited").inc()
+            bound.warning("rate_limited", reason=str(exc))
+            response = _refuse(429, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         except SignatureError as exc:
             if isinstance(exc, KeyFetchError) and exc.gone and activity.type == "Delete":
                 # The actor is gone and took its key with it: there is nothing left to
@@ -217,7 +227,11 @@ class InboundDoor:
             # Relayed or forwarded activities: the signer only carried it. Accept it
             # only with the actor's own signature on the document itself.
             try:
-                await verify_object(activity.document, activity.actor, self.keys)
+                await self.objects.verify(
+                    activity.document, activity.actor, self.keys, signer=verified.signer
+                )
+            except RateLimited:
+                raise
             except SignatureError as exc:
                 raise SignatureError(
                     f"request signed by {verified.signer}, not by the actor "

@@ -201,3 +201,51 @@ async def test_the_last_untrusted_forwarded_hop_is_the_sender(
     chain = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.2.3"}
     assert (await sluice.post(carol, activity, headers=chain))[0] == 202
     assert (await sluice.parts.store.get(activity["id"]))["remote"] == "203.0.113.7"
+
+
+# --- relayed objects: their own signatures cost a bounded price ----------------
+
+
+async def test_a_relaying_signer_past_its_rate_gets_429_with_retry_after(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    from relay.signature import sign_ld
+
+    sluice = await sluice_factory(signatures={"object_rate_per_minute": 2})
+    alice = fediverse.actor("alice", key_index=0)
+    relay = fediverse.actor("relay", key_index=1)
+    other = fediverse.actor("other-relay", key_index=2)
+    answers = []
+    for _ in range(3):
+        signed = sign_ld(alice.activity(), alice.key, alice.key_id)
+        async with sluice.session.post(
+            sluice.url + "/inbox",
+            data=json.dumps(signed).encode(),
+            headers=relay.sign("https://social.example/inbox", json.dumps(signed).encode()),
+        ) as response:
+            answers.append((response.status, response.headers.get("Retry-After")))
+    assert answers[:2] == [(202, None), (202, None)]
+    status, retry_after = answers[2]
+    assert status == 429
+    assert retry_after is not None and int(retry_after) >= 1
+    # Another relaying signer has a rate of its own.
+    status, text = await sluice.post(other, sign_ld(alice.activity(), alice.key, alice.key_id))
+    assert status == 202, text
+    await wait_for(lambda: len(upstream.inbox_posts()) == 3)
+
+
+async def test_an_oversized_ld_signed_object_is_refused_before_canonicalising(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    from relay.signature import sign_ld
+
+    alice = fediverse.actor("alice", key_index=0)
+    relay = fediverse.actor("relay", key_index=1)
+    activity = alice.activity()
+    activity["object"]["tag"] = [
+        {"type": "Hashtag", "name": f"#t{i}", "href": f"{alice.id}/tags/t{i}"} for i in range(600)
+    ]
+    status, text = await sluice.post(relay, sign_ld(activity, alice.key, alice.key_id))
+    assert status == 401
+    assert "more than 2000 JSON values" in text
+    assert upstream.inbox_posts() == []
