@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["HOP_BY_HOP", "Envelope", "Proxies", "forwardable_headers"]
+__all__ = ["HOP_BY_HOP", "METHOD_OVERRIDES", "Envelope", "Proxies", "forwardable_headers"]
 
 #: RFC 9110 section 7.6.1 connection-specific headers, plus Content-Length,
 #: which the client recomputes from the body it sends.
@@ -26,10 +26,15 @@ HOP_BY_HOP = frozenset(
 )
 
 
+#: Headers that make frameworks (Rack::MethodOverride, Express's method-override) treat
+#: a POST as another method: the instance must see the request Sluice checked.
+METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+
+
 def forwardable_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     """The end-to-end headers of a request, in order, repeated headers kept."""
     items = headers.items()
-    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP]
+    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP | METHOD_OVERRIDES]
 
 
 _CLIENT_HEADERS = frozenset({"x-real-ip", "x-forwarded-for"})

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from relay.envelope import HOP_BY_HOP
+from relay.envelope import HOP_BY_HOP, METHOD_OVERRIDES
 
 __all__ = ["Passthrough"]
 
@@ -40,9 +40,6 @@ _KEPT = frozenset(
         "content-type",
     }
 )
-#: Headers some frameworks read as the real method: a PUT carrying
-#: ``X-HTTP-Method-Override: POST`` could reach an inbox as a POST that was never checked.
-_METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 # Negotiated by each hop on its own (aiohttp sends its own key and version upstream,
 # and answers the client with its own accept); the subprotocol is passed on apart.
 _HANDSHAKE = frozenset(
@@ -182,9 +179,7 @@ def _forwarded(request: web.Request) -> list[tuple[str, str]]:
     """The request's end-to-end headers, less method overrides, with the client's
     address appended to X-Forwarded-For: appended, never trusted, so that a client
     talking to Sluice directly does not choose the address the instance rate-limits by."""
-    headers = [
-        (k, v) for k, v in _end_to_end(request.headers) if k.lower() not in _METHOD_OVERRIDES
-    ]
+    headers = [(k, v) for k, v in _end_to_end(request.headers) if k.lower() not in METHOD_OVERRIDES]
     forwarded = request.headers.get("X-Forwarded-For")
     if request.remote:
         headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]

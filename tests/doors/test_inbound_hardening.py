@@ -249,3 +249,15 @@ async def test_an_oversized_ld_signed_object_is_refused_before_canonicalising(
     assert status == 401
     assert "more than 2000 JSON values" in text
     assert upstream.inbox_posts() == []
+
+
+async def test_method_overrides_do_not_reach_the_instance_with_an_inbox_post(
+    sluice: Running, fediverse: Fediverse, upstream: Upstream
+) -> None:
+    """Rack reads X-HTTP-Method-Override on a POST: the instance must see what was checked."""
+    carol = fediverse.actor("carol")
+    override = {"X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "PUT"}
+    assert (await sluice.post(carol, carol.activity(), headers=override))[0] == 202
+    [got] = await wait_for(upstream.inbox_posts)
+    assert "X-HTTP-Method-Override" not in got.headers
+    assert "X-HTTP-Method" not in got.headers
