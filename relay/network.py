@@ -36,10 +36,15 @@ __all__ = [
     "DEFAULT_USER_AGENT",
     "Fetched",
     "GuardedResolver",
+    "JsonDocument",
     "NetworkPolicy",
+    "absolute_url",
     "client_session",
     "fetch",
     "fetch_json",
+    "fetch_json_document",
+    "same_origin",
+    "same_url",
 ]
 
 DEFAULT_USER_AGENT = f"Sluice/{__version__} (ActivityPub filtering relay)"
@@ -472,16 +477,80 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def fetch_json(
+def absolute_url(value: object, *, fragment: bool = False) -> yarl.URL | None:
+    """``value`` as an absolute URL with a host (its fragment kept only if asked), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        url = yarl.URL(value)
+    except (ValueError, TypeError):
+        return None
+    if not url.is_absolute() or not url.host:
+        return None
+    return url if fragment else url.with_fragment(None)
+
+
+def same_url(a: object, b: object, *, fragment: bool = False) -> bool:
+    """Do ``a`` and ``b`` name one resource (fragments aside unless ``fragment``)?
+
+    Compared as parsed, so spellings of one URL agree (``:443``, ``%7E``, host case).
+    """
+    parsed = [absolute_url(u, fragment=fragment) for u in (a, b)]
+    if parsed[0] is None or parsed[1] is None:
+        return False
+    ua, ub = parsed
+    return (ua.scheme, ua.host, ua.port, ua.path or "/", ua.query_string, ua.fragment) == (
+        ub.scheme,
+        ub.host,
+        ub.port,
+        ub.path or "/",
+        ub.query_string,
+        ub.fragment,
+    )
+
+
+def same_origin(a: object, b: object) -> bool:
+    ua, ub = absolute_url(a), absolute_url(b)
+    if ua is None or ub is None:
+        return False
+    return (ua.scheme, ua.host, ua.port) == (ub.scheme, ub.host, ub.port)
+
+
+@dataclass(frozen=True)
+class JsonDocument:
+    """A JSON object and the URL that served it, after redirects.
+
+    Where a document came from is what lets a reader trust what it claims to be: a key
+    document is believed only when it was served at its own id, on the key's origin.
+    """
+
+    url: str
+    document: dict[str, Any]
+
+    @property
+    def at_its_id(self) -> bool:
+        """Was it served at its own id? Only then may it speak for that id."""
+        return same_url(self.document.get("id"), self.url)
+
+
+async def fetch_json_document(
     session: aiohttp.ClientSession,
     policy: NetworkPolicy,
     url: str,
     *,
     max_bytes: int = 1_048_576,
-) -> dict[str, Any]:
+    max_redirects: int = 5,
+    total_timeout: float | None = 30,
+) -> JsonDocument:
     """Fetch an ActivityStreams document; anything but a JSON object is a DecodeError."""
     fetched = await fetch(
-        session, policy, url, max_bytes=max_bytes, headers={"Accept": ACTIVITY_JSON_ACCEPT}
+        session,
+        policy,
+        url,
+        max_bytes=max_bytes,
+        headers={"Accept": ACTIVITY_JSON_ACCEPT},
+        max_redirects=max_redirects,
+        total_timeout=total_timeout,
     )
     try:
         # json.loads detects UTF-8/16/32 itself. RecursionError: deep nesting
@@ -491,4 +560,16 @@ async def fetch_json(
         raise DecodeError(f"{fetched.url}: not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise DecodeError(f"{fetched.url}: JSON is {type(document).__name__}, not an object")
-    return document
+    return JsonDocument(fetched.url, document)
+
+
+async def fetch_json(
+    session: aiohttp.ClientSession,
+    policy: NetworkPolicy,
+    url: str,
+    *,
+    max_bytes: int = 1_048_576,
+) -> dict[str, Any]:
+    """The document alone, for callers that need not know where it was served from."""
+    fetched = await fetch_json_document(session, policy, url, max_bytes=max_bytes)
+    return fetched.document

@@ -9,11 +9,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from relay.errors import KeyFetchError, SignatureError
+from relay.errors import DecodeError, KeyFetchError, SignatureError
+from relay.network import JsonDocument
 from relay.signature import KeyCache, PublicKey
 from relay.signature.keys import parse_key_document, verify_with_key
 from relay.signature.proof import b58encode
 from tests.conftest import public_pem as pem
+from tests.conftest import wait_for
 from tests.signature_support import (
     ALICE,
     KEY_ID,
@@ -98,7 +100,10 @@ def test_mastodon_key_document(rsa_key: rsa.RSAPrivateKey) -> None:
 
 
 async def test_gotosocial_key_document(rsa_key: rsa.RSAPrivateKey) -> None:
-    """GoToSocial's key id is a path (…/main-key) serving a stub with publicKey."""
+    """GoToSocial's key id is a path (…/main-key) serving a stub with publicKey.
+
+    Its actor answers only signed fetches (401 to ours), so the stub's shape vouches.
+    """
     key_id = "https://gts.example/users/bob/main-key"
     doc = {
         "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"],
@@ -110,9 +115,9 @@ async def test_gotosocial_key_document(rsa_key: rsa.RSAPrivateKey) -> None:
             "publicKeyPem": pem(rsa_key),
         },
     }
-    origin = Origin({key_id: doc})
+    origin = Origin({key_id: doc, "https://gts.example/users/bob": 401})
     key = await KeyCache(origin.fetch_json).resolve(key_id)
-    assert origin.fetches == [key_id]
+    assert origin.fetches == [key_id, "https://gts.example/users/bob"]
     assert key.owner == "https://gts.example/users/bob"
 
 
@@ -294,12 +299,13 @@ async def test_fetch_failures(status: int, gone: bool) -> None:
     assert str(caught.value) == f"could not fetch key {MAIN_KEY} (HTTP {status})"
 
 
-async def test_failures_are_not_cached(rsa_key: rsa.RSAPrivateKey) -> None:
-    origin = Origin({ALICE: 503})
-    cache = KeyCache(origin.fetch_json)
+async def test_failures_are_retried_after_failure_ttl(rsa_key: rsa.RSAPrivateKey) -> None:
+    origin, clock = Origin({ALICE: 503}), Clock()
+    cache = KeyCache(origin.fetch_json, failure_ttl=300, clock=clock)
     with pytest.raises(KeyFetchError):
         await cache.resolve(MAIN_KEY)
     origin.docs[ALICE] = actor(rsa_key)
+    clock.now += 301
     assert (await cache.resolve(MAIN_KEY)).owner == ALICE
 
 
@@ -347,3 +353,351 @@ async def test_retry_skipped_when_the_key_did_not_change(rsa_key: rsa.RSAPrivate
         await verify_with_key(KeyCache(origin.fetch_json), MAIN_KEY, check)
     assert len(checked) == 1
     assert origin.fetches == [ALICE, ALICE]
+
+
+# --- confirming the owner: a document's claim is not enough -----------------------------------
+
+BOB = "https://b.example/users/bob"
+UPLOAD = "https://b.example/files/upload-123.json"
+
+
+def bob(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    doc = actor(key)
+    doc["id"] = BOB
+    doc["publicKey"] = {"id": f"{BOB}#main-key", "owner": BOB, "publicKeyPem": pem(key)}
+    return doc
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [
+        # A bare key document naming bob as its owner.
+        lambda key: {"id": UPLOAD, "owner": BOB, "publicKeyPem": pem(key)},
+        # A whole actor document claiming to be bob.
+        lambda key: {
+            "id": BOB,
+            "type": "Person",
+            "publicKey": {"id": UPLOAD, "owner": BOB, "publicKeyPem": pem(key)},
+        },
+        # A stub reusing bob's real key id for another key.
+        lambda key: {
+            "id": BOB,
+            "publicKey": {"id": f"{BOB}#main-key", "owner": BOB, "publicKeyPem": pem(key)},
+        },
+    ],
+    ids=["key-document", "actor-document", "reused-key-id"],
+)
+async def test_an_uploaded_file_cannot_speak_for_its_hosts_actor(
+    rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey, upload: Any
+) -> None:
+    """Finding 1 (a): any JSON file served from bob's host could claim bob's key."""
+    origin = Origin({BOB: bob(rsa_key), UPLOAD: upload(rsa_key2)})
+    with pytest.raises(KeyFetchError, match=r"is not confirmed by its owner .*/bob"):
+        await KeyCache(origin.fetch_json).resolve(UPLOAD)
+    assert origin.fetches == [UPLOAD, BOB]
+
+
+async def test_an_uploaded_stub_is_refused_even_where_the_owner_needs_signed_fetches(
+    rsa_key2: rsa.RSAPrivateKey,
+) -> None:
+    """The GoToSocial allowance is for the server's own key path, not for any file."""
+    stub = {
+        "id": BOB,
+        "publicKey": {"id": UPLOAD, "owner": BOB, "publicKeyPem": pem(rsa_key2)},
+    }
+    origin = Origin({UPLOAD: stub, BOB: 401})
+    with pytest.raises(KeyFetchError, match=r"could not be fetched \(HTTP 401\)"):
+        await KeyCache(origin.fetch_json).resolve(UPLOAD)
+
+
+async def test_a_key_served_from_another_origin_is_refused(rsa_key: rsa.RSAPrivateKey) -> None:
+    """Finding 1 (b): an open redirect on bob's host ends on the attacker's."""
+    redirect = "https://b.example/redirect?to=https://evil.example/k.json"
+
+    async def fetch(url: str) -> JsonDocument:
+        assert url == redirect
+        return JsonDocument(
+            "https://evil.example/k.json",
+            {"id": redirect, "owner": BOB, "publicKeyPem": pem(rsa_key)},
+        )
+
+    with pytest.raises(KeyFetchError, match=r"was served from another origin"):
+        await KeyCache(fetch).resolve(redirect)
+
+
+async def test_a_same_origin_redirect_to_a_file_is_not_the_actor(
+    rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey
+) -> None:
+    redirect = "https://b.example/redirect?to=/files/upload-123.json"
+    docs = {BOB: bob(rsa_key)}
+
+    async def fetch(url: str) -> JsonDocument:
+        if url == redirect:  # the file claims bob's identity and the redirect's key id
+            claim = {"id": BOB, "publicKey": {"id": redirect, "publicKeyPem": pem(rsa_key2)}}
+            return JsonDocument(UPLOAD, claim)
+        return JsonDocument(url, docs[url])
+
+    with pytest.raises(KeyFetchError, match=r"the owner does not list it"):
+        await KeyCache(fetch).resolve(redirect)
+
+
+async def test_a_key_document_elsewhere_is_confirmed_by_its_owner(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    key_id = "https://b.example/keys/1"
+    owner = bob(rsa_key)
+    owner["publicKey"] = {"id": key_id, "owner": BOB, "publicKeyPem": pem(rsa_key)}
+    origin = Origin({key_id: {"id": key_id, "owner": BOB, "publicKeyPem": pem(rsa_key)}})
+    origin.docs[BOB] = owner
+    key = await KeyCache(origin.fetch_json).resolve(key_id)
+    assert (key.id, key.owner) == (key_id, BOB)
+    assert origin.fetches == [key_id, BOB]
+
+
+async def test_an_owner_may_list_the_key_by_reference(ed_key: ed25519.Ed25519PrivateKey) -> None:
+    key_id = "https://b.example/keys/ed"
+    multikey = {"id": key_id, "controller": BOB, "publicKeyMultibase": multibase(ed_key)}
+    owner = {"id": BOB, "type": "Person", "assertionMethod": [key_id]}
+    origin = Origin({key_id: multikey, BOB: owner})
+    assert (await KeyCache(origin.fetch_json).resolve(key_id)).owner == BOB
+
+
+@pytest.mark.parametrize(
+    ("listing", "message"),
+    [
+        ("other-key", "the owner lists another key under its id"),
+        ("other-owner", "the owner lists it for someone else"),
+        ("not-listed", "the owner does not list it"),
+        ("moved", "the owner's document is not served at its id"),
+    ],
+)
+async def test_an_owner_that_does_not_agree(
+    rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey, listing: str, message: str
+) -> None:
+    key_id = "https://b.example/keys/1"
+    entry = {"id": key_id, "owner": BOB, "publicKeyPem": pem(rsa_key2)}
+    owner = bob(rsa_key)
+    if listing == "other-key":
+        owner["publicKey"] = {**entry, "publicKeyPem": pem(rsa_key)}
+    elif listing == "other-owner":
+        owner["publicKey"] = {**entry, "owner": "https://b.example/users/carol"}
+    elif listing == "moved":
+        owner["id"] = "https://b.example/users/bob2"
+        owner["publicKey"] = entry
+    origin = Origin({key_id: entry, BOB: owner})
+    with pytest.raises(KeyFetchError, match=message):
+        await KeyCache(origin.fetch_json).resolve(key_id)
+
+
+async def test_gotosocial_stub_agrees_with_the_actor_when_it_can_be_fetched(
+    rsa_key: rsa.RSAPrivateKey, rsa_key2: rsa.RSAPrivateKey
+) -> None:
+    key_id = f"{BOB}/main-key"
+    stub = {"id": BOB, "publicKey": {"id": key_id, "owner": BOB, "publicKeyPem": pem(rsa_key)}}
+    full = {**bob(rsa_key), "publicKey": stub["publicKey"]}
+    origin = Origin({key_id: stub, BOB: full})
+    assert (await KeyCache(origin.fetch_json).resolve(key_id)).owner == BOB
+    # The same stub shape with another key than the actor's is refused.
+    origin.docs[key_id] = {
+        **stub,
+        "publicKey": {**stub["publicKey"], "publicKeyPem": pem(rsa_key2)},
+    }
+    with pytest.raises(KeyFetchError, match="the owner lists another key under its id"):
+        await KeyCache(origin.fetch_json).resolve(key_id)
+
+
+async def test_owner_on_another_origin_of_the_same_host_is_refused(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    key_id = "https://b.example/keys/1"
+    owner = "https://b.example:8443/users/bob"
+    origin = Origin({key_id: {"id": key_id, "owner": owner, "publicKeyPem": pem(rsa_key)}})
+    with pytest.raises(KeyFetchError, match="the owner is on another origin"):
+        await KeyCache(origin.fetch_json).resolve(key_id)
+    assert origin.fetches == [key_id]
+
+
+async def test_a_document_that_is_not_json_is_a_key_failure() -> None:
+    async def fetch(url: str) -> Any:
+        raise DecodeError(f"{url}: not valid JSON")
+
+    with pytest.raises(KeyFetchError, match=r"could not fetch key .* \(not a JSON object\)"):
+        await KeyCache(fetch).resolve(MAIN_KEY)
+
+
+# --- fetching sparingly (finding 7) -----------------------------------------------------------
+
+
+async def test_a_gone_key_is_fetched_once_and_stays_gone_from_the_cache() -> None:
+    origin, clock = Origin({ALICE: 410}), Clock()
+    cache = KeyCache(origin.fetch_json, failure_ttl=300, clock=clock)
+    for _ in range(10):
+        with pytest.raises(KeyFetchError) as caught:
+            await cache.resolve(MAIN_KEY)
+        assert caught.value.gone
+    assert origin.fetches == [ALICE]
+    clock.now += 301
+    with pytest.raises(KeyFetchError):
+        await cache.resolve(MAIN_KEY)
+    assert origin.fetches == [ALICE, ALICE]
+
+
+async def test_a_document_that_does_not_confirm_is_cached_as_a_failure(
+    rsa_key2: rsa.RSAPrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    origin = Origin(
+        {BOB: bob(rsa_key), UPLOAD: {"id": UPLOAD, "owner": BOB, "publicKeyPem": pem(rsa_key2)}}
+    )
+    cache = KeyCache(origin.fetch_json)
+    for _ in range(5):
+        with pytest.raises(KeyFetchError, match="not confirmed") as caught:
+            await cache.resolve(UPLOAD)
+        assert not caught.value.gone
+    assert origin.fetches == [UPLOAD, BOB]
+
+
+async def test_bad_signatures_refetch_a_cached_key_once(rsa_key: rsa.RSAPrivateKey) -> None:
+    origin, clock = Origin({ALICE: actor(rsa_key)}), Clock()
+    cache = KeyCache(origin.fetch_json, refresh_interval=300, clock=clock)
+    await cache.resolve(MAIN_KEY)
+    attempts = [verify_with_key(cache, MAIN_KEY, lambda key: "bad signature") for _ in range(20)]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    assert all(isinstance(r, SignatureError) for r in results)
+    for _ in range(20):
+        with pytest.raises(SignatureError, match=r"^bad signature$"):
+            await verify_with_key(cache, MAIN_KEY, lambda key: "bad signature")
+    assert origin.fetches == [ALICE, ALICE]
+    clock.now += 301  # a while later, one more look is allowed
+    with pytest.raises(SignatureError):
+        await verify_with_key(cache, MAIN_KEY, lambda key: "bad signature")
+    assert origin.fetches == [ALICE, ALICE, ALICE]
+
+
+async def test_a_quiet_refresh_still_serves_a_gone_verdict_it_learnt(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    """A refresh that finds the actor gone replaces the key: a Delete then gets 202."""
+    origin = Origin({ALICE: actor(rsa_key)})
+    cache = KeyCache(origin.fetch_json)
+    await cache.resolve(MAIN_KEY)
+    origin.docs[ALICE] = 410
+    with pytest.raises(KeyFetchError) as caught:
+        await verify_with_key(cache, MAIN_KEY, lambda key: "bad signature")
+    assert caught.value.gone
+    with pytest.raises(KeyFetchError) as caught:
+        await cache.resolve(MAIN_KEY)
+    assert caught.value.gone
+    assert origin.fetches == [ALICE, ALICE]
+
+
+class Stalled(Origin):
+    """An origin whose answers wait until the test releases them."""
+
+    def __init__(self, docs: dict[str, Any]) -> None:
+        super().__init__(docs)
+        self.release = asyncio.Event()
+        self.running = 0
+        self.most = 0
+
+    async def fetch_json(self, url: str) -> dict:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.wait()
+            return await super().fetch_json(url)
+        finally:
+            self.running -= 1
+
+
+def actors_on(host: str, key: rsa.RSAPrivateKey, count: int) -> dict[str, Any]:
+    docs = {}
+    for n in range(count):
+        doc = actor(key)
+        doc["id"] = f"https://{host}/users/u{n}"
+        doc["publicKey"] = {**doc["publicKey"], "id": f"{doc['id']}#k", "owner": doc["id"]}
+        docs[doc["id"]] = doc
+    return docs
+
+
+async def test_at_most_per_host_fetches_run_at_once(rsa_key: rsa.RSAPrivateKey) -> None:
+    docs = actors_on("a.example", rsa_key, 6) | actors_on("b.example", rsa_key, 1)
+    origin = Stalled(docs)
+    cache = KeyCache(origin.fetch_json, per_host=2)
+    waiting = [asyncio.ensure_future(cache.resolve(f"{url}#k")) for url in docs]
+    await wait_for(lambda: origin.running == 3)  # two of a.example, one of b.example
+    origin.release.set()
+    keys = await asyncio.gather(*waiting)
+    assert [k.owner for k in keys] == list(docs)
+    assert origin.most == 3
+
+
+async def test_a_key_fetch_ends_within_the_timeout_and_is_cached_as_failed() -> None:
+    origin = Stalled({})
+    cache = KeyCache(origin.fetch_json, timeout=0.2)
+    with pytest.raises(KeyFetchError, match=r"no answer within 0\.2 s") as caught:
+        await asyncio.wait_for(cache.resolve(MAIN_KEY), timeout=10)
+    assert not caught.value.gone
+    with pytest.raises(KeyFetchError, match=r"no answer within 0\.2 s"):
+        await cache.resolve(MAIN_KEY)
+    assert origin.fetches == [] and origin.most == 1  # answered from the cache
+
+
+async def test_waiting_for_a_busy_host_is_not_remembered(rsa_key: rsa.RSAPrivateKey) -> None:
+    """Our own queue is no news about the key: a genuine key behind slow ones is not
+    cached as failed, and each confirmation that starts gets its whole timeout."""
+    docs = actors_on("a.example", rsa_key, 3)
+    origin = Stalled(docs)
+    cache = KeyCache(origin.fetch_json, per_host=1, timeout=0.5)
+    first, second, third = (f"{url}#k" for url in docs)
+    holding = asyncio.ensure_future(cache.resolve(first))
+    await wait_for(lambda: origin.running == 1)
+    queued = asyncio.ensure_future(cache.resolve(second))  # gets its turn when first ends
+    behind = asyncio.ensure_future(cache.resolve(third))  # would get it when second ends
+    with pytest.raises(KeyFetchError, match=r"too many fetches from its host"):
+        await behind
+    for waiting in (holding, queued):
+        with pytest.raises(KeyFetchError, match=r"no answer within 0\.5 s"):
+            await waiting
+    origin.release.set()
+    assert (await cache.resolve(third)).owner == third.partition("#")[0]
+
+
+async def test_a_client_waits_on_a_limited_number_of_unknown_keys(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    docs = {}
+    for host in ("a.example", "b.example", "c.example", "d.example"):
+        docs |= actors_on(host, rsa_key, 2)
+    origin = Stalled(docs)
+    cache = KeyCache(origin.fetch_json, per_client=3, per_host=8)
+    ids = [f"{url}#k" for url in docs]
+    pushy = cache.for_client("192.0.2.7")
+    waiting = [asyncio.ensure_future(pushy.resolve(key_id)) for key_id in ids[:3]]
+    # The same key again joins its fetch and costs nothing more.
+    waiting.append(asyncio.ensure_future(pushy.resolve(ids[0])))
+    await wait_for(lambda: origin.running == 3)
+    with pytest.raises(KeyFetchError, match=r"too many unknown keys .* \(limit 3\)") as caught:
+        await pushy.resolve(ids[3])
+    assert not caught.value.gone
+    # Another client, and the door without a client, are not held back by this one.
+    other = asyncio.ensure_future(cache.for_client("192.0.2.8").resolve(ids[4]))
+    unnamed = asyncio.ensure_future(cache.for_client(None).resolve(ids[5]))
+    await wait_for(lambda: origin.running == 5)
+    origin.release.set()
+    await asyncio.gather(*waiting, other, unnamed)
+    # Cached keys cost nothing, and the client's room is back.
+    assert (await pushy.resolve(ids[3])).owner == ids[3].partition("#")[0]
+    assert all([await pushy.resolve(key_id) for key_id in ids[:3]])
+
+
+async def test_one_ipv6_site_counts_as_one_client(rsa_key: rsa.RSAPrivateKey) -> None:
+    docs = actors_on("a.example", rsa_key, 2)
+    origin = Stalled(docs)
+    cache = KeyCache(origin.fetch_json, per_client=1)
+    first, second = (f"{url}#k" for url in docs)
+    waiting = asyncio.ensure_future(cache.for_client("2001:db8:1:2::1").resolve(first))
+    await wait_for(lambda: origin.running == 1)
+    with pytest.raises(KeyFetchError, match="too many unknown keys"):
+        await cache.for_client("2001:db8:1:2:ffff::9").resolve(second)
+    origin.release.set()
+    await waiting

@@ -9,14 +9,22 @@ Fediverse servers publish keys in several shapes, all accepted here:
 - FEP-521a ``assertionMethod`` Multikey entries (``publicKeyMultibase``), as Mastodon 4.4+
   and Fedify publish for Ed25519;
 - a bare Multikey document with a ``controller``.
+
+A document only says who owns a key; any file a host serves (a user's upload, the end of
+an open redirect) can say it. So the claim is believed only when the owner says so too,
+as Mastodon confirms the owner: the key came from the owner's own document, served at its
+id on the key id's origin, or the owner's document lists exactly this key id with the
+same key material.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -24,9 +32,15 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+    load_pem_public_key,
+)
 
-from relay.errors import FetchError, KeyFetchError, SignatureError
+from relay.errors import DecodeError, FetchError, KeyFetchError, SignatureError
+from relay.network import JsonDocument, absolute_url, same_origin, same_url
 
 __all__ = [
     "KeyCache",
@@ -41,6 +55,10 @@ __all__ = [
 # Multicodec prefixes (varint) of FEP-521a publicKeyMultibase values.
 _ED25519_PUB = b"\xed\x01"
 _RSA_PUB = b"\x85\x24"  # 0x1205, followed by a DER PKCS#1 RSAPublicKey
+
+# What fetches a key document: the document alone (taken as served at the URL asked
+# for, so a fetcher that follows redirects must say where it ended), or a JsonDocument.
+KeyFetcher = Callable[[str], Awaitable["Mapping[str, Any] | JsonDocument"]]
 
 
 @dataclass(frozen=True)
@@ -68,42 +86,90 @@ class KeyResolver(Protocol):
     async def resolve(self, key_id: str, *, refresh: bool = False) -> PublicKey: ...
 
 
-class KeyCache:
-    """A KeyResolver that fetches key documents and caches the keys for `ttl` seconds.
+@dataclass(frozen=True)
+class _Known:
+    """A cached outcome for a key id: its confirmed key, or why there is none."""
 
-    Concurrent resolves of one key share a single fetch, so a burst of deliveries from a
-    new peer costs one request to its server. ``refresh=True`` skips the cache: the
-    verifiers use it once when a signature fails, in case the key was rotated.
+    expires: float
+    key: PublicKey | None = None
+    error: str = ""
+    gone: bool = False
+
+    def outcome(self) -> PublicKey:
+        if self.key is None:
+            raise KeyFetchError(self.error, gone=self.gone)
+        return self.key
+
+
+class KeyCache:
+    """A KeyResolver that fetches, confirms and caches keys, and fetches sparingly.
+
+    Every key id a request names costs a fetch from a URL the sender chose, so:
+
+    - confirmed keys are kept `ttl` seconds, failures (404/410, timeouts, documents that
+      do not confirm the key) `failure_ttl` seconds; a gone key stays gone from the cache,
+      so a Delete from a deleted actor is still recognised;
+    - concurrent resolves of one key share a single fetch;
+    - ``refresh=True`` (a signature failed: the key may have been rotated) fetches again,
+      but once a refresh has found the key unchanged or unreachable, further refreshes of
+      that key are answered from the cache for `refresh_interval` seconds;
+    - at most `per_host` confirmations (one or two fetches each) run at once per host; one
+      waits at most `timeout` seconds for its turn (then fails, and nothing is cached) and
+      runs at most `timeout` seconds;
+    - ``for_client(remote)`` gives a view that lets one client address (an IPv6 /64) wait
+      on at most `per_client` uncached keys at once.
     """
 
     def __init__(
         self,
-        fetch_json: Callable[[str], Awaitable[dict]],
+        fetch_json: KeyFetcher,
         *,
         ttl: float = 3600,
+        failure_ttl: float = 300,
+        refresh_interval: float = 300,
+        timeout: float | None = 5,
+        per_host: int = 2,
+        per_client: int = 8,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 10000,
     ) -> None:
         self._fetch_json = fetch_json
         self._ttl = ttl
+        self._failure_ttl = failure_ttl
+        self._refresh_interval = refresh_interval
+        self._timeout = timeout
         self._clock = clock
         self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, PublicKey]] = OrderedDict()
+        self._entries: OrderedDict[str, _Known] = OrderedDict()
+        self._quiet: OrderedDict[str, float] = OrderedDict()  # key id -> no refresh until
         self._inflight: dict[str, asyncio.Future[PublicKey]] = {}
+        self._hosts = _Slots(per_host)
+        self._clients = _Waiting(per_client)
 
     async def resolve(self, key_id: str, *, refresh: bool = False) -> PublicKey:
+        return await self._resolve(key_id, refresh, None)
+
+    def for_client(self, remote: str | None) -> KeyResolver:
+        """This cache, as seen by requests from `remote` (None: no per-client limit)."""
+        return _ClientKeys(self, _client_bucket(remote))
+
+    async def _resolve(self, key_id: str, refresh: bool, client: str | None) -> PublicKey:
+        now = self._clock()
+        if refresh and self._quiet.get(key_id, now) > now:
+            refresh = False
         if not refresh:
-            entry = self._entries.get(key_id)
-            if entry is not None and entry[0] > self._clock():
+            known = self._entries.get(key_id)
+            if known is not None and known.expires > now:
                 self._entries.move_to_end(key_id)
-                return entry[1]
-        task = self._inflight.get(key_id)
-        if task is None:
-            task = asyncio.ensure_future(self._load(key_id))
-            self._inflight[key_id] = task
-            task.add_done_callback(lambda done: self._landed(key_id, done))
-        # shield: one caller giving up must not cancel the fetch the others wait on.
-        return await asyncio.shield(task)
+                return known.outcome()
+        with self._clients.waiting(client, key_id):
+            task = self._inflight.get(key_id)
+            if task is None:
+                task = asyncio.ensure_future(self._load(key_id, refresh))
+                self._inflight[key_id] = task
+                task.add_done_callback(lambda done: self._landed(key_id, done))
+            # shield: one caller giving up must not cancel the fetch the others wait on.
+            return await asyncio.shield(task)
 
     def _landed(self, key_id: str, task: asyncio.Future[PublicKey]) -> None:
         if self._inflight.get(key_id) is task:
@@ -111,30 +177,210 @@ class KeyCache:
         if not task.cancelled():
             task.exception()  # mark retrieved, should every waiter have gone
 
-    async def _load(self, key_id: str) -> PublicKey:
-        url = key_id.partition("#")[0]
+    async def _load(self, key_id: str, refresh: bool) -> PublicKey:
+        before = self._live_key(key_id)
         try:
-            document = await self._fetch_json(url)
-        except FetchError as exc:
-            gone = exc.status in (404, 410)
-            reason = f"HTTP {exc.status}" if exc.status else "fetch failed"
-            raise KeyFetchError(f"could not fetch key {key_id} ({reason})", gone=gone) from exc
-        if not isinstance(document, Mapping):
-            raise KeyFetchError(f"key document for {key_id} is not a JSON object")
-        key = parse_key_document(document, key_id)
-        self._store(key_id, key)
-        return key
+            async with self._hosts.slot(_host(key_id), wait=self._timeout):
+                async with asyncio.timeout(self._timeout):
+                    key = await self._confirmed(key_id)
+        except _Busy:
+            # Our own queue for the host was full: nothing was learnt, so keep nothing.
+            raise KeyFetchError(
+                f"could not fetch key {key_id} (too many fetches from its host); retry later"
+            ) from None
+        except KeyFetchError as exc:
+            failure = exc
+        except TimeoutError:
+            failure = KeyFetchError(
+                f"could not fetch key {key_id} (no answer within {self._timeout:g} s)"
+            )
+        else:
+            self._store(key_id, _Known(self._clock() + self._ttl, key=key))
+            if refresh:
+                self._quieten(key_id, found_nothing_new=key == before)
+            return key
+        if refresh:
+            self._quieten(key_id, found_nothing_new=True)
+        if not (refresh and before is not None and not failure.gone):
+            # A refresh that fails for a passing reason keeps the key it had.
+            expires = self._clock() + self._failure_ttl
+            self._store(key_id, _Known(expires, error=str(failure), gone=failure.gone))
+        raise failure
 
-    def _store(self, key_id: str, key: PublicKey) -> None:
-        self._entries[key_id] = (self._clock() + self._ttl, key)
+    def _live_key(self, key_id: str) -> PublicKey | None:
+        known = self._entries.get(key_id)
+        if known is None or known.expires <= self._clock():
+            return None
+        return known.key
+
+    def _quieten(self, key_id: str, *, found_nothing_new: bool) -> None:
+        if not found_nothing_new:
+            self._quiet.pop(key_id, None)
+            return
+        self._quiet[key_id] = self._clock() + self._refresh_interval
+        self._quiet.move_to_end(key_id)
+        while len(self._quiet) > self._max_entries:
+            self._quiet.popitem(last=False)
+
+    def _store(self, key_id: str, known: _Known) -> None:
+        self._entries[key_id] = known
         self._entries.move_to_end(key_id)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    async def _confirmed(self, key_id: str) -> PublicKey:
+        """Fetch the key and make sure its owner stands behind it."""
+        try:
+            at, document = await self._fetch(key_id.partition("#")[0])
+        except (FetchError, DecodeError) as exc:
+            gone = isinstance(exc, FetchError) and exc.status in (404, 410)
+            raise KeyFetchError(f"could not fetch key {key_id} ({_why(exc)})", gone=gone) from exc
+        if not same_origin(at, key_id):
+            raise KeyFetchError(f"key {key_id} was served from another origin")
+        key = parse_key_document(document, key_id)
+        if same_url(document.get("id"), at) and same_url(key.owner, at, fragment=True):
+            return key  # the owner's own document, served at its own id
+        await self._confirm_owner(key, document, at)
+        return key
+
+    async def _confirm_owner(self, key: PublicKey, document: Mapping[str, Any], at: str) -> None:
+        """Fetch the key's owner; it must list exactly this key id, with the same key."""
+        owner = key.owner
+        refused = f"key {key.id} is not confirmed by its owner {owner}"
+        if not same_origin(owner, key.id):
+            raise KeyFetchError(f"{refused}: the owner is on another origin")
+        try:
+            owner_at, owner_doc = await self._fetch(owner)
+        except (FetchError, DecodeError) as exc:
+            if _authorized_fetch_only(exc) and _served_stub(key, document, at):
+                return
+            raise KeyFetchError(f"{refused}: the owner could not be fetched ({_why(exc)})") from exc
+        if not (
+            same_url(owner_at, owner, fragment=True)
+            and same_url(owner_doc.get("id"), owner, fragment=True)
+        ):
+            raise KeyFetchError(f"{refused}: the owner's document is not served at its id")
+        listed = _listed(owner_doc, key.id)
+        if listed is None:
+            raise KeyFetchError(f"{refused}: the owner does not list it")
+        if isinstance(listed, str):
+            # Listed by reference: the key document must then be the key's own.
+            if document.get("id") != key.id or not same_url(key.id, at):
+                raise KeyFetchError(f"{refused}: the key document is not served at its id")
+            return
+        entry_owner = listed.get("owner") or listed.get("controller") or owner_doc.get("id")
+        if entry_owner != owner:
+            raise KeyFetchError(f"{refused}: the owner lists it for someone else")
+        if not _same_key(_load_key(listed, key.id), key.key):
+            raise KeyFetchError(f"{refused}: the owner lists another key under its id")
+
+    async def _fetch(self, url: str) -> tuple[str, Mapping[str, Any]]:
+        fetched = await self._fetch_json(url)
+        if isinstance(fetched, JsonDocument):
+            at, document = fetched.url, fetched.document
+        else:
+            at, document = url, fetched
+        if not isinstance(document, Mapping):
+            raise DecodeError(f"{at}: not a JSON object")
+        return at, document
+
+
+class _ClientKeys:
+    """A KeyCache as one client sees it: its uncached keys count against its limit."""
+
+    def __init__(self, cache: KeyCache, client: str | None) -> None:
+        self._cache = cache
+        self._client = client
+
+    async def resolve(self, key_id: str, *, refresh: bool = False) -> PublicKey:
+        return await self._cache._resolve(key_id, refresh, self._client)
+
+
+class _Busy(Exception):
+    """No slot became free in time."""
+
+
+class _Slots:
+    """At most `size` holders at once per name; a name's semaphore lives while it is used."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._used: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @asynccontextmanager
+    async def slot(self, name: str, *, wait: float | None) -> AsyncIterator[None]:
+        """Hold one of `name`'s slots; raise _Busy when none frees within `wait` seconds."""
+        semaphore, users = self._used.get(name, (None, 0))
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self._size)
+        self._used[name] = (semaphore, users + 1)
+        try:
+            try:
+                async with asyncio.timeout(wait):
+                    await semaphore.acquire()
+            except TimeoutError:
+                raise _Busy from None
+            try:
+                yield
+            finally:
+                semaphore.release()
+        finally:
+            semaphore, users = self._used[name]
+            if users == 1:
+                del self._used[name]
+            else:
+                self._used[name] = (semaphore, users - 1)
+
+
+class _Waiting:
+    """Which uncached keys each client is waiting on, at most `limit` per client."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._by_client: dict[str, dict[str, int]] = {}
+
+    @contextmanager
+    def waiting(self, client: str | None, key_id: str) -> Iterator[None]:
+        if client is None:
+            yield
+            return
+        keys = self._by_client.get(client, {})
+        if key_id not in keys and len(keys) >= self._limit:
+            raise KeyFetchError(
+                f"too many unknown keys from this sender are being fetched at once "
+                f"(limit {self._limit}); retry later"
+            )
+        self._by_client[client] = keys
+        keys[key_id] = keys.get(key_id, 0) + 1
+        try:
+            yield
+        finally:
+            keys[key_id] -= 1
+            if not keys[key_id]:
+                del keys[key_id]
+            if not keys:
+                self._by_client.pop(client, None)
+
+
+def _client_bucket(remote: str | None) -> str | None:
+    """Who counts as one client: an IPv4 address, an IPv6 /64 (one site's allocation)."""
+    if not remote:
+        return None
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def parse_key_document(document: Mapping[str, Any], key_id: str) -> PublicKey:
     """Find the key `key_id` in a fetched actor, key or Multikey document.
 
+    This reads what the document claims; KeyCache confirms the claim with the owner.
     Raises KeyFetchError when there is no usable key, or when the key claims an owner on
     another host: the document came from the key id's host, which may speak only for
     its own actors.
@@ -161,15 +407,67 @@ def _candidates(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if "publicKeyPem" in document or "publicKeyMultibase" in document:
         return [document]
     found: list[Mapping[str, Any]] = []
+    for entry in _entries(document):
+        # Entries given only by reference (a string) would need another fetch; skip them.
+        if isinstance(entry, Mapping) and (
+            "publicKeyPem" in entry or "publicKeyMultibase" in entry
+        ):
+            found.append(entry)
+    return found
+
+
+def _entries(document: Mapping[str, Any]) -> Iterator[object]:
     for field in ("publicKey", "assertionMethod"):
         value = document.get(field)
-        for entry in value if isinstance(value, list) else [value]:
-            # Entries given only by reference (a string) would need another fetch; skip them.
-            if isinstance(entry, Mapping) and (
-                "publicKeyPem" in entry or "publicKeyMultibase" in entry
-            ):
-                found.append(entry)
-    return found
+        yield from value if isinstance(value, list) else [value]
+
+
+def _listed(owner_doc: Mapping[str, Any], key_id: str) -> Mapping[str, Any] | str | None:
+    """The owner's entry for exactly `key_id`: an embedded key, a reference, or None."""
+    for entry in _entries(owner_doc):
+        if entry == key_id or (isinstance(entry, Mapping) and entry.get("id") == key_id):
+            return entry  # type: ignore[return-value]
+    return None
+
+
+def _served_stub(key: PublicKey, document: Mapping[str, Any], at: str) -> bool:
+    """GoToSocial's shape, trusted when its owner refuses unsigned fetches.
+
+    GoToSocial serves a stub of the actor at ``…/users/NAME/main-key`` (unsigned, so keys
+    can be fetched at all) and the actor itself only to signed requests. Without the
+    owner's word, the stub is believed only where nothing but the server speaks: served
+    at exactly the key id, one path segment below the owner it names, listing the key
+    by that id.
+    """
+    key_url = absolute_url(key.id, fragment=True)
+    owner_url = absolute_url(key.owner, fragment=True)
+    if key_url is None or owner_url is None or key_url.fragment or owner_url.fragment:
+        return False
+    base = owner_url.path.rstrip("/")
+    below = key_url.path.removeprefix(base + "/")
+    return (
+        bool(base)
+        and key_url.path.startswith(base + "/")
+        and bool(below)
+        and "/" not in below
+        and not key_url.query_string
+        and not owner_url.query_string
+        and same_url(at, key.id, fragment=True)
+        and document.get("id") == key.owner
+        and any(c.get("id") == key.id for c in _candidates(document))
+    )
+
+
+def _authorized_fetch_only(exc: Exception) -> bool:
+    return isinstance(exc, FetchError) and exc.status in (401, 403)
+
+
+def _why(exc: Exception) -> str:
+    """A fetch failure in words for the sender: the status, never our network's details."""
+    if isinstance(exc, DecodeError):
+        return "not a JSON object"
+    status = getattr(exc, "status", None)
+    return f"HTTP {status}" if status else "fetch failed"
 
 
 def _load_key(entry: Mapping[str, Any], key_id: str) -> RSAPublicKey | Ed25519PublicKey:
@@ -200,6 +498,11 @@ def _load_multibase(value: object) -> object:
     raise ValueError("unsupported multicodec key type")
 
 
+def _same_key(a: RSAPublicKey | Ed25519PublicKey, b: RSAPublicKey | Ed25519PublicKey) -> bool:
+    spki = Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    return a.public_bytes(*spki) == b.public_bytes(*spki)
+
+
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
@@ -216,9 +519,10 @@ async def verify_with_key(
     """Run `check` against the signer's key; return the key it accepts.
 
     `check` returns None when the signature verifies, else the reason it does not. On a
-    failure the key is fetched once more, bypassing the cache, because the actor may have
-    rotated its key since we cached it. If that fetch finds the actor gone, KeyFetchError
-    (gone=True) is raised; any other fetch failure leaves the original reason standing.
+    failure the key is asked for once more with ``refresh=True``, because the actor may
+    have rotated its key since we cached it (KeyCache decides whether that fetches). If
+    that finds the actor gone, KeyFetchError (gone=True) is raised; any other fetch
+    failure leaves the original reason standing.
     """
     key = await keys.resolve(key_id)
     problem = check(key)
