@@ -468,7 +468,7 @@ async def test_an_owner_may_list_the_key_by_reference(ed_key: ed25519.Ed25519Pri
         ("other-key", "the owner lists another key under its id"),
         ("other-owner", "the owner lists it for someone else"),
         ("not-listed", "the owner does not list it"),
-        ("moved", "the owner's document is not served at its id"),
+        ("moved", "the owner's document has another id"),
     ],
 )
 async def test_an_owner_that_does_not_agree(
@@ -487,6 +487,35 @@ async def test_an_owner_that_does_not_agree(
     origin = Origin({key_id: entry, BOB: owner})
     with pytest.raises(KeyFetchError, match=message):
         await KeyCache(origin.fetch_json).resolve(key_id)
+
+
+@pytest.mark.parametrize(
+    ("canonical", "accepted"),
+    [("https://b.example/author/bob/", True), ("https://elsewhere.example/bob", False)],
+)
+async def test_an_actor_redirected_to_its_canonical_path(
+    rsa_key: rsa.RSAPrivateKey, canonical: str, accepted: bool
+) -> None:
+    """Some servers redirect an actor's id to a canonical page that serves it (same id)."""
+    actor_id = "https://b.example/?author=1"
+    key_id = f"{actor_id}#main-key"
+    doc = {
+        "id": actor_id,
+        "type": "Person",
+        "publicKey": {"id": key_id, "owner": actor_id, "publicKeyPem": pem(rsa_key)},
+    }
+    fetches: list[str] = []
+
+    async def fetch(url: str) -> JsonDocument:
+        fetches.append(url)
+        return JsonDocument(canonical, doc)  # every fetch of the id ends there
+
+    if accepted:
+        assert (await KeyCache(fetch).resolve(key_id)).owner == actor_id
+        assert fetches == [actor_id, actor_id]  # not at its id: the owner is asked again
+    else:
+        with pytest.raises(KeyFetchError, match="was served from another origin"):
+            await KeyCache(fetch).resolve(key_id)
 
 
 async def test_gotosocial_stub_agrees_with_the_actor_when_it_can_be_fetched(

@@ -255,11 +255,12 @@ class KeyCache:
             if _authorized_fetch_only(exc) and _served_stub(key, document, at):
                 return
             raise KeyFetchError(f"{refused}: the owner could not be fetched ({_why(exc)})") from exc
-        if not (
-            same_url(owner_at, owner, fragment=True)
-            and same_url(owner_doc.get("id"), owner, fragment=True)
-        ):
-            raise KeyFetchError(f"{refused}: the owner's document is not served at its id")
+        # The owner URL is the actor's, not the sender's choice: where its own server
+        # redirects it on the same origin (a canonical path) is that server's word too.
+        if not same_origin(owner_at, owner):
+            raise KeyFetchError(f"{refused}: the owner was served from another origin")
+        if not same_url(owner_doc.get("id"), owner, fragment=True):
+            raise KeyFetchError(f"{refused}: the owner's document has another id")
         listed = _listed(owner_doc, key.id)
         if listed is None:
             raise KeyFetchError(f"{refused}: the owner does not list it")
