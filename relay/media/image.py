@@ -19,6 +19,12 @@ bits of the hashes in the lists we match against:
 
 Nothing here writes to disk: Pillow reads from a BytesIO, and only plugins that
 decode in memory are enabled (no EPS/Ghostscript, no external decoders).
+
+Decoding is the costly part and the sender chooses its size, so an image is
+refused before its pixels are decoded when it has more than ``max_pixels``, or
+when it is large and has far more pixels than its bytes could honestly carry
+(``max_pixels_per_byte``). ``survey`` reads the same header to tell a caller what
+decoding will cost (relay/media/hasher.py budgets by it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import hashlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +48,19 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from relay.errors import DecodeError
 
-__all__ = ["Hashes", "Kind", "PdqHash", "hash_file", "hash_media", "sniff"]
+__all__ = [
+    "DENSE_ABOVE",
+    "MAX_PIXELS",
+    "MAX_PIXELS_PER_BYTE",
+    "Hashes",
+    "Kind",
+    "PdqHash",
+    "Survey",
+    "hash_file",
+    "hash_media",
+    "sniff",
+    "survey",
+]
 
 Kind = Literal["image", "video", "audio", "unknown"]
 
@@ -50,9 +70,23 @@ Kind = Literal["image", "video", "audio", "unknown"]
 # corpus of bench/hashing.py: at most 6 bits off, where hashing the shrunk pixels
 # as they were cost up to 20-46 bits. Smaller JPEG scales are where
 # the time goes (a 1 MP JPEG decodes 1.5x faster at 1/2 scale); a smaller box
-# shrink gains little, as a PNG's time is its full decode.
+# shrink gains little, as a PNG's time is its full decode. Pillow shrinks while
+# decoding only JPEG (draft); WebP, AVIF, PNG, GIF, TIFF and BMP decode in full
+# (11-42 ms a megapixel, 4.4-17.6 bytes a pixel in RGB: see _BYTES_PER_PIXEL),
+# which is what MAX_PIXELS and MAX_PIXELS_PER_BYTE below bound.
 JPEG_HASH_SIZE = 256
 HASH_SIZE = 512
+
+# The most pixels an image (one frame; a whole animation's decoded frames) may
+# have: 7680x4320, what Mastodon accepts of local and remote media alike
+# (Attachmentable::MAX_MATRIX_LIMIT). Larger, Mastodon shows a link, not a picture.
+MAX_PIXELS = 33_177_600
+# Above 3840x2160 (the size Mastodon stores originals at, so nothing a Mastodon
+# server serves), a frame needs a byte per MAX_PIXELS_PER_BYTE pixels. Screenshots
+# of that size take 25-140 pixels a byte, photos under 10; a flat colour in RGB
+# PNG, 300 (deflate's limit is 344), and far more as a palette PNG, GIF or WebP.
+DENSE_ABOVE = 8_294_400
+MAX_PIXELS_PER_BYTE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +118,63 @@ class Hashes:
     """Frames in the file (1 for a still image, 0 when not an image)."""
 
 
-def hash_media(data: bytes, *, max_pixels: int = 50_000_000, max_frames: int = 8) -> Hashes:
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What hashing some bytes will cost, read from the image's header alone."""
+
+    pixels: int
+    """Pixels decoded: every frame decoded on the way to the last one hashed, a
+    JPEG at the scale it is decoded at; 0 when not an image."""
+    memory: int
+    """Bytes held at once while decoding and hashing, estimated from the colour
+    mode and format (measured, rounded up); 0 when not an image."""
+
+
+def hash_media(
+    data: bytes,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_frames: int = 8,
+    max_pixels_per_byte: float = MAX_PIXELS_PER_BYTE,
+    dense_above: int = DENSE_ABOVE,
+) -> Hashes:
     """Hash ``data``; DecodeError if it is an image that cannot be decoded.
 
-    Decompression bombs (a frame of more than ``max_pixels``) raise DecodeError
-    before their pixels are decoded. Video, audio and unknown bytes get SHA-256
-    and MD5 only; the caller decides what unhashed media means.
+    Decompression bombs (a frame of more than ``max_pixels``, or of more than
+    ``dense_above`` pixels and more than ``max_pixels_per_byte`` of them per byte
+    of ``data``) raise DecodeError before their pixels are decoded. Video, audio
+    and unknown bytes get SHA-256 and MD5 only; the caller decides what unhashed
+    media means.
     """
     sha256 = hashlib.sha256(data).hexdigest()
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     kind, mime = sniff(data)
     if kind != "image" or mime is None:
         return Hashes(sha256, md5, kind, mime, (), (), None, None, 0)
-    formats = _PILLOW_FORMATS.get(mime)
-    if formats is None:
-        raise DecodeError(f"cannot decode {mime}: no decoder for it")
-    pdq, dihedral, width, height, frames = _decode_and_hash(
-        data, mime, formats, max_pixels, max_frames
-    )
+    limits = _Limits(max_pixels, max_frames, max_pixels_per_byte, dense_above)
+    with _opened(data, mime, limits) as img:
+        pdq, dihedral, width, height, frames = _hash_frames(img, len(data), limits)
     return Hashes(sha256, md5, "image", mime, pdq, dihedral, width, height, frames)
+
+
+def survey(
+    data: bytes,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_frames: int = 8,
+    max_pixels_per_byte: float = MAX_PIXELS_PER_BYTE,
+    dense_above: int = DENSE_ABOVE,
+) -> Survey:
+    """What ``hash_media(data, ...)`` with the same limits will decode, from the
+    header alone; DecodeError where hash_media would refuse ``data`` before
+    decoding it (a bomb, no decoder, an unreadable header)."""
+    kind, mime = sniff(data)
+    if kind != "image" or mime is None:
+        return Survey(0, 0)
+    limits = _Limits(max_pixels, max_frames, max_pixels_per_byte, dense_above)
+    with _opened(data, mime, limits) as img:
+        plan = _plan(img, len(data), limits)
+    return Survey(plan.pixels, plan.memory)
 
 
 def hash_file(path: str | Path) -> dict[str, Any]:
@@ -238,9 +310,22 @@ _PILLOW_FORMATS: dict[str, tuple[str, ...]] = {
 _Result = tuple[tuple[PdqHash, ...], tuple[str, ...], int, int, int]
 
 
-def _decode_and_hash(
-    data: bytes, mime: str, formats: tuple[str, ...], max_pixels: int, max_frames: int
-) -> _Result:
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_pixels: int
+    max_frames: int
+    max_pixels_per_byte: float
+    dense_above: int
+
+
+@contextmanager
+def _opened(data: bytes, mime: str, limits: _Limits) -> Iterator[ImageFile]:
+    """The image, opened lazily (header read, nothing decoded); whatever goes
+    wrong inside, opening or decoding, comes out as DecodeError."""
+    formats = _PILLOW_FORMATS.get(mime)
+    if formats is None:
+        raise DecodeError(f"cannot decode {mime}: no decoder for it")
+    max_pixels = limits.max_pixels
     # What a warning does depends on the process's filters; here it must not.
     # Pillow reports images above its process-wide Image.MAX_IMAGE_PIXELS with a
     # DecompressionBombWarning (an error above twice that): make it an exception.
@@ -253,7 +338,7 @@ def _decode_and_hash(
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data), formats=formats) as img:
-                return _hash_frames(img, max_pixels, max_frames)
+                yield img
         except DecodeError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -287,22 +372,81 @@ def _bomb_size(exc: Exception, data: bytes, formats: tuple[str, ...]) -> str:
         return f"{found[1]} pixels" if found else "too many pixels"
 
 
-def _hash_frames(img: ImageFile, max_pixels: int, max_frames: int) -> _Result:
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    frames: int
+    chosen: list[int]
+    """The frames hashed, first first."""
+    scale: int
+    """What a JPEG is shrunk by while decoding (1, 2, 4 or 8)."""
+    pixels: int
+    memory: int
+    """As in Survey."""
+
+
+def _plan(img: ImageFile, size: int, limits: _Limits) -> _Plan:
+    """What will be decoded, from the header of an image of ``size`` bytes; a JPEG
+    is set to decode in draft mode. Refuses a bomb."""
     width, height = img.size
-    _check_size(img, max_pixels)
+    _check_size(img, size, limits)
     if width < 1 or height < 1:
         raise DecodeError(f"cannot decode image: it is {width}x{height} pixels")
     frames = getattr(img, "n_frames", 1)
-    scale = 1
     if isinstance(img, JpegImageFile):
         # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale (both sides kept >=
         # JPEG_HASH_SIZE), each pixel the block's average, near enough.
         # Only the first picture of an MPO is hashed: it is the one shown.
         img.draft("RGB", (JPEG_HASH_SIZE, JPEG_HASH_SIZE))
+        pixels = img.width * img.height
+        memory = _memory(img, pixels, animated=False)
+        if img.info.get("progressive"):
+            # Decoding a progressive JPEG keeps all its coefficients, drafted or not.
+            memory += int(width * height * _coefficient_bytes(img))
         scale = _draft_scale((width, height), img.size)
-        chosen = [0]
-    else:
-        chosen = _frames_to_hash(frames, width * height, max_pixels, max_frames)
+        return _Plan(frames, [0], scale, pixels, memory)
+    chosen = _frames_to_hash(frames, width * height, limits.max_pixels, limits.max_frames)
+    # Reaching a frame decodes the ones before it (a TIFF page is the exception).
+    pixels = (chosen[-1] + 1) * width * height
+    return _Plan(frames, chosen, 1, pixels, _memory(img, width * height, animated=frames > 1))
+
+
+# Bytes held per pixel of a frame while it is decoded, made RGB and hashed, by
+# colour mode (Pillow keeps RGB as 4 bytes; P goes through RGBA; 16-bit and float
+# grey through numpy), measured at 12 MP and rounded up: RGB 4.4, L 5.4, P 9.1,
+# RGBA 8.4, I;16 9.1, F 32.9.
+_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 10, "PA": 10, "LA": 9, "La": 9, "RGB": 5}
+_BYTES_PER_PIXEL.update({"RGBA": 9, "RGBa": 9, "CMYK": 9, "YCbCr": 9, "I;16": 10})
+_BYTES_PER_PIXEL.update({"I;16B": 10, "I;16L": 10, "I;16N": 10, "I": 34, "F": 34})
+# Decoders that hold copies of their own (WebP 17.6 for RGB, AVIF 9.6).
+_DECODER_BYTES_PER_PIXEL = {"WEBP": 13, "AVIF": 6}
+# Animations keep the previous frame and a canvas (GIF, APNG 15.7-18.4 for RGB; WebP 38).
+_ANIMATION_BYTES_PER_PIXEL = {"WEBP": 21}
+_FIXED_BYTES = 4 << 20  # PDQ's arrays, libjpeg's buffers, Python's objects
+
+
+def _memory(img: ImageFile, frame_pixels: int, animated: bool) -> int:
+    per_pixel = _BYTES_PER_PIXEL.get(img.mode, 34) + _DECODER_BYTES_PER_PIXEL.get(
+        img.format or "", 0
+    )
+    if animated:
+        per_pixel += _ANIMATION_BYTES_PER_PIXEL.get(img.format or "", 14)
+    if "exif" in img.info:
+        per_pixel += 4  # the upright copy, if EXIF turns it
+    return _FIXED_BYTES + frame_pixels * per_pixel
+
+
+def _coefficient_bytes(img: JpegImageFile) -> float:
+    """Bytes per (full-size) pixel of a JPEG's coefficients: two per sample."""
+    layers = img.layer[-img.layers :] if img.layers else []  # the last frame header's
+    across = max((max(h, 1) for _, h, _, _ in layers), default=1)
+    down = max((max(v, 1) for _, _, v, _ in layers), default=1)
+    return 2 * sum(max(h, 1) * max(v, 1) for _, h, v, _ in layers) / (across * down)
+
+
+def _hash_frames(img: ImageFile, size: int, limits: _Limits) -> _Result:
+    width, height = img.size
+    plan = _plan(img, size, limits)
+    frames, chosen, scale = plan.frames, plan.chosen, plan.scale
     # Decode now, so that a broken file fails here: getexif() would otherwise
     # load a PNG itself, inside _orientation's guard against broken EXIF.
     img.load()
@@ -314,7 +458,7 @@ def _hash_frames(img: ImageFile, max_pixels: int, max_frames: int) -> _Result:
     for index in chosen:
         if index:
             img.seek(index)
-            _check_size(img, max_pixels)  # a TIFF's pages can each have their own
+            _check_size(img, size, limits)  # a TIFF's pages can each have their own
         pixels, full, shrunk = _pixels(img, orientation)
         if scale > 1:  # drafted: the frame's pixels already stand for blocks of the file's
             full, shrunk = (height, width), scale * shrunk
@@ -334,11 +478,19 @@ def _draft_scale(full: tuple[int, int], drafted: tuple[int, int]) -> int:
     return 1
 
 
-def _check_size(img: Image.Image, max_pixels: int) -> None:
-    """Refuse a frame of more than ``max_pixels`` before it is decoded."""
-    if img.width * img.height > max_pixels:
+def _check_size(img: Image.Image, size: int, limits: _Limits) -> None:
+    """Refuse a frame of more than ``max_pixels``, or a large one of more pixels
+    than ``size`` bytes carry, before it is decoded."""
+    pixels = img.width * img.height
+    if pixels > limits.max_pixels:
         raise DecodeError(
-            f"decompression bomb: {img.width}x{img.height} pixels exceeds {max_pixels}"
+            f"decompression bomb: {img.width}x{img.height} pixels exceeds {limits.max_pixels}"
+        )
+    if pixels > limits.dense_above and pixels > limits.max_pixels_per_byte * size:
+        raise DecodeError(
+            f"decompression bomb: {img.width}x{img.height} pixels from {size} bytes "
+            f"({pixels // max(size, 1)} pixels a byte; above {limits.dense_above} pixels, "
+            f"at most {limits.max_pixels_per_byte:g})"
         )
 
 
