@@ -89,7 +89,15 @@ def build_app(
                 fresh_actors.remember(fetched.document)  # a new actor: pictures checked too
             return fetched
 
-        keys = KeyCache(fetch_key_document, ttl=config.signatures.key_cache_seconds)
+        keys = KeyCache(
+            fetch_key_document,
+            ttl=config.signatures.key_cache_seconds,
+            failure_ttl=config.signatures.key_failure_cache_seconds,
+            refresh_interval=config.signatures.key_refresh_interval_seconds,
+            timeout=config.signatures.key_fetch_timeout_seconds,
+            per_host=config.signatures.key_fetch_per_host,
+            per_client=config.signatures.key_fetch_per_client,
+        )
         media_session = client_session(
             policy,
             connect_timeout=config.network.connect_timeout_seconds,

@@ -115,6 +115,11 @@ class SignaturesConfig:
     max_age_seconds: int
     clock_skew_seconds: int
     key_cache_seconds: int
+    key_failure_cache_seconds: int
+    key_refresh_interval_seconds: int
+    key_fetch_timeout_seconds: float
+    key_fetch_per_host: int
+    key_fetch_per_client: int
     ld_max_bytes: int
     ld_max_nodes: int
     ld_budget_seconds: float
@@ -575,6 +580,18 @@ SCHEMA: tuple[Section, ...] = (
               check=not_negative),
         Field("key_cache_seconds", INTEGER, 3_600, "how long fetched keys are kept",
               check=not_negative),
+        Field("key_failure_cache_seconds", INTEGER, 300,
+              "how long a key that could not be fetched or confirmed stays refused",
+              check=not_negative),
+        Field("key_refresh_interval_seconds", INTEGER, 300,
+              "least time between two forced refetches of one key after bad signatures",
+              check=not_negative),
+        Field("key_fetch_timeout_seconds", NUMBER, 5.0,
+              "the longest fetching and confirming one key may take", check=positive),
+        Field("key_fetch_per_host", INTEGER, 2, "key fetches from one host at a time",
+              check=positive),
+        Field("key_fetch_per_client", INTEGER, 8,
+              "unknown keys one client address may wait for at once", check=positive),
         Field("ld_max_bytes", INTEGER, 65_536,
               "relayed objects with an RsaSignature2017 larger than this are refused",
               check=positive),

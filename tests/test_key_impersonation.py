@@ -424,11 +424,15 @@ async def test_slow_key_hosts_do_not_stall_a_new_sender(
         sluice.server, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     )
     posts = []
-    for site in slow:
+    for i, site in enumerate(slow):
         for n in range(4):
             sender = Forger(f"{site.base}/users/someone", rsa_key(1), site)
             sender.forged_key_id = f"{site.base}/slow/{n}"
-            posts.append(asyncio.ensure_future(attackers.post(sender, sender.activity())))
+            # From many addresses, as nginx reports them: one address alone would be held
+            # to [signatures] key_fetch_per_client before reaching the hosts' limits.
+            client = {"X-Real-IP": f"198.51.100.{i * 4 + n}"}
+            post = attackers.post(sender, sender.activity(), headers=client)
+            posts.append(asyncio.ensure_future(post))
     await wait_for(lambda: sum(site.dripping for site in slow) >= 60, timeout=30)
     alice = fediverse.actor("alice")
     activity = alice.activity()
@@ -439,3 +443,37 @@ async def test_slow_key_hosts_do_not_stall_a_new_sender(
     outcomes = await asyncio.wait_for(asyncio.gather(*posts), timeout=60)
     await attackers.session.close()
     assert {status for status, _ in outcomes} == {401}
+
+
+async def test_one_client_waits_on_few_unknown_keys_others_are_not_held_up(
+    sluice_factory: Any,
+    sites: Callable[[str], Awaitable[Site]],
+    fediverse: Fediverse,
+    upstream: Upstream,
+) -> None:
+    """[signatures] key_fetch_per_client: the address nginx reports, not nginx's own."""
+    sluice: Running = await sluice_factory(signatures={"key_fetch_per_client": 3})
+    slow = await sites("127.0.0.41")
+    attackers = Running(
+        sluice.server, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    )
+    one_client = {"X-Real-IP": "198.51.100.7"}
+    posts = []
+    for n in range(6):
+        sender = Forger(f"{slow.base}/users/someone", rsa_key(1), slow)
+        sender.forged_key_id = f"{slow.base}/slow/{n}"
+        posts.append(
+            asyncio.ensure_future(attackers.post(sender, sender.activity(), headers=one_client))
+        )
+    # Three wait on the slow host; the other three are refused at once.
+    await wait_for(lambda: sum(p.done() for p in posts) >= 3, timeout=10)
+    refused = [p.result() for p in posts if p.done()]
+    assert len(refused) == 3
+    assert all(status == 401 and "retry later" in text for status, text in refused), refused
+    assert slow.dripping <= 3
+    alice = fediverse.actor("alice")
+    status, _ = await sluice.post(alice, alice.activity(), headers={"X-Real-IP": "203.0.113.5"})
+    assert status == 202
+    slow.closing.set()
+    await asyncio.wait_for(asyncio.gather(*posts), timeout=30)
+    await attackers.session.close()

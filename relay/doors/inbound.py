@@ -21,7 +21,7 @@ from relay.envelope import Envelope, Proxies
 from relay.errors import DecodeError, KeyFetchError, RateLimited, SignatureError
 from relay.flow import Flow
 from relay.metrics import Metrics
-from relay.signature import KeyResolver, Verified, verify_request
+from relay.signature import KeyCache, Verified, verify_request
 from relay.signature.objects import ObjectVerifier
 from relay.state import State
 from relay.store.activities import ActivityStore, Item
@@ -71,7 +71,7 @@ class InboundDoor:
         self,
         store: ActivityStore,
         flow: Flow,
-        keys: KeyResolver,
+        keys: KeyCache,
         metrics: Metrics,
         *,
         require_signatures: bool = True,
@@ -214,12 +214,14 @@ class InboundDoor:
         self, request: web.Request, envelope: Envelope, activity: Activity
     ) -> Verified:
         """Who signed the request, and may they speak for the activity's actor?"""
+        # Keys new to us cost fetches at the sender's choosing: a few at a time per client.
+        keys = self.keys.for_client(envelope.remote)
         verified = await verify_request(
             request.method,
             envelope.target,
             request.headers,
             envelope.body,
-            self.keys,
+            keys,
             max_age=self.max_age,
             clock_skew=self.clock_skew,
         )
@@ -228,7 +230,7 @@ class InboundDoor:
             # only with the actor's own signature on the document itself.
             try:
                 await self.objects.verify(
-                    activity.document, activity.actor, self.keys, signer=verified.signer
+                    activity.document, activity.actor, keys, signer=verified.signer
                 )
             except RateLimited:
                 raise
