@@ -75,7 +75,7 @@ class KeyFetchError(SignatureError):
 
 
 class RateLimited(SignatureError):
-    """Too many object signatures to check for this signer, or for everyone, right now.
+    """Too much to check for this sender right now (object signatures, unknown keys).
 
     ``retry_after`` is whole seconds, for a 429 answer's Retry-After header.
     """

@@ -4,6 +4,10 @@
 action. The strongest action among the rules that fire wins (quarantine > reject >
 review > deliver); when media could not be fetched or decoded, ``[hold] on_error``
 competes too. No rule fired and no error: deliver.
+
+One thing is never delivered unseen, whatever ``on_error`` says: media left
+undecoded because its sender spent its decoding budget (``over_budget``), since a
+sender could otherwise buy its way past the checks by sending more.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from dataclasses import dataclass
 from relay.signal import Signal
 from relay.verdict import Action, Verdict
 
-__all__ = ["Policy", "Rule"]
+__all__ = ["OVER_BUDGET", "Policy", "Rule"]
+
+#: The signal of media not decoded because its sender is over budget: at least review.
+OVER_BUDGET = "over_budget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,4 +52,8 @@ class Policy:
                 best = (rule.action, f"rule[{index}] {rule.match} -> {rule.action}")
         if self.on_error.strength > best[0].strength and any(s.kind == "error" for s in signals):
             best = (self.on_error, "hold.on_error")
+        if Action.REVIEW.strength > best[0].strength and any(
+            s.kind == OVER_BUDGET for s in signals
+        ):
+            best = (Action.REVIEW, "media.over_budget")
         return Verdict(action=best[0], rule=best[1], signals=tuple(signals))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from relay.errors import DecodeError, FetchError, KeyFetchError, SignatureError
+from relay.errors import DecodeError, FetchError, KeyFetchError, RateLimited, SignatureError
 from relay.network import JsonDocument, absolute_url, same_origin, same_url
 
 __all__ = [
@@ -185,8 +186,9 @@ class KeyCache:
                     key = await self._confirmed(key_id)
         except _Busy:
             # Our own queue for the host was full: nothing was learnt, so keep nothing.
-            raise KeyFetchError(
-                f"could not fetch key {key_id} (too many fetches from its host); retry later"
+            raise RateLimited(
+                f"could not fetch key {key_id} (too many fetches from its host); retry later",
+                retry_after=math.ceil(self._timeout or 1),
             ) from None
         except KeyFetchError as exc:
             failure = exc
@@ -347,9 +349,11 @@ class _Waiting:
             return
         keys = self._by_client.get(client, {})
         if key_id not in keys and len(keys) >= self._limit:
-            raise KeyFetchError(
+            # Retryable: a genuine sender behind a busy address must not lose its post.
+            raise RateLimited(
                 f"too many unknown keys from this sender are being fetched at once "
-                f"(limit {self._limit}); retry later"
+                f"(limit {self._limit}); retry later",
+                retry_after=5,
             )
         self._by_client[client] = keys
         keys[key_id] = keys.get(key_id, 0) + 1
