@@ -6,6 +6,14 @@ metadata, trackers, hashtags, mentions) is left out. What may be media stays in,
 with ``media_type=None`` when nothing declares a type: the fetcher decides from
 the bytes, never from an extension or a header.
 
+A declared type is believed only where it picks one of several alternatives: in
+an object's own ``url`` (PeerTube lists its watch page, playlist and torrents
+beside the files; Lemmy, Funkwhale, Hubzilla their web pages) and for a ``Link``,
+which points at a resource rather than being a file (Lemmy's and Friendica's link
+posts). A file object (Document, Image...) or a bare URL in ``attachment``,
+``icon``, ``image`` or emoji is media whatever it declares: Misskey and GoToSocial
+download those and decide the type by sniffing, so "text/html" must not hide one.
+
 The walk is bounded in depth and in the number of refs, so a hostile activity
 can neither exhaust the stack nor make us fetch thousands of URLs.
 """
@@ -64,7 +72,8 @@ _PAGE_TYPE = "Page"
 _KIND_OF_TYPE = {"Image": "image", "Video": "video", "Audio": "audio"}
 _KINDS = frozenset({"image", "video", "audio"})
 
-# Declared types that are certainly not media.
+# Declared types that are certainly not media, where a declared type is believed
+# (an object's own `url`, a Link; see the module docstring).
 _NOT_MEDIA_MEDIA_TYPES = frozenset(
     {
         "text/html",  # watch pages, articles (PeerTube, Lemmy, Funkwhale, Hubzilla)
@@ -127,7 +136,8 @@ class _Walk:
             elif key == "url":
                 self.object_url(value, path, types, depth + 1)
             elif key in _EMBEDDED_KEYS:
-                # A bare string is the id of an object, not media.
+                # A bare string is the id of an object, not media: the hold fetches
+                # it (relay.media.objects) and finds its media there.
                 for item_path, item in _each(value, path):
                     if isinstance(item, dict):
                         self.object(item, item_path, depth + 1)
@@ -146,7 +156,7 @@ class _Walk:
             if isinstance(item, str) and any_url:
                 self.add(item, item_path, role, None, kind)
             elif isinstance(item, dict) and (any_url or _kind_of(_media_type(item))):
-                self.media_node(item, item_path, role, depth, None, kind)
+                self.media_node(item, item_path, role, depth, None, kind, in_url=True)
 
     def emoji(self, value: Any, where: str, depth: int) -> None:
         """Custom emoji in `tag`; hashtags, mentions and plain Links there are not media."""
@@ -164,15 +174,20 @@ class _Walk:
         depth: int,
         media_type: str | None = None,
         kind: str | None = None,
+        *,
+        in_url: bool = False,
     ) -> None:
-        """A value where media is expected: a URL, an Image/Document/Link, or a list of them."""
+        """A value where media is expected: a URL, an Image/Document/Link, or a list of them.
+
+        ``in_url``: the value lies in an object's own `url` (or a Link's `href`), where a
+        declared non-media type leaves a URL out."""
         for item_path, item in _each(value, where):
             if self.full:
                 return
             if isinstance(item, str):
-                self.add(item, item_path, role, media_type, kind)
+                self.add(item, item_path, role, media_type, kind, believe_type=in_url)
             elif isinstance(item, dict):
-                self.media_node(item, item_path, role, depth, media_type, kind)
+                self.media_node(item, item_path, role, depth, media_type, kind, in_url=in_url)
 
     def media_node(
         self,
@@ -182,6 +197,8 @@ class _Walk:
         depth: int,
         media_type: str | None,
         kind: str | None,
+        *,
+        in_url: bool = False,
     ) -> None:
         if depth > self.max_depth:
             return
@@ -194,6 +211,11 @@ class _Walk:
         # A Link inside a Document declares its own type (Pleroma); a bare URL inside
         # one takes the Document's (Mastodon, Misskey, GoToSocial, Pixelfed).
         declared = _media_type(node)
+        # A Link points at a resource, so the type it declares itself is believed (one
+        # it would inherit from a Document is not). A Link is known by its type, else
+        # by an `href` without a `url`.
+        is_link = "Link" in types or (not types and "href" in node and "url" not in node)
+        in_url = in_url or (is_link and declared is not None)
         media_type = declared or media_type
         kind = _kind(types, declared) or kind
         for key, value in node.items():
@@ -201,7 +223,7 @@ class _Walk:
                 return
             path = _join(where, key)
             if key in ("url", "href"):
-                self.media(value, path, role, depth + 1, media_type, kind)
+                self.media(value, path, role, depth + 1, media_type, kind, in_url=in_url)
             elif key == "tag":
                 # PeerTube lists an HLS playlist's renditions in the Link's `tag`.
                 self.media(value, path, "rendition", depth + 1)
@@ -212,10 +234,19 @@ class _Walk:
                 self.media(value, path, nested, depth + 1)
 
     def add(
-        self, value: str, where: str, role: str, media_type: str | None, kind: str | None
+        self,
+        value: str,
+        where: str,
+        role: str,
+        media_type: str | None,
+        kind: str | None,
+        *,
+        believe_type: bool = False,
     ) -> None:
         url = value.strip()
-        if self.full or url in self.seen or media_type in _NOT_MEDIA_MEDIA_TYPES:
+        if self.full or url in self.seen:
+            return
+        if believe_type and media_type in _NOT_MEDIA_MEDIA_TYPES:
             return
         if not _is_http(url):  # data:, magnet:, ipfs:, wss: (PeerTube's tracker socket)...
             return

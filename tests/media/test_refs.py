@@ -249,8 +249,9 @@ EXPECTED: dict[str, list[Found]] = {
             "audio/mpeg",
         ),
     ],
-    # The preview as a bare URL inside the Document; the quoted Note's own attachment.
-    # Not: the text/html Link, the torrent Document, the quoted Note's page.
+    # The preview as a bare URL inside the Document; the torrent Document (a file in
+    # `attachment`: its declared type does not hide it, the bytes decide); the quoted
+    # Note's own attachment. Not: the text/html Link, the quoted Note's page.
     "friendica-create-note.json": [
         (
             "https://nerdica.net/photo/3f1c5e8b0a2d4f6e8c1b2a3d4e5f6a7b-0.jpg",
@@ -258,6 +259,7 @@ EXPECTED: dict[str, list[Found]] = {
             "image/jpeg",
         ),
         ("https://nerdica.net/photo/preview/320/1234", "image", None),
+        ("https://nerdica.net/attach/77", "attachment", "application/x-bittorrent"),
         ("https://lemmy.ml/pictrs/image/6c1d2e3f-quoted.png", "attachment", "image/png"),
     ],
     # The object itself is an Image: its url Links are the files; not the photo page.
@@ -337,9 +339,10 @@ def _never_media(node: Any, out: set[str]) -> set[str]:
             or declared.startswith(NOT_MEDIA_TYPES)
             or NOT_MEDIA_RELS & set(rel)
         ):
-            # A post's own mediaType describes its content, not its url: only Links and
-            # Documents declare the type of what they point at.
-            keys = ("href", "url") if kind in ("Link", "Document", None) else ("href",)
+            # A post's own mediaType describes its content, not its url; a file's (a
+            # Document's) may lie, and Misskey and GoToSocial sniff the bytes: only a
+            # Link's declared type says what it points at.
+            keys = ("href", "url") if kind == "Link" else ("href",)
             for key in keys:
                 if isinstance(node.get(key), str):
                     out.add(node[key])
@@ -612,10 +615,58 @@ def test_a_note_in_preview_or_attachment_is_walked_as_an_object() -> None:
     ],
 )
 def test_declared_non_media_is_left_out(media_type: str) -> None:
+    # A Link in `attachment` (Lemmy's and Friendica's link posts), a Link in a Note's own
+    # `url`, a PeerTube watch page: the declared type is believed.
     activity = note(
-        attachment=[{"type": "Document", "mediaType": media_type, "url": "https://a.example/f"}]
+        attachment=[{"type": "Link", "mediaType": media_type, "href": "https://a.example/f"}],
+        url=[{"type": "Link", "mediaType": media_type, "href": "https://a.example/g"}],
     )
+    video = {
+        "type": "Video",
+        "url": [{"type": "Link", "mediaType": media_type, "href": "https://a.example/watch/1"}],
+    }
+    page = {
+        "type": "Page",
+        "url": {"type": "Link", "mediaType": media_type, "href": "https://a.example/p"},
+    }
     assert media_refs(activity) == []
+    assert media_refs({"type": "Create", "object": video}) == []
+    assert media_refs({"type": "Create", "object": page}) == []
+
+
+@pytest.mark.parametrize("slot", ["attachment", "icon", "image", "emoji"])
+@pytest.mark.parametrize(
+    "media_type",
+    ["text/html", "application/json", "application/activity+json", "application/x-mpegURL"],
+)
+def test_a_file_declaring_a_non_media_type_is_still_found(slot: str, media_type: str) -> None:
+    # Misskey and GoToSocial download a Document whatever it declares and sniff the
+    # bytes, so the declared type must not hide it: the fetcher decides.
+    file = {"type": "Document", "mediaType": media_type, "url": "https://a.example/f"}
+    fields = {"tag": [{"type": "Emoji", "icon": file}]} if slot == "emoji" else {slot: [file]}
+    assert found(note(**fields)) == [("https://a.example/f", slot, media_type.lower())]
+
+
+def test_a_declared_type_a_link_would_inherit_is_not_believed() -> None:
+    # The Link declares nothing itself; the Document's "text/html" must not hide it.
+    attachment = {
+        "type": "Document",
+        "mediaType": "text/html",
+        "url": {"type": "Link", "href": "https://a.example/f.png"},
+    }
+    assert found(note(attachment=[attachment])) == [
+        ("https://a.example/f.png", "attachment", "text/html")
+    ]
+
+
+def test_an_actors_avatar_declaring_a_non_media_type_is_still_found() -> None:
+    actor = {
+        "type": "Person",
+        "icon": {"type": "Image", "mediaType": "text/html", "url": "https://a.example/a"},
+    }
+    assert found({"type": "Update", "object": actor}) == [
+        ("https://a.example/a", "avatar", "text/html")
+    ]
 
 
 @pytest.mark.parametrize(
