@@ -6,6 +6,11 @@ against the banks, and say what was found as signals: ``hashed`` (what was looke
 at, for the record), ``match`` (a bank entry, carrying the bytes for evidence),
 ``unchecked`` (video and audio: exact hashes only), ``error`` (could not fetch or
 decode: ``[hold] on_error`` decides).
+
+Objects the activity names only by id (a boost by URI, a quote, an unknown author)
+are fetched first, bounded in number, depth and time, and their media checked like
+the rest (``relay.media.objects``); one that cannot be fetched is an ``error``
+signal (stage ``dereference``), never a reason to skip the check.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +28,14 @@ from relay.errors import DecodeError, FetchError
 from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.image import Hashes, hash_media, sniff
+from relay.media.objects import (
+    Dereferenced,
+    ObjectFetcher,
+    ObjectRef,
+    extract,
+    host_of,
+    object_refs,
+)
 from relay.media.refs import MediaRef, media_refs
 from relay.metrics import Metrics
 from relay.signal import Signal
@@ -43,6 +56,11 @@ class MediaCheck:
         max_pixels: int = 50_000_000,
         fresh_actors: FreshActors | None = None,
         metrics: Metrics | None = None,
+        local_hosts: frozenset[str] = frozenset(),
+        max_dereferences: int = 8,
+        max_dereference_depth: int = 3,
+        dereference_seconds: float = 20.0,
+        dereference_cache_seconds: float = 300.0,
     ) -> None:
         self.fetcher = fetcher
         self.banks = banks
@@ -51,6 +69,17 @@ class MediaCheck:
         self.max_pixels = max_pixels
         self.fresh_actors = fresh_actors or FreshActors(ttl=0)
         self.metrics = metrics or Metrics()
+        # The instance's own names ([server] hosts): it does not fetch its own objects.
+        self.local_hosts = frozenset(host.strip().lower() for host in local_hosts)
+        self.max_dereferences = max_dereferences
+        self.max_dereference_depth = max_dereference_depth
+        self.dereference_seconds = dereference_seconds
+        self.objects = ObjectFetcher(
+            fetcher.session,
+            fetcher.policy,
+            cache_seconds=dereference_cache_seconds,
+            max_refs=max_refs + 1,
+        )
         self._inflight: dict[str, asyncio.Future[_Obtained]] = {}
 
     def _refs(self, activity: Activity, actor: dict[str, Any] | None) -> list[MediaRef]:
@@ -64,14 +93,52 @@ class MediaCheck:
                     refs.append(replace(ref, where="signer's actor document: " + ref.where))
         return refs
 
+    def _objects(self, activity: Activity) -> list[ObjectRef]:
+        return [r for r in object_refs(activity.document) if self._wanted(r, activity)]
+
+    def _wanted(self, ref: ObjectRef, activity: Activity) -> bool:
+        """Whether the instance would fetch ``ref``: not its own objects, and not the
+        sending actor, whose document (when new) comes from the key fetch."""
+        if ref.role == "author" and ref.url == activity.actor:
+            return False
+        return not self._is_local(ref.url)
+
+    def _is_local(self, url: str) -> bool:
+        return bool(self.local_hosts) and host_of(url) in self.local_hosts
+
     def applies(self, activity: Activity) -> bool:
-        return bool(self._refs(activity, self.fresh_actors.peek(activity.actor)))
+        return bool(self._refs(activity, self.fresh_actors.peek(activity.actor))) or bool(
+            self._objects(activity)
+        )
 
     async def run(self, activity: Activity) -> Sequence[Signal]:
         refs = self._refs(activity, self.fresh_actors.take(activity.actor))
+        found: list[Signal] = []
+        checks: list[asyncio.Future[list[Signal]]] = []
+        seen: set[str] = set()
+        too_many = False
+
+        def submit(refs: Iterable[MediaRef]) -> None:
+            """Start checking media as they are found; the rest is still being fetched."""
+            nonlocal too_many
+            for ref in refs:
+                if ref.url in seen:
+                    continue
+                if len(seen) >= self.max_refs:
+                    too_many = True  # checking only some would let the rest through
+                    continue
+                seen.add(ref.url)
+                checks.append(asyncio.ensure_future(self._check(ref)))
+
+        try:
+            submit(refs)
+            await self._dereference(activity, submit, found)
+            results = await asyncio.gather(*checks)
+        finally:
+            for check in checks:  # the hold gave up, or a check broke: stop the others
+                check.cancel()
         signals: list[Signal] = []
-        if len(refs) > self.max_refs:
-            # Checking only some would let the rest through unchecked.
+        if too_many:
             signals.append(
                 Signal(
                     "error",
@@ -82,10 +149,104 @@ class MediaCheck:
                     },
                 )
             )
-            refs = refs[: self.max_refs]
-        for found in await asyncio.gather(*(self._check(ref) for ref in refs)):
-            signals.extend(found)
+        signals.extend(found)
+        for result in results:
+            signals.extend(result)
         return signals
+
+    async def _dereference(
+        self,
+        activity: Activity,
+        submit: Callable[[Iterable[MediaRef]], None],
+        signals: list[Signal],
+    ) -> None:
+        """Fetch what the activity names by id, level by level, and submit the media
+        found there; bounded by ``max_dereferences`` fetches, ``max_dereference_depth``
+        levels and ``dereference_seconds`` in all. What lies beyond a bound is an error:
+        the instance would fetch it, unchecked."""
+        deadline = time.monotonic() + self.dereference_seconds
+        level = self._objects(activity)
+        seen: set[str] = set()
+        fetched = 0
+        beyond: dict[str, list[ObjectRef]] = {"count": [], "depth": []}
+        depth = 1
+        while level:
+            batch: list[ObjectRef] = []
+            for ref in level:
+                if ref.url in seen:
+                    continue
+                seen.add(ref.url)
+                if depth > self.max_dereference_depth:
+                    beyond["depth"].append(ref)
+                elif fetched >= self.max_dereferences:
+                    beyond["count"].append(ref)
+                else:
+                    fetched += 1
+                    batch.append(ref)
+            # An Update changes its object: what was fetched for earlier activities is stale.
+            fresh = activity.type == "Update" and depth == 1
+            results = await asyncio.gather(
+                *(self._dereference_one(ref, deadline, fresh=fresh) for ref in batch)
+            )
+            level = []
+            for ref, result in zip(batch, results, strict=True):
+                if isinstance(result, Signal):
+                    signals.append(result)
+                    continue
+                signals.append(Signal("dereferenced", self.name, _dereferenced(ref, result)))
+                prefix = f"{ref.where} <{ref.url}>"
+                submit(replace(m, where=f"{prefix}: {m.where}") for m in result.media)
+                for child in result.objects:
+                    role = ref.role if child.role == "id" else child.role
+                    child = ObjectRef(child.url, f"{prefix}: {child.where}", role)
+                    if self._wanted(child, activity):
+                        level.append(child)
+            depth += 1
+        for bound, refs in beyond.items():
+            if refs:
+                signals.append(Signal("error", self.name, self._beyond(bound, refs)))
+
+    async def _dereference_one(
+        self, ref: ObjectRef, deadline: float, *, fresh: bool
+    ) -> Dereferenced | Signal:
+        if ref.role == "author":
+            # Just fetched to verify a signature of its own: no need to fetch it again.
+            document = self.fresh_actors.peek(ref.url)
+            if document is not None:
+                return extract(ref.url, document, max_refs=self.max_refs + 1)
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise FetchError(
+                    f"{ref.url}: not fetched: objects took more than "
+                    f"{self.dereference_seconds:g} s ([media] dereference_seconds)"
+                )
+            return await self.objects.get(ref.url, timeout=remaining, fresh=fresh)
+        except (FetchError, DecodeError) as exc:
+            self.metrics.media.labels("dereference_error").inc()
+            detail: dict[str, object] = {"stage": "dereference", "url": ref.url}
+            detail |= {"where": ref.where, "role": ref.role}
+            if isinstance(exc, FetchError) and exc.status is not None:
+                # 401: a server in authorized-fetch mode; Sluice cannot sign (yet).
+                detail["status"] = exc.status
+            return Signal("error", self.name, {**detail, "error": str(exc)})
+
+    def _beyond(self, bound: str, refs: list[ObjectRef]) -> dict[str, object]:
+        if bound == "count":
+            why = f"more than {self.max_dereferences} objects to fetch ([media] max_dereferences)"
+        else:
+            why = (
+                f"objects more than {self.max_dereference_depth} references deep "
+                "([media] max_dereference_depth)"
+            )
+        first = refs[0]
+        return {
+            "stage": "dereference",
+            "url": first.url,
+            "where": first.where,
+            "role": first.role,
+            "error": f"{why}: {len(refs)} not fetched, so their media went unchecked",
+        }
 
     async def _check(self, ref: MediaRef) -> list[Signal]:
         started = time.perf_counter()
@@ -176,6 +337,18 @@ class _Failed(Exception):
     def __init__(self, detail: dict[str, object]) -> None:
         super().__init__(detail.get("error"))
         self.detail = detail
+
+
+def _dereferenced(ref: ObjectRef, found: Dereferenced) -> dict[str, object]:
+    """What was fetched in the activity's stead, for the record."""
+    return {
+        "url": ref.url,
+        "where": ref.where,
+        "role": ref.role,
+        "id": found.id,
+        "type": found.type,
+        "media": len(found.media),
+    }
 
 
 def _facts(hashes: Hashes) -> dict[str, object]:
