@@ -70,7 +70,12 @@ class MediaCheck:
         self.fresh_actors = fresh_actors or FreshActors(ttl=0)
         self.metrics = metrics or Metrics()
         # The instance's own names ([server] hosts): it does not fetch its own objects.
-        self.local_hosts = frozenset(host.strip().lower() for host in local_hosts)
+        # "social.example:443" names the same host as "social.example".
+        self.local_hosts = frozenset(
+            host_of(f"{scheme}://{host.strip()}/")
+            for host in local_hosts
+            for scheme in ("http", "https")
+        )
         self.max_dereferences = max_dereferences
         self.max_dereference_depth = max_dereference_depth
         self.dereference_seconds = dereference_seconds

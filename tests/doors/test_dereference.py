@@ -6,6 +6,7 @@ error for ``[hold] on_error``, never the fast path."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,13 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 
-from relay.bank import BankStore
+from relay.activity import parse_activity
+from relay.bank import BankIndex, BankStore
 from relay.evidence import EvidenceKey
 from relay.media.check import MediaCheck
+from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.image import hash_media
+from relay.network import NetworkPolicy, client_session
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors.test_media_hold import BRIDGE, PEN, hash_and_flip
 
@@ -414,3 +418,32 @@ async def test_an_attachment_declaring_a_web_page_is_still_fetched(
     record = await settled(guarded, create["id"])
     assert record["state"] == "quarantined"
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("hosts", "applies"),
+    [
+        ((), True),
+        (("social.example",), False),
+        (("Social.Example:443",), False),
+        (("social.example:8443",), True),
+        (("other.example",), True),
+    ],
+)
+async def test_the_instances_own_hosts_are_not_fetched(
+    hosts: tuple[str, ...], applies: bool
+) -> None:
+    policy = NetworkPolicy()
+    async with client_session(policy) as session:
+        check = MediaCheck(
+            MediaFetcher(session, policy, max_bytes=1024),
+            lambda: BankIndex(),
+            HashCache(0),
+            local_hosts=frozenset(hosts),
+        )
+        document = {
+            "type": "Announce",
+            "actor": "https://remote.example/users/alice",
+            "object": "https://social.example/users/bob/statuses/1",
+        }
+        assert check.applies(parse_activity(json.dumps(document).encode())) is applies
