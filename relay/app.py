@@ -22,6 +22,7 @@ from relay.hold import Check, Hold
 from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
+from relay.media.hasher import MediaHasher
 from relay.metrics import Metrics
 from relay.network import JsonDocument, NetworkPolicy, client_session, fetch_json_document
 from relay.policy import Policy
@@ -106,6 +107,14 @@ def build_app(
         )
         banks = BankWatcher(pool, config.bank)
         await banks.start()
+        hasher = MediaHasher(
+            max_pixels=config.media.max_pixels,
+            max_pixels_per_byte=config.media.max_pixels_per_byte,
+            dense_above=config.media.dense_above,
+            workers=config.media.hash_workers or None,
+            memory=config.media.hash_memory_bytes,
+            sender_pixels_per_minute=config.media.sender_pixels_per_minute,
+        )
         media = MediaCheck(
             MediaFetcher(
                 media_session,
@@ -117,9 +126,14 @@ def build_app(
             lambda: banks.index,
             HashCache(config.media.cache_seconds),
             max_refs=config.media.max_refs,
-            max_pixels=config.media.max_pixels,
+            hasher=hasher,
             fresh_actors=fresh_actors,
             metrics=metrics,
+            local_hosts=frozenset(config.server.hosts),
+            max_dereferences=config.media.max_dereferences,
+            max_dereference_depth=config.media.max_dereference_depth,
+            dereference_seconds=config.media.dereference_seconds,
+            dereference_cache_seconds=config.media.dereference_cache_seconds,
         )
         store = ActivityStore(
             pool,
@@ -200,6 +214,7 @@ def build_app(
                 await admin.cleanup()
             await flow.stop()
             objects.close()
+            hasher.close()
             await banks.stop()
             await deliverer.close()
             await passthrough.close()

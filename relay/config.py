@@ -149,7 +149,16 @@ class HoldConfig:
 class MediaConfig:
     max_bytes: int
     max_pixels: int
+    max_pixels_per_byte: int
+    dense_above: int
+    hash_workers: int
+    hash_memory_bytes: int
+    sender_pixels_per_minute: int
     max_refs: int
+    max_dereferences: int
+    max_dereference_depth: int
+    dereference_seconds: float
+    dereference_cache_seconds: int
     per_host_concurrency: int
     fetch_timeout_seconds: float
     cache_seconds: int
@@ -641,10 +650,34 @@ SCHEMA: tuple[Section, ...] = (
     Section("media", MediaConfig, (
         Field("max_bytes", INTEGER, 33_554_432, "largest media file fetched (32 MiB)",
               check=positive),
-        Field("max_pixels", INTEGER, 50_000_000, "larger images are decompression bombs",
+        Field("max_pixels", INTEGER, 33_177_600,
+              "larger images are decompression bombs (Mastodon's own limit)", check=positive),
+        Field("max_pixels_per_byte", INTEGER, 256,
+              "above dense_above pixels, more pixels per byte of file is a bomb",
+              check=positive),
+        Field("dense_above", INTEGER, 8_294_400,
+              "images up to this many pixels are never refused for density",
+              check=not_negative),
+        Field("hash_workers", INTEGER, 0,
+              "threads decoding and hashing images; 0: the CPUs, at most 4",
+              check=not_negative),
+        Field("hash_memory_bytes", INTEGER, 536_870_912,
+              "estimated decoding memory in use at once; more images wait", check=positive),
+        Field("sender_pixels_per_minute", INTEGER, 400_000_000,
+              "decoded pixels per sender (actor) a minute; past it, review without decoding",
               check=positive),
         Field("max_refs", INTEGER, 32, "media URLs checked per activity; more: on_error",
               check=positive),
+        Field("max_dereferences", INTEGER, 8,
+              "objects named by id (boosted, quoted posts, authors) fetched per activity",
+              check=not_negative),
+        Field("max_dereference_depth", INTEGER, 3,
+              "how many references deep (boost -> post -> quote -> author)",
+              check=not_negative),
+        Field("dereference_seconds", NUMBER, 20.0,
+              "the longest fetching those objects may take per activity", check=positive),
+        Field("dereference_cache_seconds", INTEGER, 300,
+              "how long what a fetched object names is remembered", check=not_negative),
         Field("per_host_concurrency", INTEGER, 4, "simultaneous fetches from one host",
               check=positive),
         Field("fetch_timeout_seconds", NUMBER, 30.0, "the longest one media fetch may take",

@@ -27,7 +27,8 @@ from relay.bank import BankIndex
 from relay.errors import DecodeError, FetchError
 from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
-from relay.media.image import Hashes, hash_media, sniff
+from relay.media.hasher import MediaHasher, OverBudget
+from relay.media.image import Hashes, sniff
 from relay.media.objects import (
     Dereferenced,
     ObjectFetcher,
@@ -38,6 +39,7 @@ from relay.media.objects import (
 )
 from relay.media.refs import MediaRef, media_refs
 from relay.metrics import Metrics
+from relay.policy import OVER_BUDGET
 from relay.signal import Signal
 
 __all__ = ["MediaCheck"]
@@ -53,7 +55,7 @@ class MediaCheck:
         cache: HashCache,
         *,
         max_refs: int = 32,
-        max_pixels: int = 50_000_000,
+        hasher: MediaHasher | None = None,
         fresh_actors: FreshActors | None = None,
         metrics: Metrics | None = None,
         local_hosts: frozenset[str] = frozenset(),
@@ -66,7 +68,8 @@ class MediaCheck:
         self.banks = banks
         self.cache = cache
         self.max_refs = max_refs
-        self.max_pixels = max_pixels
+        # Decoding on its own pool, within a memory gate and a budget per sender.
+        self.hasher = hasher or MediaHasher()
         self.fresh_actors = fresh_actors or FreshActors(ttl=0)
         self.metrics = metrics or Metrics()
         # The instance's own names ([server] hosts): it does not fetch its own objects.
@@ -133,7 +136,7 @@ class MediaCheck:
                     too_many = True  # checking only some would let the rest through
                     continue
                 seen.add(ref.url)
-                checks.append(asyncio.ensure_future(self._check(ref)))
+                checks.append(asyncio.ensure_future(self._check(ref, activity.actor)))
 
         try:
             submit(refs)
@@ -253,13 +256,15 @@ class MediaCheck:
             "error": f"{why}: {len(refs)} not fetched, so their media went unchecked",
         }
 
-    async def _check(self, ref: MediaRef) -> list[Signal]:
+    async def _check(self, ref: MediaRef, sender: str) -> list[Signal]:
+        """Signals about one media file; decoding it is charged to ``sender``'s budget."""
         started = time.perf_counter()
         where = {"url": ref.url, "where": ref.where, "role": ref.role}
-        # One fetch per URL at a time: activities arriving together share it.
+        # One fetch per URL at a time: activities arriving together share it (the
+        # first one's sender pays for the decoding).
         task = self._inflight.get(ref.url)
         if task is None:
-            task = asyncio.ensure_future(self._obtain(ref.url))
+            task = asyncio.ensure_future(self._obtain(ref.url, sender=sender))
             self._inflight[ref.url] = task
             task.add_done_callback(lambda _: self._inflight.pop(ref.url, None))
         try:
@@ -274,7 +279,9 @@ class MediaCheck:
             # fetch it again, so that the evidence holds the file and the verdict
             # judges what the origin serves now. Rare; the cache is for clean media.
             try:
-                hashes, data, cached, problem = await self._obtain(ref.url, cache=False)
+                hashes, data, cached, problem = await self._obtain(
+                    ref.url, sender=sender, cache=False
+                )
                 matches = self.banks().match(hashes)
             except _Failed as failed:
                 refetch = {"refetch_error": failed.detail["error"]}
@@ -282,7 +289,9 @@ class MediaCheck:
         outcome = "cached" if cached else hashes.kind
         if problem is not None:
             outcome = f"{problem['stage']}_error"
-            signals.append(Signal("error", self.name, {**where, **problem}))
+            # Over budget is not an error on_error may wave through: at least review.
+            kind = OVER_BUDGET if problem["stage"] == "budget" else "error"
+            signals.append(Signal(kind, self.name, {**where, **problem}))
         self.metrics.media.labels(outcome).inc()
         if hashes.kind in ("video", "audio"):
             signals.append(
@@ -296,7 +305,7 @@ class MediaCheck:
         signals[0].detail["seconds"] = round(time.perf_counter() - started, 4)
         return signals
 
-    async def _obtain(self, url: str, *, cache: bool = True) -> _Obtained:
+    async def _obtain(self, url: str, *, sender: str, cache: bool = True) -> _Obtained:
         """The hashes of ``url`` (cached, or fetched and hashed), the bytes if fetched,
         whether they came from the cache, and what went wrong decoding, if anything.
         Without ``cache``, fetched and hashed whatever the cache knows."""
@@ -311,10 +320,12 @@ class MediaCheck:
         cached = hashes is not None
         if hashes is None:
             try:
-                hashes = await asyncio.to_thread(hash_media, data, max_pixels=self.max_pixels)
+                hashes = await self.hasher.hash(data, sender=sender)
             except DecodeError as exc:
-                # Undecodable is no excuse: the exact hashes still meet the banks.
-                problem = {"stage": "decode", "error": str(exc), "bytes": len(data)}
+                # Undecodable (or not decoded) is no excuse: the exact hashes still meet
+                # the banks. Nothing is cached: the file was not judged as a picture.
+                stage = "budget" if isinstance(exc, OverBudget) else "decode"
+                problem = {"stage": stage, "error": str(exc), "bytes": len(data)}
                 return _exact_only(data), data, False, problem
         self.cache.put(url, hashes)
         return hashes, data, cached, None

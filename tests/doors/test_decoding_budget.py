@@ -1,0 +1,53 @@
+"""A sender past its decoding budget buys nothing: its media go to review undecoded,
+whatever ``[hold] on_error`` says (issue 11, finding 6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.policy import OVER_BUDGET, Policy
+from relay.signal import Signal
+from relay.verdict import Action
+from tests.conftest import Fediverse, Upstream
+from tests.doors.test_media_hold import Origin, _settled, origin, with_media  # noqa: F401
+
+
+async def test_over_budget_media_go_to_review_even_when_errors_are_delivered(
+    sluice_factory: Any,
+    fediverse: Fediverse,
+    upstream: Upstream,
+    origin: Origin,  # noqa: F811
+) -> None:
+    sluice = await sluice_factory(
+        media={"sender_pixels_per_minute": 1000},
+        hold={"on_error": "deliver"},
+    )
+    alice = fediverse.actor("alice")
+    # One image larger than the whole budget passes while the bucket is full; the next
+    # finds it empty.
+    activity = with_media(alice, origin.url("pen.png"), origin.url("bridge-edit.jpg"))
+    assert (await sluice.post(alice, activity))[0] == 202
+    record = await _settled(sluice, activity["id"])
+    assert record["state"] == "review"
+    assert record["verdict"]["rule"] == "media.over_budget"
+    [over] = [s for s in record["verdict"]["signals"] if s["kind"] == OVER_BUDGET]
+    assert over["detail"]["stage"] == "budget"
+    assert f"{alice.id} is over its budget of 1000 decoded pixels" in over["detail"]["error"]
+    # Its exact hashes were still taken, for the banks; the other image was hashed whole.
+    hashed = {
+        s["detail"]["url"]: s["detail"]
+        for s in record["verdict"]["signals"]
+        if s["kind"] == "hashed"
+    }
+    assert hashed[over["detail"]["url"]]["pdq"] is None
+    assert hashed[over["detail"]["url"]]["sha256"]
+    assert len(hashed) == 2
+    assert upstream.inbox_posts() == []
+
+
+def test_the_policy_floor_for_over_budget_is_review() -> None:
+    over = Signal(OVER_BUDGET, "media", {"stage": "budget"})
+    assert Policy(on_error=Action.DELIVER).decide([over]).action is Action.REVIEW
+    # A stronger action from the rules or on_error still wins.
+    stronger = Policy(on_error=Action.REJECT).decide([over, Signal("error", "media")])
+    assert (stronger.action, stronger.rule) == (Action.REJECT, "hold.on_error")
