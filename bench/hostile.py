@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives import serialization
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.inbound import free_port, pct, signing_key, wait_ready  # noqa: E402
+from bench.inbound import actor_response, free_port, pct, signing_key, wait_ready  # noqa: E402
 from bench.media_e2e import activity, corpus, seconds  # noqa: E402
 from relay.signature import sign_cavage, sign_ld  # noqa: E402
 
@@ -145,19 +145,7 @@ def serve(port: int, key_pem: str, images: int, png_side: int, drip: float) -> N
 
     async def actor_doc(request: web.Request) -> web.Response:
         actor = f"http://{request.host}/users/{request.match_info['name']}"
-        return web.json_response(
-            {
-                "@context": [
-                    "https://www.w3.org/ns/activitystreams",
-                    "https://w3id.org/security/v1",
-                ],
-                "id": actor,
-                "type": "Person",
-                "inbox": actor + "/inbox",
-                "publicKey": {"id": actor + "#main-key", "owner": actor, "publicKeyPem": key_pem},
-            },
-            content_type="application/activity+json",
-        )
+        return actor_response(actor, key_pem)
 
     async def jpeg(request: web.Request) -> web.Response:
         return web.Response(body=jpegs[int(request.match_info["n"])], content_type="image/jpeg")

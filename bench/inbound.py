@@ -38,6 +38,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from relay.signature import sign_cavage
 
 
+def actor_response(actor: str, key_pem: str) -> web.Response:
+    """The sender's actor document, its key inside, as the benchmarks' origins serve it."""
+    return web.json_response(
+        {
+            "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"],
+            "id": actor,
+            "type": "Person",
+            "inbox": actor + "/inbox",
+            "publicKey": {"id": actor + "#main-key", "owner": actor, "publicKeyPem": key_pem},
+        },
+        content_type="application/activity+json",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,16 +68,7 @@ def serve_upstream(port: int, key_pem: str, actor: str) -> None:
         return web.Response(status=202)
 
     async def actor_doc(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "@context": "https://www.w3.org/ns/activitystreams",
-                "id": actor,
-                "type": "Person",
-                "inbox": actor + "/inbox",
-                "publicKey": {"id": actor + "#main-key", "owner": actor, "publicKeyPem": key_pem},
-            },
-            content_type="application/activity+json",
-        )
+        return actor_response(actor, key_pem)
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(arrivals)

@@ -35,7 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.inbound import free_port, pct, signing_key, wait_ready  # noqa: E402
+from bench.inbound import actor_response, free_port, pct, signing_key, wait_ready  # noqa: E402
 from relay.media.image import hash_media  # noqa: E402
 from relay.signature import sign_cavage  # noqa: E402
 
@@ -62,15 +62,7 @@ def serve(port: int, key_pem: str, actor: str, images: list[bytes]) -> None:
         return web.Response(body=images[int(request.match_info["n"])], content_type="image/jpeg")
 
     async def actor_doc(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "id": actor,
-                "type": "Person",
-                "inbox": actor + "/inbox",
-                "publicKey": {"id": actor + "#main-key", "owner": actor, "publicKeyPem": key_pem},
-            },
-            content_type="application/activity+json",
-        )
+        return actor_response(actor, key_pem)
 
     async def inbox(request: web.Request) -> web.Response:
         await request.read()
