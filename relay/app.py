@@ -105,6 +105,12 @@ def build_app(
             read_timeout=config.network.read_timeout_seconds,
             limit_per_host=config.media.per_host_concurrency,
         )
+        object_session = client_session(
+            policy,
+            connect_timeout=config.network.connect_timeout_seconds,
+            read_timeout=config.network.read_timeout_seconds,
+            limit_per_host=config.media.per_host_concurrency,
+        )
         banks = BankWatcher(pool, config.bank)
         await banks.start()
         hasher = MediaHasher(
@@ -134,6 +140,7 @@ def build_app(
             max_dereference_depth=config.media.max_dereference_depth,
             dereference_seconds=config.media.dereference_seconds,
             dereference_cache_seconds=config.media.dereference_cache_seconds,
+            object_session=object_session,
         )
         store = ActivityStore(
             pool,
@@ -172,6 +179,7 @@ def build_app(
             budget_seconds=signatures.ld_budget_seconds,
             workers=signatures.ld_workers,
             max_waiting=signatures.ld_max_waiting,
+            per_host=signatures.ld_per_host,
             per_signer_per_minute=signatures.object_rate_per_minute,
             unlimited_signers=signatures.object_rate_exempt,
         )
@@ -220,6 +228,7 @@ def build_app(
             await passthrough.close()
             await session.close()
             await media_session.close()
+            await object_session.close()
             await database.close()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

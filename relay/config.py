@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError, ConfigProblem
+from relay.hosts import split_authority
 
 __all__ = [
     "SCHEMA",
@@ -125,6 +126,7 @@ class SignaturesConfig:
     ld_budget_seconds: float
     ld_workers: int
     ld_max_waiting: int
+    ld_per_host: int
     object_rate_per_minute: int
     object_rate_exempt: tuple[str, ...]
 
@@ -413,16 +415,6 @@ def admin_listen(value: str) -> str | None:
     return listen_address(f"{host}:1" if colon and port == "0" else value)
 
 
-def split_authority(value: str) -> tuple[str, str]:
-    """A Host header value as (host, port): lower-cased, brackets and a trailing dot gone."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        return host, rest.removeprefix(":")
-    host, _, port = value.partition(":")
-    return host.rstrip("."), port
-
-
 def host_name(value: str) -> str | None:
     """A host the instance answers to, as senders write it in Host: a name, an optional port."""
     if "/" in value or any(c.isspace() for c in value):
@@ -612,6 +604,9 @@ SCHEMA: tuple[Section, ...] = (
               check=positive),
         Field("ld_max_waiting", INTEGER, 16,
               "objects that may wait for a worker; more get 429", check=not_negative),
+        Field("ld_per_host", INTEGER, 2,
+              "objects from one signer's host waiting or checked at once; more get 429",
+              check=positive),
         Field("object_rate_per_minute", INTEGER, 300,
               "object signatures checked per relaying signer and minute; more get 429",
               check=positive),

@@ -31,10 +31,12 @@ HOP_BY_HOP = frozenset(
 METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 
 
+_NOT_FORWARDED = HOP_BY_HOP | METHOD_OVERRIDES
+
+
 def forwardable_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     """The end-to-end headers of a request, in order, repeated headers kept."""
-    items = headers.items()
-    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP | METHOD_OVERRIDES]
+    return [(k, v) for k, v in headers.items() if k.lower() not in _NOT_FORWARDED]
 
 
 _CLIENT_HEADERS = frozenset({"x-real-ip", "x-forwarded-for"})

@@ -42,6 +42,7 @@ class Site(Fediverse):
 
     files: dict[str, Any] = field(default_factory=dict)
     signed_only: set[str] = field(default_factory=set)
+    forbidden: set[str] = field(default_factory=set)  # a firewall's 403 to bots
     stubs: dict[str, Actor] = field(default_factory=dict)
     dripping: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,6 +64,9 @@ class Site(Fediverse):
         if url in self.signed_only:
             self.fetches.append(url)
             return web.Response(status=401, text="signature required")
+        if url in self.forbidden:
+            self.fetches.append(url)
+            return web.Response(status=403, text="are you a robot?")
         return await super().handle(request)
 
     async def _drip(self, request: web.Request) -> web.StreamResponse:
@@ -270,6 +274,17 @@ async def test_a_stub_elsewhere_does_not_pass_for_gotosocials(victim: Site, keys
     victim.files["/files/stub.json"] = gotosocial_stub(fake)
     with pytest.raises(KeyFetchError, match=r"could not be fetched \(HTTP 401\)"):
         await verify(fake, keys)
+
+
+async def test_a_firewalls_403_does_not_pass_for_gotosocials_401(
+    victim: Site, keys: KeyCache
+) -> None:
+    """A stub-shaped document below an actor that a firewall hides is not believed."""
+    carol = GoToSocialActor(f"{victim.base}/users/carol", rsa_key(0), victim)
+    victim.stubs[carol.key_id] = carol
+    victim.forbidden.add(carol.id)
+    with pytest.raises(KeyFetchError, match=r"HTTP 403"):
+        await verify(carol, keys)
 
 
 async def test_rsasignature2017_by_an_uploaded_key_is_refused(victim: Site, keys: KeyCache) -> None:

@@ -63,6 +63,24 @@ async def test_pruning_goes_in_batches_until_done(migrated_pool: asyncpg.Pool) -
     assert await remaining(migrated_pool) == set()
 
 
+async def test_a_row_that_evidence_names_is_kept_and_pruning_goes_on(
+    migrated_pool: asyncpg.Pool,
+) -> None:
+    """A quarantine whose lease another worker took records its evidence, but the row,
+    decided by that other worker, keeps no pointer: the evidence still needs it."""
+    pool = migrated_pool
+    named = await add_row(pool, State.DELIVERED, 40)
+    await pool.execute(
+        "INSERT INTO evidence (id, activity_row, retain_until, blobs, summary) "
+        "VALUES (7, $1, now() + interval '365 days', '[]'::jsonb, '{}'::jsonb)",
+        named,
+    )
+    other = await add_row(pool, State.DELIVERED, 40)
+    assert await store(pool, keep_days=30).prune_finished() == 1
+    assert await remaining(pool) == {named}
+    assert other not in await remaining(pool)
+
+
 async def test_pruning_finds_old_rows_through_an_index(migrated_pool: asyncpg.Pool) -> None:
     # The partial index's predicate must be provable from the query's text: a table of
     # millions of delivered rows must not be scanned every minute.

@@ -290,6 +290,28 @@ async def test_max_entries_evicts_least_recently_used(rsa_key: rsa.RSAPrivateKey
     assert origin.fetches == ["https://a.example/users/b"]
 
 
+async def test_made_up_key_ids_do_not_push_confirmed_keys_out(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    """Failures are remembered apart: a sender cycling keyIds that 404 evicts only those."""
+    doc = actor(rsa_key)
+    doc["id"] = "https://a.example/users/a"
+    doc["publicKey"] = {**doc["publicKey"], "id": f"{doc['id']}#k", "owner": doc["id"]}
+    origin = Origin({doc["id"]: doc})  # everything else answers 404
+    cache = KeyCache(origin.fetch_json, max_entries=2)
+    await cache.resolve("https://a.example/users/a#k")
+    for n in range(5):
+        with pytest.raises(KeyFetchError):
+            await cache.resolve(f"https://a.example/made-up/{n}#k")
+    origin.fetches.clear()
+    await cache.resolve("https://a.example/users/a#k")
+    assert origin.fetches == []
+    # The latest failures are still remembered; the oldest made way.
+    with pytest.raises(KeyFetchError):
+        await cache.resolve("https://a.example/made-up/4#k")
+    assert origin.fetches == []
+
+
 @pytest.mark.parametrize(("status", "gone"), [(410, True), (404, True), (500, False)])
 async def test_fetch_failures(status: int, gone: bool) -> None:
     cache = KeyCache(Origin({ALICE: status}).fetch_json)

@@ -315,3 +315,30 @@ async def test_verify_object_limits_each_signer(
         await verify_object(ld_signed, ALICE, keys, signer=relay)
     other = f"https://other.example/{uuid.uuid4().hex}"
     assert await verify_object(ld_signed, ALICE, keys, signer=other) == "RsaSignature2017"
+
+
+async def test_one_host_cannot_keep_the_workers_to_itself(keys: Keys) -> None:
+    """Its actors share `per_host` places; another host's object still gets in line."""
+    from relay.signature.objects import ObjectVerifier
+
+    verifier = ObjectVerifier(budget_seconds=1.0, workers=1, max_waiting=8, per_host=2)
+    slow = symmetric_blank_nodes(7)
+    try:
+        hogs = [
+            asyncio.ensure_future(
+                verifier.verify(slow, ALICE, keys, signer=f"https://hog.example/users/{n}")
+            )
+            for n in range(2)
+        ]
+        await wait_for(lambda: verifier.canonicaliser.runs == 2)
+        with pytest.raises(errors.RateLimited, match=r"from hog\.example being checked"):
+            await verifier.verify(slow, ALICE, keys, signer="https://hog.example/users/9")
+        assert verifier.canonicaliser.runs == 2  # refused before queueing
+        other = asyncio.ensure_future(
+            verifier.verify(slow, ALICE, keys, signer="https://other.example/users/1")
+        )
+        await wait_for(lambda: verifier.canonicaliser.runs == 3)  # in line, not refused
+        for outcome in await asyncio.gather(*hogs, other, return_exceptions=True):
+            assert isinstance(outcome, SignatureError), outcome  # too slow, all of them
+    finally:
+        verifier.close()

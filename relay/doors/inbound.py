@@ -16,10 +16,10 @@ import structlog
 from aiohttp import web
 
 from relay.activity import Activity, parse_activity
-from relay.config import split_authority
 from relay.envelope import Envelope, Proxies
 from relay.errors import DecodeError, KeyFetchError, RateLimited, SignatureError
 from relay.flow import Flow
+from relay.hosts import LocalHosts
 from relay.metrics import Metrics
 from relay.signature import KeyCache, Verified, verify_request
 from relay.signature.objects import ObjectVerifier
@@ -54,6 +54,10 @@ def looks_inbound(headers: Mapping[str, str]) -> bool:
     """
     if "Signature" in headers or "Signature-Input" in headers:
         return True
+    if "Authorization" in headers:
+        # A client posting to its own outbox (Pleroma's C2S API) with its OAuth token:
+        # not a federation delivery, which would carry a signature.
+        return False
     content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
     return content_type in _ACTIVITY_TYPES
 
@@ -88,16 +92,9 @@ class InboundDoor:
         self.require_signatures = require_signatures
         self.max_age = max_age
         self.clock_skew = clock_skew
-        self.hosts = frozenset(split_authority(h) for h in hosts)
+        self.hosts = LocalHosts(hosts)
         self.proxies = Proxies(trusted_proxies)
         self.objects = objects  # relayed objects' own signatures, at a bounded price
-
-    def answers_to(self, host: str) -> bool:
-        """Is ``host`` (a Host header) one the instance answers to? Yes for any, unconfigured."""
-        if not self.hosts:
-            return True
-        name, port = split_authority(host)
-        return (name, port) in self.hosts or (name, "") in self.hosts
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -123,7 +120,7 @@ class InboundDoor:
             received_at=time.time(),
         )
         host = request.headers.get("Host", "")
-        if not self.answers_to(host):
+        if not self.hosts.answers_to(host):
             # Signed for another server and replayed here (Host and @authority are signed).
             self.metrics.received.labels("wrong_host").inc()
             log.warning("wrong_host", host=host, remote=remote, target=envelope.target)

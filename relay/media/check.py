@@ -22,9 +22,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
+
 from relay.activity import Activity
 from relay.bank import BankIndex
 from relay.errors import DecodeError, FetchError
+from relay.hosts import LocalHosts
 from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher, OverBudget
@@ -34,7 +37,6 @@ from relay.media.objects import (
     ObjectFetcher,
     ObjectRef,
     extract,
-    host_of,
     object_refs,
 )
 from relay.media.refs import MediaRef, media_refs
@@ -63,6 +65,7 @@ class MediaCheck:
         max_dereference_depth: int = 3,
         dereference_seconds: float = 20.0,
         dereference_cache_seconds: float = 300.0,
+        object_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.banks = banks
@@ -73,20 +76,19 @@ class MediaCheck:
         self.fresh_actors = fresh_actors or FreshActors(ttl=0)
         self.metrics = metrics or Metrics()
         # The instance's own names ([server] hosts): it does not fetch its own objects.
-        # "social.example:443" names the same host as "social.example".
-        self.local_hosts = frozenset(
-            host_of(f"{scheme}://{host.strip()}/")
-            for host in local_hosts
-            for scheme in ("http", "https")
-        )
+        self.local_hosts = LocalHosts(local_hosts)
         self.max_dereferences = max_dereferences
         self.max_dereference_depth = max_dereference_depth
         self.dereference_seconds = dereference_seconds
+        # Objects come over a session of their own: slow origins named by boosts must
+        # not hold the connections media fetches need.
         self.objects = ObjectFetcher(
-            fetcher.session,
+            object_session or fetcher.session,
             fetcher.policy,
             cache_seconds=dereference_cache_seconds,
             max_refs=max_refs + 1,
+            timeout=dereference_seconds,
+            max_redirects=fetcher.max_redirects,
         )
         self._inflight: dict[str, asyncio.Future[_Obtained]] = {}
 
@@ -109,10 +111,7 @@ class MediaCheck:
         sending actor, whose document (when new) comes from the key fetch."""
         if ref.role == "author" and ref.url == activity.actor:
             return False
-        return not self._is_local(ref.url)
-
-    def _is_local(self, url: str) -> bool:
-        return bool(self.local_hosts) and host_of(url) in self.local_hosts
+        return not self.local_hosts.owns(ref.url)
 
     def applies(self, activity: Activity) -> bool:
         return bool(self._refs(activity, self.fresh_actors.peek(activity.actor))) or bool(
@@ -263,12 +262,17 @@ class MediaCheck:
         # One fetch per URL at a time: activities arriving together share it (the
         # first one's sender pays for the decoding).
         task = self._inflight.get(ref.url)
+        shared = task is not None
         if task is None:
             task = asyncio.ensure_future(self._obtain(ref.url, sender=sender))
             self._inflight[ref.url] = task
             task.add_done_callback(lambda _: self._inflight.pop(ref.url, None))
         try:
             hashes, data, cached, problem = await asyncio.shield(task)
+            if shared and problem is not None and problem["stage"] == "budget":
+                # Another sender's budget ran out on this file, not ours: sharing its
+                # fetch must not send our activity to review.
+                hashes, data, cached, problem = await self._obtain(ref.url, sender=sender)
         except _Failed as failed:
             self.metrics.media.labels(f"{failed.detail['stage']}_error").inc()
             return [Signal("error", self.name, {**where, **failed.detail})]

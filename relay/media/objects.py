@@ -19,15 +19,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from relay.errors import FetchError
 from relay.media.refs import MediaRef, _each, _is_http, _join, _types, media_refs
-from relay.network import NetworkPolicy, fetch_json
+from relay.network import NetworkPolicy, fetch_json_document
 
-__all__ = ["Dereferenced", "ObjectFetcher", "ObjectRef", "host_of", "object_refs"]
+__all__ = ["Dereferenced", "ObjectFetcher", "ObjectRef", "object_refs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +127,6 @@ def _is_object_link(node: dict[str, Any]) -> bool:
     )
 
 
-def host_of(url: str) -> str:
-    """``host`` or ``host:port`` (default ports dropped), lower case, as [server] hosts
-    names the instance; empty for what is not a URL."""
-    try:
-        parts = urlsplit(url.strip())
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return ""
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    return host if port is None or port == default else f"{host}:{port}"
-
-
 # -- fetching --------------------------------------------------------------------------
 
 
@@ -160,9 +145,10 @@ class Dereferenced:
 
 
 class ObjectFetcher:
-    """Fetches ActivityStreams documents over the media session (SSRF-guarded, size
-    bounded), one fetch per URL at a time, and remembers what they reference for
-    ``cache_seconds``: many servers boost the same post within minutes."""
+    """Fetches ActivityStreams documents (SSRF-guarded, size bounded), one fetch per URL
+    at a time, and remembers what they reference for ``cache_seconds``: many servers
+    boost the same post within minutes. A fetch ends within ``timeout`` even when every
+    activity waiting on it has given up, so a slow origin holds a connection no longer."""
 
     def __init__(
         self,
@@ -172,9 +158,13 @@ class ObjectFetcher:
         cache_seconds: float = 300.0,
         max_entries: int = 10_000,
         max_refs: int = 64,
+        timeout: float = 20.0,
+        max_redirects: int = 5,
     ) -> None:
         self.session = session
         self.policy = policy
+        self.timeout = timeout
+        self.max_redirects = max_redirects
         self.cache_seconds = cache_seconds
         self.max_entries = max_entries
         self.max_refs = max_refs
@@ -202,8 +192,14 @@ class ObjectFetcher:
     async def _fetch(self, url: str) -> Dereferenced:
         # Unsigned: a server in authorized-fetch mode answers 401 until Sluice has an
         # actor of its own to sign with.
-        document = await fetch_json(self.session, self.policy, url)
-        found = extract(url, document, max_refs=self.max_refs)
+        fetched = await fetch_json_document(
+            self.session,
+            self.policy,
+            url,
+            max_redirects=self.max_redirects,
+            total_timeout=self.timeout,
+        )
+        found = extract(url, fetched.document, max_refs=self.max_refs)
         if self.cache_seconds > 0:
             self._cache[url] = (time.monotonic() + self.cache_seconds, found)
             self._cache.move_to_end(url)

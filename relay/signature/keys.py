@@ -141,7 +141,9 @@ class KeyCache:
         self._timeout = timeout
         self._clock = clock
         self._max_entries = max_entries
-        self._entries: OrderedDict[str, _Known] = OrderedDict()
+        self._entries: OrderedDict[str, _Known] = OrderedDict()  # confirmed keys
+        # Failures apart: keyIds a sender makes up must not push confirmed keys out.
+        self._failures: OrderedDict[str, _Known] = OrderedDict()
         self._quiet: OrderedDict[str, float] = OrderedDict()  # key id -> no refresh until
         self._inflight: dict[str, asyncio.Future[PublicKey]] = {}
         self._hosts = _Slots(per_host)
@@ -159,10 +161,11 @@ class KeyCache:
         if refresh and self._quiet.get(key_id, now) > now:
             refresh = False
         if not refresh:
-            known = self._entries.get(key_id)
-            if known is not None and known.expires > now:
-                self._entries.move_to_end(key_id)
-                return known.outcome()
+            for table in (self._entries, self._failures):
+                known = table.get(key_id)
+                if known is not None and known.expires > now:
+                    table.move_to_end(key_id)
+                    return known.outcome()
         with self._clients.waiting(client, key_id):
             task = self._inflight.get(key_id)
             if task is None:
@@ -225,10 +228,14 @@ class KeyCache:
             self._quiet.popitem(last=False)
 
     def _store(self, key_id: str, known: _Known) -> None:
-        self._entries[key_id] = known
-        self._entries.move_to_end(key_id)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        home, other = (
+            (self._entries, self._failures) if known.key else (self._failures, self._entries)
+        )
+        other.pop(key_id, None)
+        home[key_id] = known
+        home.move_to_end(key_id)
+        while len(home) > self._max_entries:
+            home.popitem(last=False)
 
     async def _confirmed(self, key_id: str) -> PublicKey:
         """Fetch the key and make sure its owner stands behind it."""
@@ -464,7 +471,9 @@ def _served_stub(key: PublicKey, document: Mapping[str, Any], at: str) -> bool:
 
 
 def _authorized_fetch_only(exc: Exception) -> bool:
-    return isinstance(exc, FetchError) and exc.status in (401, 403)
+    """What GoToSocial answers an unsigned actor fetch: 401. Not 403, which firewalls
+    (Cloudflare's bot checks) answer too, on hosts whose paths anyone may fill."""
+    return isinstance(exc, FetchError) and exc.status == 401
 
 
 def _why(exc: Exception) -> str:

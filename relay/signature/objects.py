@@ -13,8 +13,10 @@ import atexit
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from relay.errors import RateLimited, SignatureError
 from relay.signature import linked_data, proof
@@ -70,8 +72,9 @@ class ObjectVerifier:
     canonicalising. `budget_seconds`: a canonicalisation that runs longer is abandoned
     and its worker killed. `workers`, `max_waiting`: canonicalisations at once, and how
     many may wait (past that, RateLimited). `per_signer_per_minute`: object
-    verifications (of any kind) per HTTP signer; `unlimited_signers` are exempt (a relay
-    you subscribe to), though not from the other limits.
+    verifications (of any kind) per HTTP signer; `per_host`: canonicalisations queued or
+    running for one signer's host at once; `unlimited_signers` (a relay you subscribe
+    to) are exempt from both, though not from the size limits and the workers' queue.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class ObjectVerifier:
         max_waiting: int = 16,
         per_signer_per_minute: float = 30,
         unlimited_signers: Iterable[str] = (),
+        per_host: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_bytes = max_bytes
@@ -93,6 +97,8 @@ class ObjectVerifier:
         )
         self.rate = SignerRate(per_signer_per_minute, clock=clock)
         self.unlimited_signers = frozenset(unlimited_signers)
+        self.per_host = per_host
+        self._by_host: dict[str, int] = {}
 
     async def verify(
         self,
@@ -115,16 +121,38 @@ class ObjectVerifier:
             return proof.CRYPTOSUITE
         signature = document.get("signature")
         if isinstance(signature, Mapping) and signature.get("type") == linked_data.SIGNATURE_TYPE:
-            await linked_data.verify_ld(
-                document,
-                actor_id,
-                keys,
-                self.canonicaliser,
-                max_bytes=self.max_bytes,
-                max_nodes=self.max_nodes,
-            )
+            with self._host_share(signer):
+                await linked_data.verify_ld(
+                    document,
+                    actor_id,
+                    keys,
+                    self.canonicaliser,
+                    max_bytes=self.max_bytes,
+                    max_nodes=self.max_nodes,
+                )
             return linked_data.SIGNATURE_TYPE
         raise SignatureError("object carries no RsaSignature2017 signature or eddsa-jcs-2022 proof")
+
+    @contextmanager
+    def _host_share(self, signer: str | None) -> Iterator[None]:
+        """At most ``per_host`` canonicalisations of one signer's host queued or running:
+        a host's many actors cannot keep the few workers and their queue to themselves."""
+        host = (urlsplit(signer).hostname or "") if signer else ""
+        if not host or signer in self.unlimited_signers:
+            yield
+            return
+        if self._by_host.get(host, 0) >= self.per_host:
+            raise RateLimited(
+                f"too many linked-data signatures from {host} being checked at once; retry later",
+                retry_after=max(1, math.ceil(self.canonicaliser.budget_seconds)),
+            )
+        self._by_host[host] = self._by_host.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            self._by_host[host] -= 1
+            if not self._by_host[host]:
+                del self._by_host[host]
 
     def close(self) -> None:
         """Stop the worker processes; later RsaSignature2017 checks fail."""

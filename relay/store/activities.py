@@ -473,7 +473,11 @@ class ActivityStore:
 _FINISHED = (State.DELIVERED, State.REFUSED, State.REJECTED, State.CANCELLED)
 PRUNABLE = (
     "SELECT id FROM activity WHERE state IN ({}) "
-    "AND finished_at < now() - make_interval(days => $1) AND evidence_id IS NULL LIMIT $2"
+    "AND finished_at < now() - make_interval(days => $1) AND evidence_id IS NULL "
+    # Evidence may name a row that kept no pointer (its quarantine lost the lease to
+    # another worker, which decided otherwise): evidence outlives the row's days.
+    "AND NOT EXISTS (SELECT 1 FROM evidence WHERE evidence.activity_row = activity.id) "
+    "LIMIT $2"
 ).format(", ".join(f"'{state.value}'" for state in _FINISHED))
 
 

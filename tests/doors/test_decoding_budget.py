@@ -3,6 +3,7 @@ whatever ``[hold] on_error`` says (issue 11, finding 6)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from relay.policy import OVER_BUDGET, Policy
@@ -51,3 +52,56 @@ def test_the_policy_floor_for_over_budget_is_review() -> None:
     # A stronger action from the rules or on_error still wins.
     stronger = Policy(on_error=Action.REJECT).decide([over, Signal("error", "media")])
     assert (stronger.action, stronger.rule) == (Action.REJECT, "hold.on_error")
+
+
+async def test_a_shared_fetch_charges_no_one_else_s_budget() -> None:
+    """Two activities name one file at once: the first sender's empty budget must not
+    send the second sender's activity to review."""
+    import json
+
+    from aiohttp import web
+
+    from relay.activity import parse_activity
+    from relay.bank import BankIndex
+    from relay.media.check import MediaCheck
+    from relay.media.fetch import HashCache, MediaFetcher
+    from relay.media.hasher import MediaHasher
+    from relay.network import NetworkPolicy, client_session
+    from tests.conftest import start_server
+    from tests.doors.test_media_hold import BRIDGE, PEN
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)  # both activities ask while the first fetch runs
+        return web.Response(body=BRIDGE if request.match_info["n"] == "1" else PEN)
+
+    app = web.Application()
+    app.router.add_get("/{n}", slow)
+    server = await start_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    policy = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
+
+    def activity(actor: str, *urls: str) -> Any:
+        attachment = [{"type": "Document", "url": url} for url in urls]
+        document = {"type": "Create", "id": f"{actor}/1", "actor": actor}
+        document["object"] = {"type": "Note", "id": f"{actor}/n", "attachment": attachment}
+        return parse_activity(json.dumps(document).encode())
+
+    mallory, alice = "https://bad.example/users/mallory", "https://good.example/users/alice"
+    async with client_session(policy) as session:
+        check = MediaCheck(
+            MediaFetcher(session, policy, max_bytes=1 << 24),
+            lambda: BankIndex(),
+            HashCache(0),
+            hasher=MediaHasher(sender_pixels_per_minute=1000),
+        )
+        # Mallory spends its budget (a full bucket lets one large image through).
+        await check.run(activity(mallory, f"{base}/2"))
+        theirs, ours = await asyncio.gather(
+            check.run(activity(mallory, f"{base}/1")),
+            check.run(activity(alice, f"{base}/1")),
+        )
+        check.hasher.close()
+    await server.close()
+    assert [s.kind for s in theirs if s.kind == OVER_BUDGET] == [OVER_BUDGET]
+    assert [s.kind for s in ours] == ["hashed"]
+    assert ours[0].detail["pdq"] is not None

@@ -19,6 +19,7 @@ from aiohttp import web
 from relay.activity import parse_activity
 from relay.bank import BankIndex, BankStore
 from relay.evidence import EvidenceKey
+from relay.hosts import LocalHosts
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.image import hash_media
@@ -336,7 +337,7 @@ async def test_a_post_that_cannot_be_fetched_follows_on_error(
 async def test_a_boost_of_the_instances_own_post_takes_the_fast_path(
     guarded: Running, fediverse: Fediverse, upstream: Upstream, remote: Remote
 ) -> None:
-    media_check(guarded).local_hosts = frozenset({urlsplit(remote.base).netloc})
+    media_check(guarded).local_hosts = LocalHosts([urlsplit(remote.base).netloc])
     alice = fediverse.actor("alice")
     post = remote.note("/notes/ours", "bridge.jpg", attributedTo=alice.id)
     announce = alice.activity("Announce", obj=post)

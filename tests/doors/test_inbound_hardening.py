@@ -97,6 +97,20 @@ async def test_an_activity_content_type_alone_makes_a_post_inbound(
     assert upstream.requests == []
 
 
+async def test_a_client_posting_to_its_outbox_passes_through(
+    sluice: Running, upstream: Upstream
+) -> None:
+    """Pleroma's C2S API: an ActivityPub body, an OAuth token, no signature."""
+    async with sluice.session.post(
+        sluice.url + "/users/alice/outbox",
+        data=b'{"type": "Note", "content": "hi"}',
+        headers={"Content-Type": "application/activity+json", "Authorization": "Bearer t"},
+    ) as response:
+        assert response.status == 202  # the upstream's answer
+    [got] = upstream.requests
+    assert got.path == "/users/alice/outbox"
+
+
 async def test_other_posts_still_pass_through(sluice: Running, upstream: Upstream) -> None:
     async with sluice.session.post(
         sluice.url + "/api/v1/statuses",

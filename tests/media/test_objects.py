@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from relay.errors import BlockedAddress, DecodeError, FetchError
-from relay.media.objects import ObjectFetcher, ObjectRef, extract, host_of, object_refs
+from relay.media.objects import ObjectFetcher, ObjectRef, extract, object_refs
 from relay.network import NetworkPolicy, client_session
 from tests.conftest import start_server
 
@@ -167,23 +167,6 @@ def test_extract_follows_an_id_that_is_not_the_url() -> None:
     assert extract(NOTE, served).objects == ()
     assert extract(NOTE + "#x", served).objects == ()
     assert extract(NOTE, {"type": "Note"}).id is None
-
-
-@pytest.mark.parametrize(
-    ("url", "host"),
-    [
-        ("https://Social.Example/notes/1", "social.example"),
-        ("https://social.example:443/x", "social.example"),
-        ("http://social.example:80/x", "social.example"),
-        ("https://social.example:8443/x", "social.example:8443"),
-        ("http://127.0.0.1:3000/x", "127.0.0.1:3000"),
-        ("https://[2001:DB8::1]:8443/x", "[2001:db8::1]:8443"),
-        ("http://[::1/x", ""),
-        ("not a url", ""),
-    ],
-)
-def test_host_of(url: str, host: str) -> None:
-    assert host_of(url) == host
 
 
 # --- fetching, from a real server -----------------------------------------------------------
