@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -35,6 +35,7 @@ from relay.media.image import (
     hash_media,
     survey,
 )
+from relay.rate import TokenBuckets
 
 __all__ = ["MediaHasher", "OverBudget"]
 
@@ -221,35 +222,14 @@ class _MemoryGate:
 
 
 class _SenderBudget:
-    """A token bucket of decoded pixels per sender: ``per_minute`` of them at
-    most, refilled evenly over a minute. Only senders whose bucket is not full
-    are remembered."""
+    """Decoded pixels per sender: ``per_minute`` of them, as a token bucket."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
         self.per_minute = per_minute
-        self.rate = per_minute / 60.0
-        self.clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # left, when
+        self._buckets = TokenBuckets(per_minute, clock=clock)
 
     def take(self, sender: str, pixels: int) -> None:
         """Spend ``pixels`` of ``sender``'s budget, or raise OverBudget spending none.
         An image larger than the whole budget is allowed when the bucket is full."""
-        if pixels <= 0:
-            return
-        now = self.clock()
-        self._forget_full(now)
-        left, when = self._buckets.pop(sender, (float(self.per_minute), now))
-        left = min(float(self.per_minute), left + (now - when) * self.rate)
-        cost = min(pixels, self.per_minute)
-        if cost > left:
-            self._buckets[sender] = (left, now)
+        if pixels > 0 and self._buckets.take(sender, pixels):
             raise OverBudget(sender, self.per_minute, pixels)
-        self._buckets[sender] = (left - cost, now)
-
-    def _forget_full(self, now: float) -> None:
-        """Drop the least recently charged senders whose buckets have refilled."""
-        while self._buckets:
-            sender, (left, when) = next(iter(self._buckets.items()))
-            if left + (now - when) * self.rate < self.per_minute:
-                return
-            del self._buckets[sender]

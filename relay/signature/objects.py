@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.errors import RateLimited, SignatureError
+from relay.rate import TokenBuckets
 from relay.signature import linked_data, proof
 from relay.signature.canonical import Canonicaliser
 from relay.signature.keys import KeyResolver
@@ -30,39 +31,18 @@ class SignerRate:
     """A token bucket per signer: `per_minute` checks, refilled evenly, as a burst at most."""
 
     def __init__(self, per_minute: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        if per_minute <= 0:
-            raise ValueError("per_minute must be positive")
         self.per_minute = per_minute
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # signer -> (tokens, when)
-        self._prune_at = 1024
+        self._buckets = TokenBuckets(per_minute, clock=clock)
 
     def take(self, signer: str) -> None:
         """Spend one check for `signer`, or raise RateLimited saying when to come back."""
-        now = self._clock()
-        tokens = self._tokens(signer, now)
-        if tokens < 1:
-            retry_after = max(1, math.ceil((1 - tokens) * 60 / self.per_minute))
+        wait = self._buckets.take(signer)
+        if wait:
+            retry_after = max(1, math.ceil(wait - 1e-9))  # float dust is no extra second
             raise RateLimited(
                 f"too many signed objects relayed by {signer}; retry in {retry_after} s",
                 retry_after=retry_after,
             )
-        self._buckets[signer] = (tokens - 1, now)
-        if len(self._buckets) > self._prune_at:
-            self._forget_full(now)
-
-    def _tokens(self, signer: str, now: float) -> float:
-        tokens, when = self._buckets.get(signer, (self.per_minute, now))
-        return min(self.per_minute, tokens + (now - when) * self.per_minute / 60)
-
-    def _forget_full(self, now: float) -> None:
-        """A full bucket is the same as none; drop those, so the map holds active signers."""
-        self._buckets = {
-            signer: bucket
-            for signer, bucket in self._buckets.items()
-            if self._tokens(signer, now) < self.per_minute
-        }
-        self._prune_at = max(1024, 2 * len(self._buckets))
 
 
 class ObjectVerifier:
