@@ -8,7 +8,8 @@
     ├── FetchError             a remote document or media could not be fetched
     │   └── BlockedAddress     the URL points at a refused address or scheme
     ├── DecodeError            fetched bytes are not what they claim to be
-    └── PolicyError            the policy cannot decide
+    ├── PolicyError            the policy cannot decide
+    └── StoreUnavailable       PostgreSQL cannot be reached or cannot take writes now
 
 Lower libraries' errors (aiohttp, asyncpg, cryptography) are translated where
 they enter, with ``raise ... from exc``, so callers catch only these.
@@ -29,6 +30,7 @@ __all__ = [
     "RateLimited",
     "SignatureError",
     "SluiceError",
+    "StoreUnavailable",
 ]
 
 
@@ -106,3 +108,12 @@ class DecodeError(SluiceError):
 
 class PolicyError(SluiceError):
     """The policy could not reach a decision."""
+
+
+class StoreUnavailable(SluiceError):
+    """PostgreSQL cannot be reached or cannot take the write now; nothing was stored.
+
+    Transient by nature (a restart, a failover, every connection taken): the inbound
+    door answers 503 with Retry-After, and the sender retries as it would any
+    overloaded server. The message is for the log, never for the sender.
+    """

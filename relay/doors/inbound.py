@@ -14,10 +14,17 @@ from collections.abc import Iterable, Mapping
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from relay.activity import Activity, parse_activity
 from relay.envelope import Envelope, Proxies
-from relay.errors import DecodeError, KeyFetchError, RateLimited, SignatureError
+from relay.errors import (
+    DecodeError,
+    KeyFetchError,
+    RateLimited,
+    SignatureError,
+    StoreUnavailable,
+)
 from relay.flow import Flow
 from relay.hosts import LocalHosts
 from relay.metrics import Metrics
@@ -84,6 +91,7 @@ class InboundDoor:
         hosts: Iterable[str] = (),
         trusted_proxies: Iterable[str] = (),
         objects: ObjectVerifier,
+        unavailable_retry_after: int = 5,
     ) -> None:
         self.store = store
         self.flow = flow
@@ -95,6 +103,7 @@ class InboundDoor:
         self.hosts = LocalHosts(hosts)
         self.proxies = Proxies(trusted_proxies)
         self.objects = objects  # relayed objects' own signatures, at a bounded price
+        self.unavailable_retry_after = unavailable_retry_after  # seconds, database down
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -105,6 +114,17 @@ class InboundDoor:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
+        coding = _content_coding(request.headers)
+        if coding:
+            # Digest and Content-Digest cover the bytes as sent, the instance expects what
+            # was signed, and no fediverse server compresses what it POSTs; refused before
+            # aiohttp decodes it (a body that is not what it claims would fail there).
+            self.metrics.received.labels("malformed").inc()
+            response = _refuse(
+                415, f"Content-Encoding {coding[:40]!r} is not accepted; send the body as is"
+            )
+            response.headers["Accept-Encoding"] = "identity"
+            return response
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
@@ -163,13 +183,21 @@ class InboundDoor:
             bound.warning("signature_not_verified", reason=str(exc))
             verified = None
 
-        stored = await self.store.insert(
-            envelope,
-            activity,
-            signer=verified.signer if verified else None,
-            key_id=verified.key_id if verified else None,
-            claim=self.flow.has_room(),
-        )
+        try:
+            stored = await self.store.insert(
+                envelope,
+                activity,
+                signer=verified.signer if verified else None,
+                key_id=verified.key_id if verified else None,
+                claim=self.flow.has_room(),
+            )
+        except StoreUnavailable as exc:
+            # Nothing was stored; the sender retries, as it does for any overloaded server.
+            self.metrics.received.labels("unavailable").inc()
+            bound.error("store_unavailable", error=str(exc))  # the reason stays here
+            response = _refuse(503, "database unavailable, retry later")
+            response.headers["Retry-After"] = str(self.unavailable_retry_after)
+            return response
         if stored is None:
             self.metrics.received.labels("duplicate").inc()
             bound.info("duplicate", signer=verified and verified.signer)
@@ -238,6 +266,14 @@ class InboundDoor:
                     f"of its actor: {exc}"
                 ) from exc
         return verified
+
+
+def _content_coding(headers: CIMultiDictProxy[str]) -> str:
+    """The request's content codings other than identity, as sent; empty when none."""
+    codings = ",".join(headers.getall("Content-Encoding", ()))
+    if all(c.strip().lower() in ("", "identity") for c in codings.split(",")):
+        return ""
+    return codings.strip()
 
 
 def _refuse(status: int, reason: str) -> web.Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,7 @@ import asyncpg
 
 from relay.activity import Activity, parse_activity
 from relay.envelope import Envelope
+from relay.errors import StoreUnavailable
 from relay.signal import Signal
 from relay.state import HELD, PENDING, TERMINAL, State
 from relay.verdict import Verdict
@@ -92,6 +93,35 @@ async def lock_order(conn: asyncpg.Connection, activity: Activity) -> bool:
     keys = sorted({zlib.crc32(i.encode()) - 2**31 for i in ids})
     await conn.execute(_LOCK_ORDER, _ORDER_LOCK, keys)
     return True
+
+
+# What "the database is not there right now" looks like from asyncpg: the network
+# (OSError, TimeoutError), a lost connection (08), a server shutting down, starting up
+# or cancelling us (57), out of connections, memory or disk (53), a database that is
+# refusing connections (55), a read-only standby after a failover (25006), and the
+# pool closing under us. A syntax error or a broken constraint is a bug, and stays one.
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise StoreUnavailable for a database that cannot be reached or written now."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.InterfaceError as exc:
+        if isinstance(exc, ValueError):  # arguments or configuration: our bug
+            raise
+        # "pool is closing", "connection is closed": the pool went away under us.
+        raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
 
 _CLAIM = f"""
@@ -219,7 +249,8 @@ class ActivityStore:
         """Commit the activity; None when it is a duplicate within the window.
 
         With ``claim`` the row is leased to this worker at once (the fast path);
-        without, the poller of any process takes it.
+        without, the poller of any process takes it. Raises StoreUnavailable when the
+        database cannot be reached or written: then nothing was stored.
         """
         arguments = (
             activity.dedup_key,
@@ -241,9 +272,10 @@ class ActivityStore:
             self.lease,
             claim,
         )
-        async with self.pool.acquire() as conn, conn.transaction():
-            await lock_order(conn, activity)
-            row = await conn.fetchrow(_INSERT, *arguments)
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                await lock_order(conn, activity)
+                row = await conn.fetchrow(_INSERT, *arguments)
         if row is None:
             return None
         return Stored(id=row["id"], claimed=row["claimed"], cancelled=row["cancelled"])
