@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -66,142 +67,154 @@ def build_app(
     inbox = inbox_matcher(config.server.inbox_paths)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        metrics = Metrics()
-        database = await connect(
-            config.database.url, config.storage.data_dir, pool_size=config.database.pool_size
-        )
-        pool = database.pool
-        policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
-        # Key fetches have their own session: a sender names the URL, so they must not
-        # hold the connections media fetches need. KeyCache bounds them further (time,
-        # per host, per client) and caches failures.
-        session = client_session(
-            policy,
-            connect_timeout=config.network.connect_timeout_seconds,
-            read_timeout=config.network.read_timeout_seconds,
-        )
-        fresh_actors = FreshActors()
-
-        async def fetch_key_document(url: str) -> JsonDocument:
-            fetched = await fetch_json_document(
-                session, policy, url, max_redirects=config.network.max_redirects
+        # Each part is registered for closing as soon as it is open: a failure at any
+        # step (an unreadable evidence key, a taken admin port) closes everything opened
+        # before it, in reverse order, as the end of the process does.
+        async with contextlib.AsyncExitStack() as opened:
+            metrics = Metrics()
+            database = await connect(
+                config.database.url, config.storage.data_dir, pool_size=config.database.pool_size
             )
-            if fetched.at_its_id:  # only a document at its own id speaks for that actor
-                fresh_actors.remember(fetched.document)  # a new actor: pictures checked too
-            return fetched
-
-        keys = KeyCache(
-            fetch_key_document,
-            ttl=config.signatures.key_cache_seconds,
-            failure_ttl=config.signatures.key_failure_cache_seconds,
-            refresh_interval=config.signatures.key_refresh_interval_seconds,
-            timeout=config.signatures.key_fetch_timeout_seconds,
-            per_host=config.signatures.key_fetch_per_host,
-            per_client=config.signatures.key_fetch_per_client,
-        )
-        media_session = client_session(
-            policy,
-            connect_timeout=config.network.connect_timeout_seconds,
-            read_timeout=config.network.read_timeout_seconds,
-            limit_per_host=config.media.per_host_concurrency,
-        )
-        object_session = client_session(
-            policy,
-            connect_timeout=config.network.connect_timeout_seconds,
-            read_timeout=config.network.read_timeout_seconds,
-            limit_per_host=config.media.per_host_concurrency,
-        )
-        banks = BankWatcher(pool, config.bank)
-        await banks.start()
-        hasher = MediaHasher(
-            max_pixels=config.media.max_pixels,
-            max_pixels_per_byte=config.media.max_pixels_per_byte,
-            dense_above=config.media.dense_above,
-            workers=config.media.hash_workers or None,
-            memory=config.media.hash_memory_bytes,
-            sender_pixels_per_minute=config.media.sender_pixels_per_minute,
-        )
-        media = MediaCheck(
-            MediaFetcher(
-                media_session,
+            opened.push_async_callback(database.close)
+            pool = database.pool
+            policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
+            # Key fetches have their own session: a sender names the URL, so they must not
+            # hold the connections media fetches need. KeyCache bounds them further (time,
+            # per host, per client) and caches failures.
+            session = client_session(
                 policy,
-                max_bytes=config.media.max_bytes,
-                timeout=config.media.fetch_timeout_seconds,
-                max_redirects=config.network.max_redirects,
-            ),
-            lambda: banks.index,
-            HashCache(config.media.cache_seconds),
-            max_refs=config.media.max_refs,
-            hasher=hasher,
-            fresh_actors=fresh_actors,
-            metrics=metrics,
-            local_hosts=frozenset(config.server.hosts),
-            max_dereferences=config.media.max_dereferences,
-            max_dereference_depth=config.media.max_dereference_depth,
-            dereference_seconds=config.media.dereference_seconds,
-            dereference_cache_seconds=config.media.dereference_cache_seconds,
-            object_session=object_session,
-        )
-        store = ActivityStore(
-            pool,
-            lazy=database.lazy,
-            owner=f"sluice-{uuid.uuid4().hex[:12]}",
-            lease_seconds=config.delivery.lease_seconds,
-            dedup_window_seconds=config.delivery.dedup_window_seconds,
-            max_age_seconds=config.delivery.max_age_seconds,
-            keep_days=config.database.keep_days,
-        )
-        deliverer = upstream or HttpUpstream(
-            config.upstream.url,
-            timeout=config.upstream.timeout_seconds,
-            concurrency=config.upstream.concurrency,
-        )
-        hold = Hold(
-            (media, *checks),
-            policy=Policy.from_config(config.rule, config.hold.on_error),
-            max_seconds=config.hold.max_seconds,
-            on_timeout=Action(config.hold.on_timeout),
-        )
-        flow = Flow(
-            store,
-            hold,
-            deliverer,
-            metrics,
-            concurrency=config.upstream.concurrency,
-            backoff_initial=config.delivery.backoff_initial_seconds,
-            backoff_max=config.delivery.backoff_max_seconds,
-            evidence=EvidenceStore.from_config(pool, config),
-        )
-        signatures = config.signatures
-        objects = ObjectVerifier(
-            max_bytes=signatures.ld_max_bytes,
-            max_nodes=signatures.ld_max_nodes,
-            budget_seconds=signatures.ld_budget_seconds,
-            workers=signatures.ld_workers,
-            max_waiting=signatures.ld_max_waiting,
-            per_host=signatures.ld_per_host,
-            per_signer_per_minute=signatures.object_rate_per_minute,
-            unlimited_signers=signatures.object_rate_exempt,
-        )
-        inbound = InboundDoor(
-            store,
-            flow,
-            keys,
-            metrics,
-            require_signatures=config.signatures.require,
-            max_age=config.signatures.max_age_seconds,
-            clock_skew=config.signatures.clock_skew_seconds,
-            hosts=config.server.hosts,
-            trusted_proxies=config.server.trusted_proxies,
-            objects=objects,
-        )
-        passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
-        parts = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
-        app[SLUICE] = parts
-        admin: web.AppRunner | None = None
-        try:
-            # Inside the try: a taken admin port must still close what is open.
+                connect_timeout=config.network.connect_timeout_seconds,
+                read_timeout=config.network.read_timeout_seconds,
+            )
+            opened.push_async_callback(session.close)
+            fresh_actors = FreshActors()
+
+            async def fetch_key_document(url: str) -> JsonDocument:
+                fetched = await fetch_json_document(
+                    session, policy, url, max_redirects=config.network.max_redirects
+                )
+                if fetched.at_its_id:  # only a document at its own id speaks for that actor
+                    fresh_actors.remember(fetched.document)  # a new actor: pictures checked too
+                return fetched
+
+            keys = KeyCache(
+                fetch_key_document,
+                ttl=config.signatures.key_cache_seconds,
+                failure_ttl=config.signatures.key_failure_cache_seconds,
+                refresh_interval=config.signatures.key_refresh_interval_seconds,
+                timeout=config.signatures.key_fetch_timeout_seconds,
+                per_host=config.signatures.key_fetch_per_host,
+                per_client=config.signatures.key_fetch_per_client,
+            )
+            media_session = client_session(
+                policy,
+                connect_timeout=config.network.connect_timeout_seconds,
+                read_timeout=config.network.read_timeout_seconds,
+                limit_per_host=config.media.per_host_concurrency,
+            )
+            opened.push_async_callback(media_session.close)
+            object_session = client_session(
+                policy,
+                connect_timeout=config.network.connect_timeout_seconds,
+                read_timeout=config.network.read_timeout_seconds,
+                limit_per_host=config.media.per_host_concurrency,
+            )
+            opened.push_async_callback(object_session.close)
+            banks = BankWatcher(pool, config.bank)
+            await opened.enter_async_context(banks)  # started; stopped on the way out
+            hasher = MediaHasher(
+                max_pixels=config.media.max_pixels,
+                max_pixels_per_byte=config.media.max_pixels_per_byte,
+                dense_above=config.media.dense_above,
+                workers=config.media.hash_workers or None,
+                memory=config.media.hash_memory_bytes,
+                sender_pixels_per_minute=config.media.sender_pixels_per_minute,
+            )
+            opened.callback(hasher.close)
+            media = MediaCheck(
+                MediaFetcher(
+                    media_session,
+                    policy,
+                    max_bytes=config.media.max_bytes,
+                    timeout=config.media.fetch_timeout_seconds,
+                    max_redirects=config.network.max_redirects,
+                ),
+                lambda: banks.index,
+                HashCache(config.media.cache_seconds),
+                max_refs=config.media.max_refs,
+                hasher=hasher,
+                fresh_actors=fresh_actors,
+                metrics=metrics,
+                local_hosts=frozenset(config.server.hosts),
+                max_dereferences=config.media.max_dereferences,
+                max_dereference_depth=config.media.max_dereference_depth,
+                dereference_seconds=config.media.dereference_seconds,
+                dereference_cache_seconds=config.media.dereference_cache_seconds,
+                object_session=object_session,
+            )
+            store = ActivityStore(
+                pool,
+                lazy=database.lazy,
+                owner=f"sluice-{uuid.uuid4().hex[:12]}",
+                lease_seconds=config.delivery.lease_seconds,
+                dedup_window_seconds=config.delivery.dedup_window_seconds,
+                max_age_seconds=config.delivery.max_age_seconds,
+                keep_days=config.database.keep_days,
+            )
+            deliverer = upstream or HttpUpstream(
+                config.upstream.url,
+                timeout=config.upstream.timeout_seconds,
+                concurrency=config.upstream.concurrency,
+            )
+            opened.push_async_callback(deliverer.close)
+            hold = Hold(
+                (media, *checks),
+                policy=Policy.from_config(config.rule, config.hold.on_error),
+                max_seconds=config.hold.max_seconds,
+                on_timeout=Action(config.hold.on_timeout),
+            )
+            flow = Flow(
+                store,
+                hold,
+                deliverer,
+                metrics,
+                concurrency=config.upstream.concurrency,
+                backoff_initial=config.delivery.backoff_initial_seconds,
+                backoff_max=config.delivery.backoff_max_seconds,
+                evidence=EvidenceStore.from_config(pool, config),
+            )
+            opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
+            signatures = config.signatures
+            objects = ObjectVerifier(
+                max_bytes=signatures.ld_max_bytes,
+                max_nodes=signatures.ld_max_nodes,
+                budget_seconds=signatures.ld_budget_seconds,
+                workers=signatures.ld_workers,
+                max_waiting=signatures.ld_max_waiting,
+                per_host=signatures.ld_per_host,
+                per_signer_per_minute=signatures.object_rate_per_minute,
+                unlimited_signers=signatures.object_rate_exempt,
+            )
+            opened.callback(objects.close)
+            inbound = InboundDoor(
+                store,
+                flow,
+                keys,
+                metrics,
+                require_signatures=config.signatures.require,
+                max_age=config.signatures.max_age_seconds,
+                clock_skew=config.signatures.clock_skew_seconds,
+                hosts=config.server.hosts,
+                trusted_proxies=config.server.trusted_proxies,
+                objects=objects,
+            )
+            passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
+            opened.push_async_callback(passthrough.close)
+            parts = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
+            app[SLUICE] = parts
             admin = await _start_admin(config.admin.listen, parts)
+            if admin is not None:
+                opened.push_async_callback(admin.cleanup)
             flow.start()
             log.info(
                 "started",
@@ -217,19 +230,6 @@ def build_app(
                     advice="set [server] hosts: requests signed for any host are accepted",
                 )
             yield
-        finally:
-            if admin is not None:
-                await admin.cleanup()
-            await flow.stop()
-            objects.close()
-            hasher.close()
-            await banks.stop()
-            await deliverer.close()
-            await passthrough.close()
-            await session.close()
-            await media_session.close()
-            await object_session.close()
-            await database.close()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and (

@@ -4,37 +4,81 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay import __version__
 
+if TYPE_CHECKING:
+    from relay.config import Config
+    from relay.store.db import Database
+
 __all__ = ["main"]
+
+
+# -- one start-up path -------------------------------------------------------------
+#
+# Every command that reads the configuration goes through ``_configured`` (the checks
+# ``serve`` and ``check-config`` make, before anything opens) and, when it needs the
+# database, ``_database`` (closed, and the embedded PostgreSQL stopped, however the
+# command ends). ``main`` turns the errors into exit codes: 2 and the located problems
+# for a bad configuration, 1 and the message for anything else Sluice refuses.
+
+
+def _configured(
+    path: str | None, *, evidence_key: bool = True, log_level: str | None = None
+) -> Config:
+    """The configuration at ``path``, checked as ``serve`` checks it; raises ConfigError.
+
+    ``evidence_key=False`` for commands that never read evidence. Logs go to stderr at
+    ``log_level`` (default: the configured one): stdout carries the command's output.
+    """
+    from relay.config import load_config, startup_problems
+    from relay.errors import ConfigError
+    from relay.log import configure_logging
+
+    config = load_config(path)
+    problems = startup_problems(config, evidence_key=evidence_key)
+    if problems:
+        raise ConfigError(problems)
+    configure_logging(log_level or config.log.level)
+    return config
+
+
+@contextlib.asynccontextmanager
+async def _database(config: Config) -> AsyncIterator[Database]:
+    """The configured database, closed however the command ends."""
+    from relay.store import connect
+
+    database = await connect(config.database.url, config.storage.data_dir)
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from relay.app import build_app
-    from relay.config import load_config
-    from relay.errors import ConfigError
-    from relay.log import configure_logging
 
+    config = _configured(args.config)
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    configure_logging(config.log.level)
-    web.run_app(
-        build_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+        web.run_app(
+            build_app(config),
+            host=config.server.host,
+            port=config.server.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    except OSError as exc:  # a listen address taken or not ours; all is closed by now
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -44,37 +88,34 @@ def _check_config(args: argparse.Namespace) -> int:
     return main_check_config(args.file)
 
 
-async def _with_store(config_path: str | None, action):  # type: ignore[no-untyped-def]
-    from relay.config import load_config
-    from relay.store import connect
+def _dead_letters(args: argparse.Namespace) -> int:
     from relay.store.activities import ActivityStore
 
-    config = load_config(config_path)
-    database = await connect(config.database.url, config.storage.data_dir)
-    try:
-        store = ActivityStore(
-            database.pool,
-            owner="sluice-cli",
-            lease_seconds=config.delivery.lease_seconds,
-            dedup_window_seconds=config.delivery.dedup_window_seconds,
-            max_age_seconds=config.delivery.max_age_seconds,
-        )
-        return await action(store)
-    finally:
-        await database.close()
+    ids = None
+    if args.replay is not None and args.replay != ["all"]:
+        if not all(i.isascii() and i.isdigit() for i in args.replay):
+            print("--replay takes row ids (numbers), or `all`", file=sys.stderr)
+            return 2
+        ids = [int(i) for i in args.replay]
+    config = _configured(args.config, evidence_key=False, log_level="warning")
 
-
-def _dead_letters(args: argparse.Namespace) -> int:
-    async def run(store) -> int:  # type: ignore[no-untyped-def]
-        if args.replay is None:
-            for row in await store.dead_letters(args.limit):
-                print(json.dumps(row))
+    async def run() -> int:
+        async with _database(config) as database:
+            store = ActivityStore(
+                database.pool,
+                owner="sluice-cli",
+                lease_seconds=config.delivery.lease_seconds,
+                dedup_window_seconds=config.delivery.dedup_window_seconds,
+                max_age_seconds=config.delivery.max_age_seconds,
+            )
+            if args.replay is None:
+                for row in await store.dead_letters(args.limit):
+                    print(json.dumps(row))
+                return 0
+            print(json.dumps({"replayed": await store.replay(ids)}))
             return 0
-        ids = None if args.replay == ["all"] else [int(i) for i in args.replay]
-        print(json.dumps({"replayed": await store.replay(ids)}))
-        return 0
 
-    return asyncio.run(_with_store(args.config, run))
+    return asyncio.run(run())
 
 
 # -- sluice evidence -------------------------------------------------------------
@@ -87,48 +128,26 @@ This extraction is recorded in the evidence audit log."""
 
 
 def _evidence(action):  # type: ignore[no-untyped-def]
-    """Run ``action(args, store)`` on the configured evidence store; errors on stderr."""
-
-    async def with_store(args: argparse.Namespace) -> int:
-        from relay.config import load_config
-        from relay.evidence import EvidenceStore
-        from relay.log import configure_logging
-        from relay.store import connect
-
-        config = load_config(args.config)
-        configure_logging(config.log.level)  # logs to stderr: stdout carries the JSON
-        database = await connect(config.database.url, config.storage.data_dir)
-        try:
-            return int(await action(args, EvidenceStore.from_config(database.pool, config)))
-        finally:
-            await database.close()
+    """Run ``action(args, store)`` on the configured evidence store."""
 
     def run(args: argparse.Namespace) -> int:
-        from relay.errors import ConfigError, SluiceError
+        from relay.evidence import EvidenceStore
 
-        try:
-            return asyncio.run(with_store(args))
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        except SluiceError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        config = _configured(args.config)
+
+        async def with_store() -> int:
+            async with _database(config) as database:
+                return int(await action(args, EvidenceStore.from_config(database.pool, config)))
+
+        return asyncio.run(with_store())
 
     return run
 
 
 def _evidence_keygen(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from relay.errors import SluiceError
     from relay.evidence import EvidenceKey
 
-    try:
-        EvidenceKey.generate(Path(args.file))
-    except SluiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    EvidenceKey.generate(Path(args.file))
     print(f"wrote a new evidence key to {args.file} (mode 0600)", file=sys.stderr)
     print("keep a copy somewhere safe: without it the evidence cannot be read", file=sys.stderr)
     return 0
@@ -198,34 +217,17 @@ async def _evidence_show(args: argparse.Namespace, store) -> int:  # type: ignor
 
 
 def _with_banks(config_path: str | None, action) -> int:  # type: ignore[no-untyped-def]
-    """Run ``action(store, config)`` against the configured database; errors become exit 1
-    (exit 2 for a bad configuration, as ``serve`` does)."""
+    """Run ``action(store, config)`` against the configured database."""
     from relay.bank import BankStore
-    from relay.config import load_config
-    from relay.errors import ConfigError, SluiceError
-    from relay.log import configure_logging
-    from relay.store import connect
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
     # The command prints its own summary; info logs (migrations, bank_created) are noise here.
-    configure_logging("warning")
+    config = _configured(config_path, evidence_key=False, log_level="warning")
 
     async def run() -> int:
-        database = await connect(config.database.url, config.storage.data_dir)
-        try:
+        async with _database(config) as database:
             return int(await action(BankStore(database.pool), config))
-        finally:
-            await database.close()
 
-    try:
-        return asyncio.run(run())
-    except SluiceError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    return asyncio.run(run())
 
 
 def _bank_category(config, bank: str, given: str | None) -> str | None:  # type: ignore[no-untyped-def]
@@ -485,7 +487,16 @@ def main(argv: list[str] | None = None) -> int:
     orphans.set_defaults(run=_evidence(_evidence_orphans))
 
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    from relay.errors import ConfigError, SluiceError
+
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:  # located problems, as check-config prints them
+        print(exc, file=sys.stderr)
+        return 2
+    except SluiceError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

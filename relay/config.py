@@ -51,6 +51,7 @@ __all__ = [
     "config_warnings",
     "load_config",
     "main_check_config",
+    "startup_problems",
 ]
 
 DATABASE_URL_ENV = "SLUICE_DATABASE_URL"
@@ -1253,14 +1254,10 @@ def load_config(
 
 def config_warnings(config: Config) -> list[ConfigProblem]:
     """What is valid but unsafe: Sluice runs with it, the admin should still hear of it."""
-    found: dict[KeyPath, int] = {}
-    if config.source != DEFAULTS_SOURCE:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            found = locate_keys(Path(config.source).read_text(encoding="utf-8"))
+    locate = _locator(config)
 
     def warn(path: KeyPath, message: str) -> ConfigProblem:
-        line = _line(found, path)
-        return ConfigProblem(config.source, line, _dotted(path), f"warning: {message}")
+        return locate(path, f"warning: {message}")
 
     warnings = []
     if not config.server.hosts:
@@ -1295,18 +1292,74 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
     return warnings
 
 
+def _locator(config: Config) -> Callable[[KeyPath, str], ConfigProblem]:
+    """A problem at ``path`` of the file ``config`` came from, with its line when written."""
+    found: dict[KeyPath, int] = {}
+    if config.source != DEFAULTS_SOURCE:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found = locate_keys(Path(config.source).read_text(encoding="utf-8"))
+
+    def locate(path: KeyPath, message: str) -> ConfigProblem:
+        return ConfigProblem(config.source, _line(found, path), _dotted(path), message)
+
+    return locate
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+def startup_problems(config: Config, *, evidence_key: bool = True) -> list[ConfigProblem]:
+    """What ``serve`` would refuse at start although the file itself is valid.
+
+    The file alone cannot show these (they depend on other files and on the machine),
+    so ``check-config`` and every command's start-up ask here, before anything opens.
+    ``evidence_key=False`` skips reading the evidence key, for commands that never use it.
+    """
+    locate = _locator(config)
+    problems = []
+    data_dir = config.storage.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        problems.append(locate(("storage", "data_dir"), f"{data_dir} is not a directory"))
+    elif not config.database.url:
+        from relay.store.db import embedded_socket_problem  # connect() refuses it
+
+        socket = embedded_socket_problem(data_dir)
+        if socket is not None:
+            problems.append(ConfigProblem(config.source, None, "storage.data_dir", socket))
+    if evidence_key and config.evidence.key_file is not None:
+        from relay.evidence import EvidenceError, EvidenceKey  # loaded as serve loads it
+
+        try:
+            EvidenceKey.load(config.evidence.key_file)
+        except EvidenceError as exc:
+            problems.append(locate(("evidence", "key_file"), str(exc)))
+    admin = config.admin.listen
+    if admin and not admin.endswith(":0"):
+        host, port = _split_listen(admin)
+        if port == config.server.port and (
+            host == config.server.host or _wildcard(host) or _wildcard(config.server.host)
+        ):
+            problems.append(
+                locate(
+                    ("admin", "listen"),
+                    f"`{admin}` takes the port of [server] listen (`{config.server.listen}`): "
+                    "give the admin listener a port of its own",
+                )
+            )
+    return problems
+
+
 def main_check_config(path: str) -> int:
     """``sluice check-config FILE``: OK on stdout and 0, or the problems on stderr and 1.
 
-    Warnings go to stderr too, but leave the answer OK.
+    It checks what ``serve`` checks before it starts (``startup_problems``). Warnings go
+    to stderr too, but leave the answer OK.
     """
     config, problems = _read(path, None)
-    if config is not None and not config.database.url:
-        from relay.store.db import embedded_socket_problem  # serve refuses it, so do we
-
-        socket = embedded_socket_problem(config.storage.data_dir)
-        if socket is not None:
-            problems = [ConfigProblem(path, None, "storage.data_dir", socket)]
+    if config is not None:
+        problems = startup_problems(config)
+        if problems:
             config = None
     if config is not None:
         for warning in config_warnings(config):

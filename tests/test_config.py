@@ -640,7 +640,7 @@ def test_main_check_config(tmp_path, capsys):
 
 def test_check_config_warns_about_unsafe_but_valid_settings(tmp_path, capsys):
     key = tmp_path / "evidence.key"
-    key.write_bytes(b"k" * 32)
+    key.write_bytes(bytes(range(200, 232)))  # a usable key: serve (and check-config) load it
     key.chmod(0o644)
     token = tmp_path / "token"
     token.write_text("secret")
