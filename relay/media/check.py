@@ -11,14 +11,19 @@ Objects the activity names only by id (a boost by URI, a quote, an unknown autho
 are fetched first, bounded in number, depth and time, and their media checked like
 the rest (``relay.media.objects``); one that cannot be fetched is an ``error``
 signal (stage ``dereference``), never a reason to skip the check.
+
+Each signal is reported to the hold as soon as it is known, and every fetch (media
+with its retries, objects) ends by the hold's deadline: a slow origin is that URL's
+``error``, and a match found before it still counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +32,7 @@ import aiohttp
 from relay.activity import Activity
 from relay.bank import BankIndex
 from relay.errors import DecodeError, FetchError
+from relay.hold import Findings
 from relay.hosts import LocalHosts
 from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
@@ -119,11 +125,21 @@ class MediaCheck:
         )
 
     async def run(self, activity: Activity) -> Sequence[Signal]:
+        """All the signals, once every media file is checked (no deadline)."""
+        found = Findings(self.name)
+        await self.report(activity, found)
+        return found.signals
+
+    async def report(self, activity: Activity, found: Findings) -> None:
         refs = self._refs(activity, self.fresh_actors.take(activity.actor))
-        found: list[Signal] = []
-        checks: list[asyncio.Future[list[Signal]]] = []
+        checks: list[asyncio.Future[None]] = []
         seen: set[str] = set()
         too_many = False
+
+        async def check(ref: MediaRef) -> None:
+            found.begin(ref.url)
+            found.extend(await self._check(ref, activity.actor, found.deadline))
+            found.end(ref.url)
 
         def submit(refs: Iterable[MediaRef]) -> None:
             """Start checking media as they are found; the rest is still being fetched."""
@@ -132,46 +148,44 @@ class MediaCheck:
                 if ref.url in seen:
                     continue
                 if len(seen) >= self.max_refs:
-                    too_many = True  # checking only some would let the rest through
+                    if not too_many:  # checking only some would let the rest through
+                        too_many = True
+                        found.add(Signal("error", self.name, self._too_many()))
                     continue
                 seen.add(ref.url)
-                checks.append(asyncio.ensure_future(self._check(ref, activity.actor)))
+                checks.append(asyncio.ensure_future(check(ref)))
 
         try:
             submit(refs)
             await self._dereference(activity, submit, found)
-            results = await asyncio.gather(*checks)
+            await asyncio.gather(*checks)
         finally:
-            for check in checks:  # the hold gave up, or a check broke: stop the others
-                check.cancel()
-        signals: list[Signal] = []
-        if too_many:
-            signals.append(
-                Signal(
-                    "error",
-                    self.name,
-                    {
-                        "stage": "extract",
-                        "error": f"more than {self.max_refs} media URLs ([media] max_refs)",
-                    },
-                )
-            )
-        signals.extend(found)
-        for result in results:
-            signals.extend(result)
-        return signals
+            for task in checks:  # the hold gave up, or a check broke: stop the others
+                task.cancel()
+
+    def _too_many(self) -> dict[str, object]:
+        return {
+            "stage": "extract",
+            "error": f"more than {self.max_refs} media URLs ([media] max_refs)",
+        }
 
     async def _dereference(
         self,
         activity: Activity,
         submit: Callable[[Iterable[MediaRef]], None],
-        signals: list[Signal],
+        found: Findings,
     ) -> None:
         """Fetch what the activity names by id, level by level, and submit the media
         found there; bounded by ``max_dereferences`` fetches, ``max_dereference_depth``
-        levels and ``dereference_seconds`` in all. What lies beyond a bound is an error:
-        the instance would fetch it, unchecked."""
+        levels and ``dereference_seconds`` in all (and the hold's deadline). What lies
+        beyond a bound is an error: the instance would fetch it, unchecked."""
         deadline = time.monotonic() + self.dereference_seconds
+        limit = (
+            f"objects took more than {self.dereference_seconds:g} s ([media] dereference_seconds)"
+        )
+        if found.deadline < deadline:
+            deadline = found.deadline
+            limit = "the hold's time ran out ([hold] max_seconds)"
         level = self._objects(activity)
         seen: set[str] = set()
         fetched = 0
@@ -193,14 +207,14 @@ class MediaCheck:
             # An Update changes its object: what was fetched for earlier activities is stale.
             fresh = activity.type == "Update" and depth == 1
             results = await asyncio.gather(
-                *(self._dereference_one(ref, deadline, fresh=fresh) for ref in batch)
+                *(self._dereference_one(ref, deadline, limit, found, fresh=fresh) for ref in batch)
             )
             level = []
             for ref, result in zip(batch, results, strict=True):
                 if isinstance(result, Signal):
-                    signals.append(result)
+                    found.add(result)
                     continue
-                signals.append(Signal("dereferenced", self.name, _dereferenced(ref, result)))
+                found.add(Signal("dereferenced", self.name, _dereferenced(ref, result)))
                 prefix = f"{ref.where} <{ref.url}>"
                 submit(replace(m, where=f"{prefix}: {m.where}") for m in result.media)
                 for child in result.objects:
@@ -211,10 +225,10 @@ class MediaCheck:
             depth += 1
         for bound, refs in beyond.items():
             if refs:
-                signals.append(Signal("error", self.name, self._beyond(bound, refs)))
+                found.add(Signal("error", self.name, self._beyond(bound, refs)))
 
     async def _dereference_one(
-        self, ref: ObjectRef, deadline: float, *, fresh: bool
+        self, ref: ObjectRef, deadline: float, limit: str, found: Findings, *, fresh: bool
     ) -> Dereferenced | Signal:
         if ref.role == "author":
             # Just fetched to verify a signature of its own: no need to fetch it again.
@@ -222,14 +236,15 @@ class MediaCheck:
             if document is not None:
                 return extract(ref.url, document, max_refs=self.max_refs + 1)
         remaining = deadline - time.monotonic()
+        found.begin(ref.url)
         try:
             if remaining <= 0:
-                raise FetchError(
-                    f"{ref.url}: not fetched: objects took more than "
-                    f"{self.dereference_seconds:g} s ([media] dereference_seconds)"
-                )
-            return await self.objects.get(ref.url, timeout=remaining, fresh=fresh)
+                raise FetchError(f"{ref.url}: not fetched: {limit}")
+            got = await self.objects.get(ref.url, timeout=remaining, fresh=fresh)
+            found.end(ref.url)
+            return got
         except (FetchError, DecodeError) as exc:
+            found.end(ref.url)
             self.metrics.media.labels("dereference_error").inc()
             detail: dict[str, object] = {"stage": "dereference", "url": ref.url}
             detail |= {"where": ref.where, "role": ref.role}
@@ -255,8 +270,9 @@ class MediaCheck:
             "error": f"{why}: {len(refs)} not fetched, so their media went unchecked",
         }
 
-    async def _check(self, ref: MediaRef, sender: str) -> list[Signal]:
-        """Signals about one media file; decoding it is charged to ``sender``'s budget."""
+    async def _check(self, ref: MediaRef, sender: str, deadline: float) -> list[Signal]:
+        """Signals about one media file, fetched by ``deadline``; decoding it is charged
+        to ``sender``'s budget."""
         started = time.perf_counter()
         where = {"url": ref.url, "where": ref.where, "role": ref.role}
         # One fetch per URL at a time: activities arriving together share it (the
@@ -264,15 +280,17 @@ class MediaCheck:
         task = self._inflight.get(ref.url)
         shared = task is not None
         if task is None:
-            task = asyncio.ensure_future(self._obtain(ref.url, sender=sender))
+            task = asyncio.ensure_future(self._obtain(ref.url, sender=sender, deadline=deadline))
             self._inflight[ref.url] = task
             task.add_done_callback(lambda _: self._inflight.pop(ref.url, None))
         try:
-            hashes, data, cached, problem = await asyncio.shield(task)
+            hashes, data, cached, problem = await _by(deadline, asyncio.shield(task), ref.url)
             if shared and problem is not None and problem["stage"] == "budget":
                 # Another sender's budget ran out on this file, not ours: sharing its
                 # fetch must not send our activity to review.
-                hashes, data, cached, problem = await self._obtain(ref.url, sender=sender)
+                hashes, data, cached, problem = await self._obtain(
+                    ref.url, sender=sender, deadline=deadline
+                )
         except _Failed as failed:
             self.metrics.media.labels(f"{failed.detail['stage']}_error").inc()
             return [Signal("error", self.name, {**where, **failed.detail})]
@@ -284,7 +302,7 @@ class MediaCheck:
             # judges what the origin serves now. Rare; the cache is for clean media.
             try:
                 hashes, data, cached, problem = await self._obtain(
-                    ref.url, sender=sender, cache=False
+                    ref.url, sender=sender, cache=False, deadline=deadline
                 )
                 matches = self.banks().match(hashes)
             except _Failed as failed:
@@ -309,15 +327,17 @@ class MediaCheck:
         signals[0].detail["seconds"] = round(time.perf_counter() - started, 4)
         return signals
 
-    async def _obtain(self, url: str, *, sender: str, cache: bool = True) -> _Obtained:
-        """The hashes of ``url`` (cached, or fetched and hashed), the bytes if fetched,
-        whether they came from the cache, and what went wrong decoding, if anything.
-        Without ``cache``, fetched and hashed whatever the cache knows."""
+    async def _obtain(
+        self, url: str, *, sender: str, cache: bool = True, deadline: float | None = None
+    ) -> _Obtained:
+        """The hashes of ``url`` (cached, or fetched by ``deadline`` and hashed), the
+        bytes if fetched, whether they came from the cache, and what went wrong decoding,
+        if anything. Without ``cache``, fetched and hashed whatever the cache knows."""
         hashes = self.cache.by_url(url) if cache else None
         if hashes is not None:
             return hashes, None, True, None
         try:
-            data = await self.fetcher.get(url)
+            data = await self.fetcher.get(url, deadline=deadline)
         except FetchError as exc:
             raise _Failed({"stage": "fetch", "error": str(exc)}) from exc
         hashes = self.cache.by_sha256(hashlib.sha256(data).hexdigest()) if cache else None
@@ -336,6 +356,17 @@ class MediaCheck:
 
 
 _Obtained = tuple[Hashes, bytes | None, bool, dict[str, object] | None]
+
+
+async def _by(deadline: float, shared: Awaitable[_Obtained], url: str) -> _Obtained:
+    """Wait for ``shared`` (a fetch another activity may have started, with a later
+    deadline than ours) until ``deadline``; then it is this activity's fetch error."""
+    try:
+        async with asyncio.timeout(None if math.isinf(deadline) else deadline - time.monotonic()):
+            return await shared
+    except TimeoutError:
+        error = f"{url}: not fetched before the hold's deadline ([hold] max_seconds)"
+        raise _Failed({"stage": "fetch", "error": error}) from None
 
 
 def _exact_only(data: bytes) -> Hashes:

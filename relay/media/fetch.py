@@ -8,6 +8,7 @@ every use, so a hash added to a bank catches media seen before it was added.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 
@@ -21,6 +22,7 @@ __all__ = ["HashCache", "MediaFetcher"]
 
 #: Statuses worth a second try; any other error answer is final.
 _TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
+_HOLD_ENDS = "not fetched before the hold's deadline ([hold] max_seconds)"
 
 
 class MediaFetcher:
@@ -43,9 +45,18 @@ class MediaFetcher:
         self.attempts = attempts
         self.retry_delay = retry_delay
 
-    async def get(self, url: str) -> bytes:
-        """The bytes at ``url``; FetchError naming the URL and why, after retries."""
+    async def get(self, url: str, *, deadline: float | None = None) -> bytes:
+        """The bytes at ``url``; FetchError naming the URL and why, after retries.
+
+        All attempts and the pauses between them end by ``deadline``
+        (``time.monotonic()`` seconds), when given: the hold's, so that a slow
+        origin is this file's error, not a timeout that ends the whole hold."""
         for attempt in range(1, self.attempts + 1):
+            timeout, cut = self.timeout, False
+            if deadline is not None and deadline - time.monotonic() < timeout:
+                timeout, cut = math.floor((deadline - time.monotonic()) * 10) / 10, True
+                if timeout <= 0:
+                    raise FetchError(f"{url}: {_HOLD_ENDS}")
             try:
                 fetched = await fetch(
                     self.session,
@@ -54,17 +65,21 @@ class MediaFetcher:
                     max_bytes=self.max_bytes,
                     headers={"Accept": "image/*, video/*, audio/*, */*;q=0.5"},
                     max_redirects=self.max_redirects,
-                    total_timeout=self.timeout,
+                    total_timeout=timeout,
                 )
                 return fetched.body
             except BlockedAddress:
                 raise
             except FetchError as exc:
+                if cut and exc.status is None and "total timeout" in str(exc):
+                    raise FetchError(f"{exc}, cut short: {_HOLD_ENDS}") from exc
                 final = exc.status is not None and exc.status not in _TRANSIENT
                 too_big = "exceeds" in str(exc) or "too large" in str(exc)
-                if final or too_big or attempt == self.attempts:
+                delay = self.retry_delay * attempt
+                late = deadline is not None and time.monotonic() + delay >= deadline
+                if final or too_big or late or attempt == self.attempts:
                     raise
-            await asyncio.sleep(self.retry_delay * attempt)
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
 
