@@ -115,10 +115,6 @@ class Hold:
         self.max_seconds = max_seconds
         self.grace_seconds = min(5.0, max_seconds / 5) if grace_seconds is None else grace_seconds
 
-    @property
-    def on_timeout(self) -> Action:
-        return self.policy.on_timeout
-
     async def decide(self, activity: Activity) -> Verdict:
         started = time.monotonic()
         try:

@@ -308,7 +308,7 @@ class MediaCheck:
             except _Failed as failed:
                 refetch = {"refetch_error": failed.detail["error"]}
         signals = [Signal("hashed", self.name, {**where, **_facts(hashes), "cached": cached})]
-        outcome = "cached" if cached else hashes.kind
+        outcome: str = "cached" if cached else hashes.kind
         if problem is not None:
             outcome = f"{problem['stage']}_error"
             # Over budget is not an error on_error may wave through: at least review.
