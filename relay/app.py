@@ -31,7 +31,6 @@ from relay.signature import KeyCache
 from relay.signature.objects import ObjectVerifier
 from relay.store import connect
 from relay.store.activities import ActivityStore
-from relay.verdict import Action
 
 __all__ = ["SLUICE", "Sluice", "build_app"]
 
@@ -169,9 +168,10 @@ def build_app(
             opened.push_async_callback(deliverer.close)
             hold = Hold(
                 (media, *checks),
-                policy=Policy.from_config(config.rule, config.hold.on_error),
+                policy=Policy.from_config(
+                    config.rule, config.hold.on_error, config.hold.on_timeout
+                ),
                 max_seconds=config.hold.max_seconds,
-                on_timeout=Action(config.hold.on_timeout),
             )
             flow = Flow(
                 store,

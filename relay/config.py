@@ -1268,14 +1268,6 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
                 'servers too); list the names your instance answers to, like ["social.example"]',
             )
         )
-    if config.media.dereference_seconds >= config.hold.max_seconds:
-        warnings.append(
-            warn(
-                ("media", "dereference_seconds"),
-                f"not below [hold] max_seconds ({config.hold.max_seconds:g}): a slow boosted "
-                "post would run the hold out, and on_timeout decide instead of on_error",
-            )
-        )
     secrets = (("evidence", "key_file", config.evidence.key_file),)
     secrets += (("admin", "token_file", config.admin.token_file),)
     for section, key, file in secrets:

@@ -664,14 +664,6 @@ def test_check_config_warns_about_unsafe_but_valid_settings(tmp_path, capsys):
     assert config_warnings(load_config(None, environ={}))[0].key == "server.hosts"
     hosts = write(tmp_path, '[server]\nhosts = ["social.example", "[2001:db8::1]:8443"]\n')
     assert config_warnings(load_config(hosts, environ={})) == []
-    slow = write(
-        tmp_path,
-        '[server]\nhosts = ["social.example"]\n[hold]\nmax_seconds = 10\n'
-        "[media]\ndereference_seconds = 20\n",
-    )
-    [warning] = config_warnings(load_config(slow, environ={}))
-    assert (warning.line, warning.key) == (6, "media.dereference_seconds")
-    assert warning.message.startswith("warning: not below [hold] max_seconds (10)")
 
 
 @pytest.mark.parametrize(
