@@ -10,7 +10,12 @@ from urllib.parse import urlsplit
 
 from relay.errors import DecodeError
 
-__all__ = ["Activity", "parse_activity"]
+__all__ = ["MAX_DEPTH", "Activity", "parse_activity"]
+
+#: How deep arrays and objects may nest. An activity nests about ten deep; the JSON-LD
+#: canonicaliser, media discovery and the store's JSON all recurse, so a body thousands
+#: deep is refused here, with a 400, instead of exhausting Python's stack in any of them.
+MAX_DEPTH = 100
 
 
 def _id_of(value: Any) -> str | None:
@@ -26,7 +31,41 @@ def _id_of(value: Any) -> str | None:
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).netloc.lower()
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:  # "https://[x/": an unclosed IPv6 bracket
+        raise DecodeError(f"{url[:200]!r} is not a URL") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth_within(document: Any, limit: int) -> bool:
+    """Whether arrays and objects nest at most ``limit`` deep; without recursion."""
+    level: list[Any] = [document] if isinstance(document, dict | list) else []
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return True
+    return False
+
+
+def _check_text(name: str, value: str | None) -> None:
+    """Refuse what PostgreSQL cannot store as text: a NUL, an unpaired surrogate."""
+    if value is None or (value.isascii() and "\x00" not in value):
+        return
+    if "\x00" in value:
+        raise DecodeError(f"activity `{name}` contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError(f"activity `{name}` contains an unpaired surrogate") from None
 
 
 def _type_of(value: Any) -> str | None:
@@ -61,9 +100,15 @@ class Activity:
 def parse_activity(body: bytes) -> Activity:
     """Parse an inbox body; say exactly what is wrong when it is not an activity."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"body is not valid JSON: {exc}") from exc
+        # ValueError: broken JSON, bytes that are no UTF-8/16/32, NaN, a number of more
+        # than 4,300 digits. RecursionError: the C decoder's own limit, near 1,000 deep.
+        document = json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels") from None
+    if not _depth_within(document, MAX_DEPTH):
+        raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels")
     if not isinstance(document, dict):
         raise DecodeError("body is not a JSON object")
     kind = _type_of(document)
@@ -79,11 +124,14 @@ def parse_activity(body: bytes) -> Activity:
         # Mastodon refuses these too: an actor may only speak for ids of its own server.
         raise DecodeError(f"activity id {ident} is not on the actor's host {_host(actor)}")
     obj = document.get("object")
+    object_id = _id_of(obj)
+    for name, value in (("type", kind), ("actor", actor), ("id", ident), ("object", object_id)):
+        _check_text(name, value)
     return Activity(
         id=ident,
         type=kind,
         actor=actor,
-        object_id=_id_of(obj),
+        object_id=object_id,
         object_type=_type_of(obj),
         document=document,
     )

@@ -125,6 +125,12 @@ class InboundDoor:
             )
             response.headers["Accept-Encoding"] = "identity"
             return response
+        odd = _not_text(request.raw_path, request.headers)
+        if odd:
+            # aiohttp keeps bytes that are no UTF-8 as surrogates, which neither the
+            # signature base nor the stored row can hold; no server sends them.
+            self.metrics.received.labels("malformed").inc()
+            return _refuse(400, f"{odd} is not UTF-8 text")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
@@ -274,6 +280,17 @@ def _content_coding(headers: CIMultiDictProxy[str]) -> str:
     if all(c.strip().lower() in ("", "identity") for c in codings.split(",")):
         return ""
     return codings.strip()
+
+
+def _not_text(target: str, headers: CIMultiDictProxy[str]) -> str:
+    """What in the request line and headers is not UTF-8, as aiohttp decoded it."""
+    for what, value in (("request target", target), *headers.items()):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return what if what == "request target" else f"header `{what[:60]}`"
+    return ""
 
 
 def _refuse(status: int, reason: str) -> web.Response:

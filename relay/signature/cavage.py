@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from relay.errors import SignatureError
 from relay.signature.keys import KeyResolver, PublicKey, Verified, verify_with_key
 
-__all__ = ["add_headers", "check_window", "header_getter", "sign_cavage", "verify_cavage"]
+__all__ = [
+    "add_headers",
+    "check_key_id",
+    "check_window",
+    "header_getter",
+    "sign_cavage",
+    "verify_cavage",
+]
 
 HeaderGetter = Callable[[str], str | None]
 
@@ -116,6 +124,14 @@ def check_window(what: str, when: float, now: float, max_age: float, clock_skew:
         raise SignatureError(f"{what} is {_span(-age)} in the future (limit {_limit(clock_skew)})")
 
 
+def check_key_id(key_id: str) -> None:
+    """Refuse a key id that no URL parser takes ("https://[") before anyone fetches it."""
+    try:
+        urlsplit(key_id).hostname  # noqa: B018  (parsing is the check)
+    except ValueError:
+        raise SignatureError(f"key id {key_id[:200]!r} is not a URL") from None
+
+
 def check_expires(what: str, expires: float, now: float) -> None:
     if expires < now:
         raise SignatureError(f"signature expired {_span(now - expires)} ago ({what})")
@@ -129,14 +145,23 @@ def _parse_date(value: str) -> float | None:
         return None
     if parts[9] is None:
         parts = (*parts[:9], 0)
-    return float(mktime_tz(parts))
+    try:
+        return float(mktime_tz(parts))
+    except (ValueError, OverflowError):  # a year past 9999 parses, then cannot be a time
+        return None
 
 
 def _number_param(params: Mapping[str, str], name: str) -> float:
+    value = params.get(name)
+    if value is None:
+        raise SignatureError(f"signature covers `({name})` but has no `{name}`")
     try:
-        return float(params[name])
+        number = float(value)
     except ValueError:
-        raise SignatureError(f"`{name}` is not a number") from None
+        number = math.nan
+    if not math.isfinite(number):  # "nan" would pass every comparison with the clock
+        raise SignatureError(f"`{name}` is not a number")
+    return number
 
 
 def _check_coverage(covered: list[str], needs_digest: bool) -> None:
@@ -185,7 +210,10 @@ def _signing_string(
             if value is None:
                 raise SignatureError(f"signed header `{name}` is missing")
         lines.append(f"{name}: {value}")
-    return "\n".join(lines).encode("utf-8")
+    try:
+        return "\n".join(lines).encode("utf-8")
+    except UnicodeEncodeError:  # aiohttp keeps bytes that are no UTF-8 as surrogates
+        raise SignatureError("a signed header or the target is not UTF-8 text") from None
 
 
 def _checker(
@@ -217,6 +245,7 @@ def _header_params(get: HeaderGetter) -> dict[str, str]:
     params = parse_signature(header)
     if not params.get("keyid"):
         raise SignatureError("Signature has no keyId")
+    check_key_id(params["keyid"])
     if not params.get("signature"):
         raise SignatureError("Signature has no signature value")
     return params

@@ -35,7 +35,13 @@ from http_message_signatures import (
 )
 
 from relay.errors import SignatureError
-from relay.signature.cavage import HeaderGetter, add_headers, check_expires, check_window
+from relay.signature.cavage import (
+    HeaderGetter,
+    add_headers,
+    check_expires,
+    check_key_id,
+    check_window,
+)
 from relay.signature.keys import KeyResolver, PublicKey, Verified, verify_with_key
 
 __all__ = ["carries_signature", "sign_rfc9421", "verify_rfc9421"]
@@ -191,6 +197,7 @@ def _select(inputs: dict[str, Any], signatures: dict[str, Any]) -> _Input:
     key_id = params.get("keyid")
     if not isinstance(key_id, str) or not key_id:
         raise SignatureError("Signature-Input has no keyid")
+    check_key_id(key_id)
     alg = params.get("alg")
     if alg is not None and alg not in _ALGORITHMS:
         raise SignatureError(f"unsupported algorithm {str(alg)[:40]}")
