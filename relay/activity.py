@@ -107,7 +107,9 @@ def parse_activity(body: bytes) -> Activity:
         raise DecodeError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels") from None
-    if not _depth_within(document, MAX_DEPTH):
+    # Each array or object opens with a bracket: with few of them, none nests too deep.
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets > MAX_DEPTH and not _depth_within(document, MAX_DEPTH):
         raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels")
     if not isinstance(document, dict):
         raise DecodeError("body is not a JSON object")
