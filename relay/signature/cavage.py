@@ -199,6 +199,7 @@ def _signing_string(
 ) -> bytes:
     lines = []
     for name in covered:
+        value: str | None
         if name == "(request-target)":
             value = f"{method.lower()} {target}"
         elif name in ("(created)", "(expires)"):
