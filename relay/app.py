@@ -62,7 +62,12 @@ def build_app(
 
     ``checks`` run in the hold beside the media check (tests add their own).
     """
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    # Bodies as sent: signatures cover the bytes on the wire, the door refuses a
+    # Content-Encoding (415) and the passthrough forwards it untouched.
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        handler_args={"auto_decompress": False},
+    )
     inbox = inbox_matcher(config.server.inbox_paths)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -518,7 +518,10 @@ def _same_key(a: RSAPublicKey | Ed25519PublicKey, b: RSAPublicKey | Ed25519Publi
 
 
 def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:  # an unbalanced "[": no host we could fetch from
+        return ""
 
 
 def check_owner(key: PublicKey, actor_id: str) -> None:

@@ -275,3 +275,23 @@ async def test_method_overrides_do_not_reach_the_instance_with_an_inbox_post(
     [got] = await wait_for(upstream.inbox_posts)
     assert "X-HTTP-Method-Override" not in got.headers
     assert "X-HTTP-Method" not in got.headers
+
+
+async def test_a_compressed_body_passes_through_as_sent(
+    sluice: Running, upstream: Upstream
+) -> None:
+    """Sluice leaves request bodies as sent: the instance decodes what the client coded."""
+    import gzip
+
+    plain = b"status=" + b"hello " * 1000
+    async with sluice.session.post(
+        sluice.url + "/api/v1/statuses",
+        data=gzip.compress(plain),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Content-Encoding": "gzip",
+        },
+    ) as response:
+        assert response.status == 202, await response.text()
+    [got] = upstream.requests
+    assert got.body == plain  # the upstream (aiohttp) decoded the gzip it was sent
