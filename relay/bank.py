@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import asyncpg.pool
 import numpy as np
 import structlog
 
@@ -34,6 +35,7 @@ from relay.hashing.base import HexDigestKind
 from relay.hashing.exact_index import ExactIndex
 from relay.hashing.pdq_index import PdqIndex
 from relay.signal import Signal
+from relay.store.db import Connection
 
 if TYPE_CHECKING:
     from relay.media.image import Hashes
@@ -388,7 +390,7 @@ class BankStore:
         ]
 
     @classmethod
-    async def _lock(cls, conn: asyncpg.Connection, bank: str) -> int:
+    async def _lock(cls, conn: Connection, bank: str) -> int:
         """The bank's id, with its changes serialised until commit: entry ids then commit
         in increasing order per bank, which lets running processes read only what is
         new since the highest id they have (see ``BankIndex.reload``)."""
@@ -397,7 +399,7 @@ class BankStore:
         return bank_id
 
     @staticmethod
-    async def _id(conn: asyncpg.Pool | asyncpg.Connection, bank: str) -> int:
+    async def _id(conn: asyncpg.Pool | Connection, bank: str) -> int:
         bank_id = await conn.fetchval("SELECT id FROM bank WHERE name = $1", bank)
         if bank_id is None:
             raise BankError(f"no bank named `{bank}`")
@@ -494,13 +496,15 @@ class _Bank:
                 index.remove(removed)
         for kind_name, (ids, values) in added.items():
             kind = KINDS[kind_name]
-            index = (self.exact if kind.exact else self.near).get(kind_name)
-            if index is not None:
-                index.add(values, ids)
-            elif kind.exact:  # published once built, in one assignment
-                self.exact = {**self.exact, kind_name: _build(kind, ids, values, self.radius)}
+            built = (self.exact if kind.exact else self.near).get(kind_name)
+            if built is not None:
+                built.add(values, ids)
+                continue
+            fresh = _build(kind, ids, values, self.radius)  # published in one assignment
+            if isinstance(fresh, ExactIndex):  # as _read_bank files it
+                self.exact = {**self.exact, kind_name: fresh}
             else:
-                self.near = {**self.near, kind_name: _build(kind, ids, values, self.radius)}
+                self.near = {**self.near, kind_name: fresh}
 
     def indexes(self) -> list[ExactIndex | PdqIndex]:
         return [*self.exact.values(), *self.near.values()]
@@ -607,8 +611,7 @@ class BankIndex:
         for bank in self.banks.values():
             for kind_name, table in bank.exact.items():
                 value = getattr(hashes, kind_name, None)
-                entry = table.get(value) if value else None
-                if entry is not None:
+                if value and (entry := table.get(value)) is not None:
                     found.append(BankMatch(bank.name, bank.category, kind_name, value, entry, 0))
             index = bank.near.get(Pdq.name)
             if index is None or not plain or not len(index):
@@ -635,7 +638,7 @@ _COPY_HEADER = 19  # signature (11), flags (4), header extension length (4)
 
 
 async def _copy(
-    conn: asyncpg.Connection, what: str, query: str, *args: object, fields: Sequence[_Field]
+    conn: Connection, what: str, query: str, *args: object, fields: Sequence[_Field]
 ) -> dict[str, np.ndarray]:
     """Each field of the rows of ``query``, as a native array: read as binary COPY and
     parsed with numpy as fixed-size records, in a thread (no per-row Python: 10M rows in
@@ -666,7 +669,7 @@ def _parse(buffer: io.BytesIO, fields: Sequence[_Field], what: str) -> dict[str,
 
 
 async def _read_hashes(
-    conn: asyncpg.Connection, bank_id: int, kind: type[HashKind], after: int | None = None
+    conn: Connection, bank_id: int, kind: type[HashKind], after: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, hashes as (N, size) uint8) of a bank's entries of ``kind``, every one or
     those with ids past ``after``: a binary COPY of ``(id, decode(value, 'hex'))``."""
@@ -681,7 +684,7 @@ async def _read_hashes(
     return rows["id"], rows["hash"]
 
 
-async def _catch_up(conn: asyncpg.Connection, bank: _Bank) -> bool:
+async def _catch_up(conn: Connection, bank: _Bank) -> bool:
     """Apply to ``bank`` the entries added and removed since its marks; whether there
     were any."""
     added: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -708,7 +711,7 @@ async def _catch_up(conn: asyncpg.Connection, bank: _Bank) -> bool:
     return bool(added or len(removed))
 
 
-async def _count(conn: asyncpg.Connection, bank_id: int) -> int:
+async def _count(conn: Connection, bank_id: int) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM bank_entry WHERE bank_id = $1", bank_id))
 
 
@@ -725,9 +728,7 @@ def _build(
     return PdqIndex.build(values, ids, radius=radius[kind.name])
 
 
-async def _read_bank(
-    conn: asyncpg.Connection, row: asyncpg.Record, config: BankConfig | None
-) -> _Bank:
+async def _read_bank(conn: Connection, row: asyncpg.Record, config: BankConfig | None) -> _Bank:
     """One bank's entries, kind by kind; each index is built in a thread (seconds at
     millions of hashes), so the event loop goes on meanwhile."""
     name = row["name"]
@@ -805,7 +806,7 @@ class BankWatcher:
         self.refreshes = 0  # safety-net passes over every bank
         self.reconnects = 0  # connections lost and made again, everything read whole
         self.failures = 0  # reloads or reconnects that failed and were retried
-        self._conn: asyncpg.Connection | None = None
+        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
         self._connected = False
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
@@ -837,8 +838,8 @@ class BankWatcher:
         await self.stop()
 
     # asyncpg calls these two from the event loop.
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        self._pending.add(payload)
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._pending.add(str(payload))  # a bank's name: NOTIFY payloads are text
         self._wake.set()
 
     def _lost(self, conn: object) -> None:

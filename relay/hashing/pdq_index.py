@@ -33,8 +33,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from relay.hashing.base import as_ids, ranges
 from relay.hashing.pdq import Pdq
@@ -160,7 +162,7 @@ class _Layout:
 
     def slots(self, words: np.ndarray) -> np.ndarray:
         """(Q, m) uint64: the slot of each chunk's own value, ``base | key``."""
-        key = words[:, self.j1] << self.left
+        key: np.ndarray = words[:, self.j1] << self.left
         key >>= self.right
         key |= (words[:, self.j2] >> self.low) & self.lowmask
         key |= self.base
@@ -168,7 +170,7 @@ class _Layout:
 
     def key(self, words: np.ndarray, c: int) -> np.ndarray:
         """(N,) uint32 values of chunk c, for building its table."""
-        key = words[:, self.j1[c]] << self.left[c]
+        key: np.ndarray = words[:, self.j1[c]] << self.left[c]
         key >>= self.right[c]
         if self.lowmask[c]:
             key |= (words[:, self.j2[c]] >> self.low[c]) & self.lowmask[c]
@@ -304,7 +306,9 @@ class _Segment:
         if n >= 1 << 32:
             raise ValueError(f"a segment holds fewer than 2^32 hashes, not {n}")
         m = len(layout.bits)
-        offsets = np.empty(layout.size, dtype=np.uint32 if m * n < 1 << 32 else np.int64)
+        offsets: npt.NDArray[np.integer[Any]] = np.empty(
+            layout.size, dtype=np.uint32 if m * n < 1 << 32 else np.int64
+        )
         rows = np.empty(m * n, dtype=np.uint32)
         for c, b in enumerate(layout.bits):
             key = layout.key(hashes, c)
@@ -389,10 +393,10 @@ class _Segment:
         # Clustered data can make a query's buckets huge: past this, scanning is cheaper.
         heavy = totals > _SCAN_COST * n
         if heavy.any():
-            which = np.flatnonzero(heavy)
-            keys.append(self.scan(words[which], radius, which))
-            lengths[which] = 0
-            totals[which] = 0
+            scanned = np.flatnonzero(heavy)
+            keys.append(self.scan(words[scanned], radius, scanned))
+            lengths[scanned] = 0
+            totals[scanned] = 0
         lengths = lengths.reshape(-1)
         ends = np.cumsum(lengths)
         count = int(ends[-1])
@@ -569,7 +573,8 @@ class PdqIndex(SegmentedIndex[_Segment]):
         for segment in self._state.segments():
             row = segment.row_of(entry_id)
             if row is not None:
-                return segment.hashes[row].astype(">u8").tobytes().hex()
+                words: np.ndarray = segment.hashes[row]
+                return words.astype(">u8").tobytes().hex()
         return None
 
     # -- queries ------------------------------------------------------------------
@@ -638,7 +643,11 @@ class PdqIndex(SegmentedIndex[_Segment]):
             "extra_hashes": np.concatenate([s.hashes[alive] for s, alive in extra]),
             "extra_ids": np.concatenate([s.ids[alive] for s, alive in extra]),
         }
-        meta = {"version": _SAVE_VERSION, "radius": self.radius, "chunks": self.chunks}
+        meta: dict[str, object] = {
+            "version": _SAVE_VERSION,
+            "radius": self.radius,
+            "chunks": self.chunks,
+        }
         if main.layout is not None:
             assert main.offsets is not None and main.rows is not None
             arrays["offsets"], arrays["rows"] = main.offsets, main.rows
@@ -647,7 +656,7 @@ class PdqIndex(SegmentedIndex[_Segment]):
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                np.savez(out, **arrays)
+                np.savez(out, allow_pickle=False, **arrays)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)

@@ -667,7 +667,8 @@ def _jarosz_64x64(pixels: np.ndarray, full: tuple[int, int], scale: int) -> np.n
     )
     luma = kept_rows[..., 0] * _LUMA[0] + kept_rows[..., 1] * _LUMA[1]
     luma += kept_rows[..., 2] * _LUMA[2]
-    return np.einsum("kl,ikl->ik", column_weights, luma[:, columns])
+    kept: np.ndarray = np.einsum("kl,ikl->ik", column_weights, luma[:, columns])
+    return kept
 
 
 @lru_cache(maxsize=256)

@@ -115,7 +115,7 @@ def _fetched_again(obj: dict[str, Any], announcer: Any) -> bool:
         return False
     authors = obj.get("attributedTo")
     first = authors[0] if isinstance(authors, list) and authors else authors
-    return _id_of(first) != announcer
+    return bool(_id_of(first) != announcer)
 
 
 def _is_object_link(node: dict[str, Any]) -> bool:

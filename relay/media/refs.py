@@ -93,7 +93,9 @@ _NOT_MEDIA_MEDIA_TYPES = frozenset(
 _NOT_MEDIA_RELS = frozenset({"metadata", "tracker"})
 
 
-def media_refs(activity: dict, *, max_refs: int = 64, max_depth: int = 8) -> list[MediaRef]:
+def media_refs(
+    activity: dict[str, Any], *, max_refs: int = 64, max_depth: int = 8
+) -> list[MediaRef]:
     """The media URLs in ``activity``, deduplicated by URL, in document order.
 
     The first place a URL is found wins. Values of the wrong JSON type are skipped,

@@ -10,15 +10,33 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
+import asyncpg.pool
 import structlog
 
 from relay.errors import SluiceError
 
-__all__ = ["Database", "EmbeddedPostgres", "connect", "embedded_socket_problem", "migrate"]
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
+
+__all__ = [
+    "Connection",
+    "Database",
+    "EmbeddedPostgres",
+    "connect",
+    "embedded_socket_problem",
+    "migrate",
+]
 
 log = structlog.get_logger(__name__)
+
+#: A connection as the store holds one: taken from a pool (asyncpg hands out a proxy)
+#: or opened alone.
+Connection: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
 
 # Any constant works; it serialises migrations between processes sharing a database.
 _MIGRATION_LOCK = 0x51_1C_E0_01
@@ -64,7 +82,7 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = data_dir / "postgres"
-        self._server = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
         # Before pgserver runs at all: it would move the socket (and open directories).
@@ -74,11 +92,12 @@ class EmbeddedPostgres:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (services, containers);
             # pgserver then keeps its lock file under /tmp, which is fine.
             warnings.simplefilter("ignore")
-            import pgserver  # imported late: it is heavy and unused with a configured URL
+            # imported late: it is heavy and unused with a configured URL
+            from pgserver import get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._forget_dead_handles()
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
         return self._server.get_uri()
 
     def _forget_dead_handles(self) -> None:
