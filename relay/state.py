@@ -1,16 +1,20 @@
-"""The states an activity moves through, written down once.
+"""The states an activity moves through, written down once, and the only edges allowed.
 
-The database row carries the state; workers move it along these edges only,
-with ``UPDATE … WHERE state = <from>`` so that a concurrent change (a Delete
-cancelling a held Create, an admin decision) wins cleanly.
+The database row carries the state. The store performs every change through one
+path (``relay.store.activities``), which checks each edge a statement may take
+against ``TRANSITIONS`` before it runs, and writes each statement's ``WHERE state
+= <from>`` guard so that a concurrent change (a Delete cancelling a held Create,
+an admin decision) wins cleanly. SQL names states only through ``sql_list``.
 
     received ──► queued ──► delivered
-        │          │  ▲ └──► refused     (the upstream answered 4xx)
-        │          │  │ └──► dead ───┐   (retries exhausted; an admin may replay)
-        │          │  └─────────────┘
-        ├──► review ──► queued | rejected | quarantined
+        │          ▲  ├───► refused       (the upstream answered 4xx)
+        │          │  └───► dead          (retries exhausted)
+        │          └─────── dead | review | quarantined
+        │                   (an admin replays; a moderator approves; a moderator
+        │                    releases a false positive, its evidence kept)
+        ├──► review ──► rejected | quarantined | cancelled
         ├──► rejected | quarantined
-        └──► cancelled                   (a Delete/Undo arrived while it was held)
+        └──► cancelled                    (a Delete/Undo arrived while it was held)
 
 ``received`` is the hold: the activity is durably stored and its checks run (or
 wait to run) before a verdict moves it on. Who is working on a row is not a
@@ -20,9 +24,22 @@ lease (a crashed worker) makes the row available again in the same state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["HELD", "PENDING", "TERMINAL", "TRANSITIONS", "State"]
+from relay.errors import SluiceError
+
+__all__ = [
+    "HELD",
+    "PENDING",
+    "RESTING",
+    "TERMINAL",
+    "TRANSITIONS",
+    "State",
+    "TransitionError",
+    "check",
+    "sql_list",
+]
 
 
 class State(StrEnum):
@@ -47,7 +64,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.DELIVERED: frozenset(),
     State.REFUSED: frozenset(),
     State.REJECTED: frozenset(),
-    State.QUARANTINED: frozenset(),
+    # A moderator releases a false positive; its evidence stays.
+    State.QUARANTINED: frozenset({State.QUEUED}),
     State.CANCELLED: frozenset(),
 }
 
@@ -56,3 +74,34 @@ PENDING: frozenset[State] = frozenset({State.RECEIVED, State.REVIEW, State.QUEUE
 #: Still in the hold: a Delete or Undo of their object cancels them.
 HELD: frozenset[State] = frozenset({State.RECEIVED, State.REVIEW})
 TERMINAL: frozenset[State] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+#: No worker moves these on (``finished_at`` is set on arrival): the terminal states,
+#: and those only a person's decision moves (a release, a replay).
+RESTING: frozenset[State] = TERMINAL | {State.QUARANTINED, State.DEAD}
+
+
+class TransitionError(SluiceError):
+    """A state change the graph does not allow; nothing was written."""
+
+    def __init__(self, source: State, target: State) -> None:
+        allowed = ", ".join(s for s in State if s in TRANSITIONS[source])
+        why = f"from {source} it may go to {allowed}" if allowed else f"{source} is final"
+        super().__init__(f"an activity cannot go from {source} to {target}: {why}")
+        self.source = source
+        self.target = target
+
+
+def check(source: State, target: State) -> None:
+    """Raise TransitionError unless ``source`` → ``target`` is an edge of the graph."""
+    if target not in TRANSITIONS[source]:
+        raise TransitionError(source, target)
+
+
+def sql_list(states: State | Iterable[State]) -> str:
+    """``'received', 'queued'``: states as SQL literals for ``state IN (…)``, in the
+    order ``State`` declares them (so a set always gives the same text).
+
+    Written into the statement's text rather than passed as a parameter, so that the
+    planner matches the partial indexes whose predicates name the same states.
+    """
+    chosen = {states} if isinstance(states, State) else {State(s) for s in states}
+    return ", ".join(f"'{s.value}'" for s in State if s in chosen)

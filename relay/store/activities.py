@@ -1,8 +1,11 @@
 """Queries on the ``activity`` table: the durable hold and the delivery queue.
 
-Every state change is one statement guarded by the state it leaves (see
-``relay.state``), so concurrent workers, cancellations and admin decisions
-cannot overwrite each other. Leases (``owner``, ``locked_until``) let several
+Every state change is one statement guarded by the state it leaves, run through
+``change``, which first checks each edge the statement may take against the graph
+in ``relay.state`` (a forbidden one raises TransitionError and writes nothing), so
+concurrent workers, cancellations and admin decisions cannot overwrite each other
+and no statement moves a row along an edge the graph lacks. States reach SQL only
+through ``relay.state.sql_list``. Leases (``owner``, ``locked_until``) let several
 Sluice processes share one database: a crashed worker's rows come back when its
 lease expires.
 """
@@ -12,26 +15,46 @@ from __future__ import annotations
 import contextlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from relay.activity import Activity, parse_activity
 from relay.envelope import Envelope
 from relay.errors import StoreUnavailable
 from relay.signal import Signal
-from relay.state import HELD, PENDING, TERMINAL, State
+from relay.state import HELD, PENDING, RESTING, State, check, sql_list
 from relay.verdict import Verdict
 
-__all__ = ["ActivityStore", "Item", "outline", "pointer_verdict"]
+__all__ = ["ActivityStore", "Edge", "Item", "change", "outline", "pointer_verdict"]
 
-_PENDING = [s.value for s in PENDING]
-_HELD = [s.value for s in HELD]
+#: A state change a statement may make: (from, to).
+Edge = tuple[State, State]
+
+
+async def change(
+    db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[Any],
+    edges: Iterable[Edge],
+    how: str,
+    statement: str,
+    *args: Any,
+) -> Any:
+    """The one path by which the store changes a row's state: each edge ``statement``
+    may take is checked against ``relay.state.TRANSITIONS`` first (in Python: no round
+    trip), then ``db.<how>(statement, *args)`` runs (``how``: execute, fetchval,
+    fetchrow). A forbidden edge raises TransitionError and nothing is written."""
+    for source, target in edges:
+        check(source, target)
+    return await getattr(db, how)(statement, *args)
+
+
 #: Activities that take back an earlier one: they cancel it if it is still held.
 CANCELLING_TYPES = frozenset({"Delete", "Undo"})
+_CANCELS: tuple[Edge, ...] = tuple((s, State.CANCELLED) for s in HELD)
 
 # One statement, one round trip: suppress a duplicate; cancel what a Delete or Undo
 # takes back (a Delete: the held Create and Updates of its object; an Undo: the held
@@ -45,10 +68,10 @@ WITH fresh AS (
         WHERE seen.seen_at < now() - make_interval(secs => $2::float8)
     RETURNING key
 ), cancelled AS (
-    UPDATE activity SET state = 'cancelled', finished_at = now(),
+    UPDATE activity SET state = {sql_list(State.CANCELLED)}, finished_at = now(),
            last_error = 'cancelled by ' || $4 || ' ' || coalesce($3, '(no id)')
     WHERE $5::boolean AND $7::text IS NOT NULL
-      AND state = ANY('{{{",".join(_HELD)}}}') AND actor = $6
+      AND state IN ({sql_list(HELD)}) AND actor = $6
       AND (($4 = 'Delete' AND object_id = $8 AND type IN ('Create', 'Update'))
            OR ($4 = 'Undo' AND ap_id = $8))
       AND EXISTS (SELECT 1 FROM fresh)
@@ -57,7 +80,7 @@ WITH fresh AS (
     SELECT EXISTS (
         SELECT 1 FROM activity
         WHERE $8::text IS NOT NULL AND (object_id = $8 OR ap_id = $8) AND actor = $6
-          AND state = ANY('{{{",".join(_PENDING)}}}')
+          AND state IN ({sql_list(PENDING)})
           AND id NOT IN (SELECT id FROM cancelled)
     ) AS b
 )
@@ -127,13 +150,13 @@ def translated() -> Iterator[None]:
 _CLAIM = f"""
 WITH c AS (
     SELECT a.id FROM activity a
-    WHERE a.state IN ('received', 'queued') AND a.next_attempt_at <= now()
+    WHERE a.state IN ({sql_list((State.RECEIVED, State.QUEUED))}) AND a.next_attempt_at <= now()
       AND (a.locked_until IS NULL OR a.locked_until < now())
       AND NOT EXISTS (
           SELECT 1 FROM activity p
           WHERE a.object_id IS NOT NULL AND p.id < a.id
             AND (p.object_id = a.object_id OR p.ap_id = a.object_id) AND p.actor = a.actor
-            AND p.state = ANY('{{{",".join(_PENDING)}}}'))
+            AND p.state IN ({sql_list(PENDING)}))
     ORDER BY a.next_attempt_at, a.id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -150,16 +173,19 @@ RETURNING activity.id, activity.state, activity.target, activity.headers, activi
 # A quarantine, in the transaction that records its evidence: the row keeps what the
 # queue and "why was this held?" need, and the evidence id; body, headers and sender
 # address go (the evidence holds them). A row a Delete or Undo cancelled meanwhile
-# keeps its state but loses its copy all the same.
-_QUARANTINE = """
+# keeps its state but loses its copy all the same. $5 is the state it leaves: received
+# (the hold's verdict, by the worker holding the lease $2) or review (a moderator's,
+# on a row no worker holds: $2 is NULL).
+_QUARANTINE = f"""
 UPDATE activity SET
-    state = CASE WHEN state = 'received' THEN 'quarantined' ELSE state END,
-    verdict = CASE WHEN state = 'received' THEN $3::jsonb ELSE verdict END,
-    decided_at = CASE WHEN state = 'received' THEN now() ELSE decided_at END,
+    state = CASE WHEN state = $5 THEN {sql_list(State.QUARANTINED)} ELSE state END,
+    verdict = CASE WHEN state = $5 THEN $3::jsonb ELSE verdict END,
+    decided_at = CASE WHEN state = $5 THEN now() ELSE decided_at END,
     finished_at = coalesce(finished_at, now()),
     owner = NULL, locked_until = NULL,
     body = NULL, headers = NULL, remote = NULL, evidence_id = $4
-WHERE id = $1 AND ((state = 'received' AND owner = $2) OR state = 'cancelled')
+WHERE id = $1
+  AND ((state = $5 AND owner IS NOT DISTINCT FROM $2) OR state = {sql_list(State.CANCELLED)})
 RETURNING state
 """
 
@@ -208,6 +234,14 @@ class Item:
         if self._activity is None:
             self._activity = parse_activity(self.body)
         return self._activity
+
+
+# The fixed edges of the statements below, checked by ``change`` each time they run.
+_DELIVERED: tuple[Edge, ...] = ((State.QUEUED, State.DELIVERED),)
+_REFUSED: tuple[Edge, ...] = ((State.QUEUED, State.REFUSED),)
+_DEAD: tuple[Edge, ...] = ((State.QUEUED, State.DEAD),)
+_REPLAY: tuple[Edge, ...] = ((State.DEAD, State.QUEUED),)
+_RELEASE: tuple[Edge, ...] = ((State.QUARANTINED, State.QUEUED),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +309,7 @@ class ActivityStore:
         with translated():
             async with self.pool.acquire() as conn, conn.transaction():
                 await lock_order(conn, activity)
-                row = await conn.fetchrow(_INSERT, *arguments)
+                row = await change(conn, _CANCELS, "fetchrow", _INSERT, *arguments)
         if row is None:
             return None
         return Stored(id=row["id"], claimed=row["claimed"], cancelled=row["cancelled"])
@@ -318,18 +352,21 @@ class ActivityStore:
         """Record the hold's verdict; False when the row left the hold meanwhile."""
         target = verdict.action.state
         done = target != State.QUEUED
-        result = await self.lazy.execute(
+        result: str = await change(
+            self.lazy,
+            [(State.RECEIVED, target)],
+            "execute",
             "UPDATE activity SET state = $3, verdict = $4::jsonb, decided_at = now(), "
             "finished_at = CASE WHEN $6 THEN now() END, "
             "owner = CASE WHEN $5 THEN NULL ELSE owner END, "
             "locked_until = CASE WHEN $5 THEN NULL ELSE locked_until END "
-            "WHERE id = $1 AND owner = $2 AND state = 'received'",
+            f"WHERE id = $1 AND owner = $2 AND state = {sql_list(State.RECEIVED)}",
             item_id,
             self.owner,
             target.value,
             json.dumps(verdict.as_json()),
             done,
-            target in TERMINAL,
+            target in RESTING,
         )
         return result.endswith(" 1")
 
@@ -341,25 +378,40 @@ class ActivityStore:
             yield conn
 
     async def quarantine(
-        self, conn: asyncpg.Connection, item_id: int, verdict: Verdict, evidence_id: int
+        self,
+        conn: asyncpg.Connection,
+        item_id: int,
+        verdict: Verdict,
+        evidence_id: int,
+        *,
+        source: State = State.RECEIVED,
     ) -> bool:
         """Record a quarantine within ``conn``'s transaction, the one that records its
         evidence ``evidence_id``: the row keeps ``pointer_verdict`` and loses its body,
-        headers and sender address. False when the row left the hold meanwhile."""
-        state = await conn.fetchval(
+        headers and sender address. ``source``: received (the hold's verdict, on a row
+        this worker holds) or review (a moderator's). False when the row is no longer
+        in ``source``."""
+        state: str | None = await change(
+            conn,
+            [(source, State.QUARANTINED)],
+            "fetchval",
             _QUARANTINE,
             item_id,
-            self.owner,
+            self.owner if source == State.RECEIVED else None,
             json.dumps(pointer_verdict(verdict, evidence_id)),
             evidence_id,
+            source.value,
         )
         return state == State.QUARANTINED.value
 
     async def delivered(self, item_id: int, status: int) -> None:
-        await self.lazy.execute(
-            "UPDATE activity SET state = 'delivered', last_status = $2, attempts = attempts + 1, "
-            "finished_at = now(), owner = NULL, locked_until = NULL "
-            "WHERE id = $1 AND state = 'queued' AND owner = $3",
+        await change(
+            self.lazy,
+            _DELIVERED,
+            "execute",
+            f"UPDATE activity SET state = {sql_list(State.DELIVERED)}, last_status = $2, "
+            "attempts = attempts + 1, finished_at = now(), owner = NULL, locked_until = NULL "
+            f"WHERE id = $1 AND state = {sql_list(State.QUEUED)} AND owner = $3",
             item_id,
             status,
             self.owner,
@@ -367,10 +419,14 @@ class ActivityStore:
 
     async def refused(self, item_id: int, status: int, error: str) -> None:
         """The upstream said no (4xx): recorded, not retried."""
-        await self.lazy.execute(
-            "UPDATE activity SET state = 'refused', last_status = $2, last_error = $3, "
-            "attempts = attempts + 1, finished_at = now(), owner = NULL, locked_until = NULL "
-            "WHERE id = $1 AND state = 'queued' AND owner = $4",
+        await change(
+            self.lazy,
+            _REFUSED,
+            "execute",
+            f"UPDATE activity SET state = {sql_list(State.REFUSED)}, last_status = $2, "
+            "last_error = $3, attempts = attempts + 1, finished_at = now(), owner = NULL, "
+            "locked_until = NULL "
+            f"WHERE id = $1 AND state = {sql_list(State.QUEUED)} AND owner = $4",
             item_id,
             status,
             error,
@@ -381,15 +437,18 @@ class ActivityStore:
         self, item_id: int, status: int | None, error: str, delay: float
     ) -> State | None:
         """Schedule another attempt, or dead-letter the row once past its deadline."""
-        state = await self.lazy.fetchval(
+        state = await change(
+            self.lazy,
+            _DEAD,  # or it stays queued: no change of state
+            "fetchval",
             "UPDATE activity SET attempts = attempts + 1, last_status = $2, last_error = $3, "
             "  state = CASE WHEN now() + make_interval(secs => $4) > deadline "
-            "               THEN 'dead' ELSE 'queued' END, "
+            f"              THEN {sql_list(State.DEAD)} ELSE {sql_list(State.QUEUED)} END, "
             "  finished_at = CASE WHEN now() + make_interval(secs => $4) > deadline "
             "                     THEN now() END, "
             "  next_attempt_at = now() + make_interval(secs => $4), "
             "  owner = NULL, locked_until = NULL "
-            "WHERE id = $1 AND state = 'queued' AND owner = $5 RETURNING state",
+            f"WHERE id = $1 AND state = {sql_list(State.QUEUED)} AND owner = $5 RETURNING state",
             item_id,
             status,
             error,
@@ -414,7 +473,7 @@ class ActivityStore:
     async def in_review(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT id, ap_id, type, actor, signer, received_at, decided_at, verdict "
-            "FROM activity WHERE state = 'review' ORDER BY id LIMIT $1",
+            f"FROM activity WHERE state = {sql_list(State.REVIEW)} ORDER BY id LIMIT $1",
             limit,
         )
         return [_record(r) for r in rows]
@@ -423,35 +482,86 @@ class ActivityStore:
         """A moderator's decision on a row in review: ``approve`` delivers it, ``reject``
         drops it (with the record kept). Returns the new state, None if not in review."""
         target = {"approve": State.QUEUED, "reject": State.REJECTED}[action]
-        return await self.pool.fetchval(
+        state: str | None = await change(
+            self.pool,
+            [(State.REVIEW, target)],
+            "fetchval",
             "UPDATE activity SET state = $2, next_attempt_at = now(), "
             "deadline = greatest(deadline, now() + make_interval(secs => $5)), "
-            "finished_at = CASE WHEN $2 = 'rejected' THEN now() END, "
+            "finished_at = CASE WHEN $6 THEN now() END, "
             "verdict = coalesce(verdict, '{}'::jsonb) || jsonb_build_object("
             "  'moderator', $3::text, 'moderator_action', $4::text, 'moderated_at', now()) "
-            "WHERE id = $1 AND state = 'review' RETURNING state",
+            f"WHERE id = $1 AND state = {sql_list(State.REVIEW)} RETURNING state",
             row,
             target.value,
             moderator,
             action,
             self.max_age,
+            target in RESTING,
         )
+        return state
+
+    async def release_quarantined(
+        self,
+        row: int,
+        *,
+        evidence_id: int,
+        body: bytes,
+        headers: Sequence[Sequence[str]],
+        remote: str | None,
+        moderator: str,
+        reason: str,
+    ) -> str | None:
+        """A moderator found quarantined row ``row`` a false positive: queue it for
+        delivery again with the body, headers and sender address its evidence
+        ``evidence_id`` kept (read on the record by the caller). The row keeps its
+        pointer to the evidence, which stays; who and why go into its verdict
+        (``moderator``, ``moderator_action`` = "release", ``moderator_reason``,
+        ``moderated_at``). The new state, or None if the row is not quarantined with
+        that evidence."""
+        state: str | None = await change(
+            self.pool,
+            _RELEASE,
+            "fetchval",
+            f"UPDATE activity SET state = {sql_list(State.QUEUED)}, body = $3, "
+            "headers = $4::jsonb, remote = $5, attempts = 0, next_attempt_at = now(), "
+            "deadline = greatest(deadline, now() + make_interval(secs => $8)), "
+            "finished_at = NULL, owner = NULL, locked_until = NULL, last_error = NULL, "
+            "verdict = coalesce(verdict, '{}'::jsonb) || jsonb_build_object("
+            "  'moderator', $6::text, 'moderator_action', 'release', "
+            "  'moderator_reason', $7::text, 'moderated_at', now()) "
+            f"WHERE id = $1 AND state = {sql_list(State.QUARANTINED)} AND evidence_id = $2 "
+            "RETURNING state",
+            row,
+            evidence_id,
+            body,
+            json.dumps([list(h) for h in headers]),
+            remote,
+            moderator,
+            reason,
+            self.max_age,
+        )
+        return state
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT id, ap_id, type, actor, target, attempts, last_status, last_error, "
-            "received_at, finished_at FROM activity WHERE state = 'dead' ORDER BY id LIMIT $1",
+            "received_at, finished_at FROM activity "
+            f"WHERE state = {sql_list(State.DEAD)} ORDER BY id LIMIT $1",
             limit,
         )
         return [_jsonable(dict(r)) for r in rows]
 
     async def replay(self, ids: list[int] | None) -> int:
         """Put dead letters back in the queue with a fresh deadline; None replays all."""
-        result = await self.pool.execute(
-            "UPDATE activity SET state = 'queued', attempts = 0, next_attempt_at = now(), "
-            "deadline = now() + make_interval(secs => $2), finished_at = NULL, "
-            "owner = NULL, locked_until = NULL "
-            "WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))",
+        result = await change(
+            self.pool,
+            _REPLAY,
+            "execute",
+            f"UPDATE activity SET state = {sql_list(State.QUEUED)}, attempts = 0, "
+            "next_attempt_at = now(), deadline = now() + make_interval(secs => $2), "
+            "finished_at = NULL, owner = NULL, locked_until = NULL "
+            f"WHERE state = {sql_list(State.DEAD)} AND ($1::bigint[] IS NULL OR id = ANY($1))",
             ids,
             self.max_age,
         )
@@ -504,13 +614,13 @@ class ActivityStore:
 # into the text, as in the index of migration 0005, so that the planner can use it.
 _FINISHED = (State.DELIVERED, State.REFUSED, State.REJECTED, State.CANCELLED)
 PRUNABLE = (
-    "SELECT id FROM activity WHERE state IN ({}) "
+    f"SELECT id FROM activity WHERE state IN ({sql_list(_FINISHED)}) "
     "AND finished_at < now() - make_interval(days => $1) AND evidence_id IS NULL "
     # Evidence may name a row that kept no pointer (its quarantine lost the lease to
     # another worker, which decided otherwise): evidence outlives the row's days.
     "AND NOT EXISTS (SELECT 1 FROM evidence WHERE evidence.activity_row = activity.id) "
     "LIMIT $2"
-).format(", ".join(f"'{state.value}'" for state in _FINISHED))
+)
 
 
 def _record(row: asyncpg.Record) -> dict[str, Any]:
