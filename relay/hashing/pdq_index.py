@@ -42,7 +42,7 @@ from relay.hashing.base import as_ids, ranges
 from relay.hashing.pdq import Pdq
 from relay.hashing.segments import Part, SegmentedIndex
 
-__all__ = ["PdqIndex", "as_words"]
+__all__ = ["BITS", "WORDS", "PdqIndex", "as_words"]
 
 #: PDQ bits, and 64-bit words per hash.
 BITS = 256

@@ -48,36 +48,36 @@ class Segment(Protocol):
         ...
 
 
-S = TypeVar("S", bound=Segment)
+_S = TypeVar("_S", bound=Segment)
 
 
 @dataclass(frozen=True, eq=False)
-class Segments(Generic[S]):
-    main: S
-    delta: S
-    tail: S
+class Segments(Generic[_S]):
+    main: _S
+    delta: _S
+    tail: _S
 
-    def segments(self) -> tuple[S, S, S]:
+    def segments(self) -> tuple[_S, _S, _S]:
         return self.main, self.delta, self.tail
 
 
-class SegmentedIndex(ABC, Generic[S]):
+class SegmentedIndex(ABC, Generic[_S]):
     """Entries (hashes with int64 ids) in three segments; see the module's docstring."""
 
     def __init__(self, *, tail_limit: int) -> None:
         self.tail_limit = tail_limit
         empty = self._empty()
-        self._state: Segments[S] = Segments(empty, empty, empty)
+        self._state: Segments[_S] = Segments(empty, empty, empty)
         self._lock = threading.Lock()  # add, remove and the swap of compact
         self._compacting = threading.Lock()
         self._journal: list[tuple[np.ndarray | None, np.ndarray]] | None = None
 
     @abstractmethod
-    def _empty(self) -> S:
+    def _empty(self) -> _S:
         """A segment with no rows."""
 
     @abstractmethod
-    def _segment(self, hashes: np.ndarray, ids: np.ndarray, part: Part) -> S:
+    def _segment(self, hashes: np.ndarray, ids: np.ndarray, part: Part) -> _S:
         """A segment over copies of ``hashes`` (as ``_entries`` returns them) and ``ids``."""
 
     @abstractmethod
@@ -151,7 +151,7 @@ class SegmentedIndex(ABC, Generic[S]):
                         self._removed(new, op_ids)
                 self._state = new
 
-    def _added(self, state: Segments[S], hashes: np.ndarray, ids: np.ndarray) -> Segments[S]:
+    def _added(self, state: Segments[_S], hashes: np.ndarray, ids: np.ndarray) -> Segments[_S]:
         hashes, ids = _concat([state.tail.entries(), (hashes, ids)])
         if len(ids) <= self.tail_limit:
             return Segments(state.main, state.delta, self._segment(hashes, ids, "tail"))
@@ -160,7 +160,7 @@ class SegmentedIndex(ABC, Generic[S]):
         return Segments(state.main, delta, self._empty())
 
     @staticmethod
-    def _removed(state: Segments[S], ids: np.ndarray) -> int:
+    def _removed(state: Segments[_S], ids: np.ndarray) -> int:
         return sum(segment.kill(ids) for segment in state.segments())
 
 

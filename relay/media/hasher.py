@@ -37,7 +37,7 @@ from relay.media.image import (
 )
 from relay.rate import TokenBuckets
 
-__all__ = ["MediaHasher", "OverBudget"]
+__all__ = ["MediaHasher", "OverBudget", "default_workers"]
 
 _T = TypeVar("_T")
 

@@ -50,6 +50,8 @@ from relay.errors import DecodeError
 
 __all__ = [
     "DENSE_ABOVE",
+    "HASH_SIZE",
+    "JPEG_HASH_SIZE",
     "MAX_PIXELS",
     "MAX_PIXELS_PER_BYTE",
     "Hashes",

@@ -26,7 +26,7 @@ from relay.errors import FetchError
 from relay.media.refs import MediaRef, _each, _is_http, _join, _types, media_refs
 from relay.network import NetworkPolicy, fetch_json_document
 
-__all__ = ["Dereferenced", "ObjectFetcher", "ObjectRef", "object_refs"]
+__all__ = ["Dereferenced", "ObjectFetcher", "ObjectRef", "extract", "object_refs"]
 
 
 @dataclass(frozen=True, slots=True)
