@@ -118,6 +118,34 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# -- sluice quarantine -----------------------------------------------------------
+
+
+def _quarantine_release(args: argparse.Namespace) -> int:
+    """Queue a quarantined activity found to be a false positive (see relay.release)."""
+    from relay.evidence import EvidenceStore
+    from relay.release import release
+    from relay.store.activities import ActivityStore
+
+    config = _configured(args.config, log_level="warning")
+
+    async def run() -> int:
+        async with _database(config) as database:
+            store = ActivityStore(
+                database.pool,
+                owner="sluice-cli",
+                lease_seconds=config.delivery.lease_seconds,
+                dedup_window_seconds=config.delivery.dedup_window_seconds,
+                max_age_seconds=config.delivery.max_age_seconds,
+            )
+            evidence = EvidenceStore.from_config(database.pool, config)
+            state = await release(store, evidence, args.row, moderator=args.who, reason=args.why)
+            print(json.dumps({"row": args.row, "state": state}))
+            return 0
+
+    return asyncio.run(run())
+
+
 # -- sluice evidence -------------------------------------------------------------
 
 _EXTRACT_WARNING = """\
@@ -454,6 +482,20 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--note", help="kept with each hash (default: the image's file name)")
     add.add_argument("images", nargs="+", metavar="IMAGE")
     add.set_defaults(run=_bank_add_image)
+
+    quarantine = commands.add_parser(
+        "quarantine", help="activities held with their evidence"
+    ).add_subparsers(dest="quarantine_command", required=True)
+    release = quarantine.add_parser(
+        "release",
+        help="deliver a quarantined activity found to be a false positive, as it was sent "
+        "(its evidence stays; the read is audited: --who and --why)",
+    )
+    release.add_argument("row", type=int, help="the activity's row id")
+    release.add_argument("--who", required=True, help="the moderator, for the record")
+    release.add_argument("--why", required=True, help="the reason, for the record")
+    release.add_argument("--config", "-c", help="TOML configuration file")
+    release.set_defaults(run=_quarantine_release)
 
     evidence = commands.add_parser(
         "evidence", help="preserved evidence of quarantined activities (every read is audited)"

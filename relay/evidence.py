@@ -405,6 +405,19 @@ class EvidenceStore:
 
         ``what`` says what the reader does with it (``"extract to DIR"``).
         """
+        return await self._read(evidence_id, who=who, why=why, what=what, media=True)
+
+    async def read_facts(
+        self, evidence_id: int, *, who: str, why: str, what: str = "read facts"
+    ) -> EvidenceRecord:
+        """The record without decrypting its media (a release needs only the facts),
+        audited as ``read`` is."""
+        record, _ = await self._read(evidence_id, who=who, why=why, what=what, media=False)
+        return record
+
+    async def _read(
+        self, evidence_id: int, *, who: str, why: str, what: str, media: bool
+    ) -> tuple[EvidenceRecord, list[bytes]]:
         if not who.strip() or not why.strip():
             raise EvidenceError("reading evidence needs a `who` and a `why` for the audit log")
         try:
@@ -417,6 +430,8 @@ class EvidenceStore:
             if row is None:
                 raise EvidenceError(f"no evidence with id {evidence_id}")
             blobs = json.loads(row["blobs"])
+            if not media:
+                blobs = [b for b in blobs if b["name"] == "facts"]
             plaintexts = await asyncio.to_thread(self._read_blobs, key, evidence_id, blobs)
         except EvidenceError as exc:
             await self._log_access(evidence_id, who, why, what, f"failed: {exc}")

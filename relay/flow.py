@@ -9,6 +9,7 @@ crashed process left — is claimed by the poller once its lease has expired.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 import time
@@ -243,6 +244,9 @@ class Flow:
             "remote": item.remote,
             "target": item.target,
             "headers": item.headers,
+            # The exact bytes as sent (the document above is parsed): what a release
+            # delivers, under the sender's signature.
+            "body_base64": base64.b64encode(item.body).decode("ascii"),
             "received_at": item.received_at,
             "signals": [s.as_json() for s in verdict.signals],
             "verdict": verdict.as_json(),

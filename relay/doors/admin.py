@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.release import ReleaseError, release
 from relay.store.activities import ActivityStore
 
 __all__ = ["API_PREFIX", "AdminDoor"]
@@ -51,6 +52,7 @@ class AdminDoor:
             web.post(API_PREFIX + "/dead-letters/replay", self.replay),
             web.get(API_PREFIX + "/review", self.review),
             web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
+            web.post(API_PREFIX + "/quarantine/{row}/release", self.release),
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -133,6 +135,43 @@ class AdminDoor:
         if state is None:
             return web.json_response({"error": f"row {row} is not in review"}, status=409)
         self._parts(request).flow.wake()
+        return web.json_response({"row": int(row), "state": state})
+
+    async def release(self, request: web.Request) -> web.Response:
+        """``POST /quarantine/ROW/release`` with ``{"moderator": NAME, "reason": TEXT}``:
+        a false positive is queued for delivery again, as it was sent; the evidence
+        stays, and its audit log and the row's verdict name the moderator and reason."""
+        self._authorize(request)
+        row = request.match_info["row"]
+        if not (row.isascii() and row.isdigit() and len(row) <= 18):
+            return web.json_response({"error": "use POST /quarantine/ROW/release"}, status=404)
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        moderator = payload.get("moderator") if isinstance(payload, dict) else None
+        reason = payload.get("reason") if isinstance(payload, dict) else None
+        if not (
+            isinstance(moderator, str)
+            and moderator.strip()
+            and isinstance(reason, str)
+            and reason.strip()
+        ):
+            return web.json_response(
+                {"error": 'expected {"moderator": "NAME", "reason": "TEXT"}, both non-empty'},
+                status=400,
+            )
+        parts = self._parts(request)
+        try:
+            state = await release(
+                parts.store, parts.flow.evidence, int(row), moderator=moderator, reason=reason
+            )
+        except ReleaseError as exc:
+            log.warning("release_failed", row=int(row), error=str(exc))
+            status = {"missing": 404, "conflict": 409}.get(exc.kind, 500)
+            return web.json_response({"error": str(exc)}, status=status)
+        log.info("released", row=int(row), moderator=moderator, reason=reason)
+        parts.flow.wake()
         return web.json_response({"row": int(row), "state": state})
 
     async def replay(self, request: web.Request) -> web.Response:
