@@ -739,7 +739,8 @@ class _KeyLocator:
         self.arrays: dict[KeyPath, int] = {}  # array of tables -> elements so far
 
     def run(self) -> None:
-        text, table = self.text, ()
+        text = self.text
+        table: KeyPath = ()
         while self.pos < len(text):
             start = self.pos
             self.skip_blank()
@@ -1126,6 +1127,7 @@ class _Checker:
             self.problem(path, f"expected {kind.expected}, got {_describe(value)}", source)
             return False
         ok = True
+        message: str | None
         if kind.item is not None:
             for index, item in enumerate(value):
                 if not kind.item.accepts(item):
@@ -1268,8 +1270,10 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
                 'servers too); list the names your instance answers to, like ["social.example"]',
             )
         )
-    secrets = (("evidence", "key_file", config.evidence.key_file),)
-    secrets += (("admin", "token_file", config.admin.token_file),)
+    secrets = (
+        ("evidence", "key_file", config.evidence.key_file),
+        ("admin", "token_file", config.admin.token_file),
+    )
     for section, key, file in secrets:
         with contextlib.suppress(OSError):
             if file is not None and file.stat().st_mode & 0o007:

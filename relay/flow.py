@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with ±20 % jitter, so a recovering upstream is not stampeded."""
-    delay = min(maximum, initial * 2 ** max(0, attempt - 1))
+    delay = min(maximum, initial * 2.0 ** max(0, attempt - 1))
     return delay * random.uniform(0.8, 1.2)
 
 

@@ -129,8 +129,8 @@ def _refusal(address: IPAddress) -> str | None:
             kind, inner = embedded
             reason = _refusal(inner)
             return None if reason is None else f"{kind} {inner}, which is {reason}"
-        for network, name in _REFUSED_V6:
-            if address in network:
+        for network6, name in _REFUSED_V6:
+            if address in network6:
                 return name
         if address not in _GLOBAL_UNICAST_V6:
             return "reserved (outside global unicast 2000::/3)"
@@ -495,10 +495,9 @@ def same_url(a: object, b: object, *, fragment: bool = False) -> bool:
 
     Compared as parsed, so spellings of one URL agree (``:443``, ``%7E``, host case).
     """
-    parsed = [absolute_url(u, fragment=fragment) for u in (a, b)]
-    if parsed[0] is None or parsed[1] is None:
+    ua, ub = (absolute_url(u, fragment=fragment) for u in (a, b))
+    if ua is None or ub is None:
         return False
-    ua, ub = parsed
     return (ua.scheme, ua.host, ua.port, ua.path or "/", ua.query_string, ua.fragment) == (
         ub.scheme,
         ub.host,

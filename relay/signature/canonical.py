@@ -242,10 +242,10 @@ class Canonicaliser:
                     return worker
                 self._live.discard(worker)
                 worker.kill()  # reaps it and closes its pipes
-            worker = self._start()
-            if worker is None:
+            started = self._start()
+            if started is None:
                 raise _WorkerFailed("could not start a worker")
-            return worker
+            return started
 
     def _replace(self, worker: _Worker) -> None:
         """Kill `worker` and start its successor now, so the next request finds it ready."""

@@ -286,6 +286,7 @@ class KeyCache:
 
     async def _fetch(self, url: str) -> tuple[str, Mapping[str, Any]]:
         fetched = await self._fetch_json(url)
+        document: object
         if isinstance(fetched, JsonDocument):
             at, document = fetched.url, fetched.document
         else:
@@ -486,6 +487,7 @@ def _why(exc: Exception) -> str:
 
 def _load_key(entry: Mapping[str, Any], key_id: str) -> RSAPublicKey | Ed25519PublicKey:
     pem = entry.get("publicKeyPem")
+    key: object
     try:
         if isinstance(pem, str):
             key = load_pem_public_key(pem.strip().encode("ascii"))
