@@ -33,9 +33,12 @@ from relay import __version__
 from relay.errors import BlockedAddress, DecodeError, FetchError
 
 __all__ = [
+    "ACTIVITY_JSON_ACCEPT",
     "DEFAULT_USER_AGENT",
     "Fetched",
     "GuardedResolver",
+    "IPAddress",
+    "IPNetwork",
     "JsonDocument",
     "NetworkPolicy",
     "absolute_url",

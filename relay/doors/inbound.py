@@ -33,7 +33,7 @@ from relay.signature.objects import ObjectVerifier
 from relay.state import State
 from relay.store.activities import ActivityStore, Item
 
-__all__ = ["InboundDoor", "inbox_matcher", "looks_inbound"]
+__all__ = ["InboundDoor", "inbox_matcher", "looks_inbound", "normalized_path"]
 
 log = structlog.get_logger(__name__)
 

@@ -30,10 +30,13 @@ from relay.errors import SignatureError
 from relay.signature.keys import KeyResolver, PublicKey, Verified, verify_with_key
 
 __all__ = [
+    "HeaderGetter",
     "add_headers",
+    "check_expires",
     "check_key_id",
     "check_window",
     "header_getter",
+    "parse_signature",
     "sign_cavage",
     "verify_cavage",
 ]

@@ -45,6 +45,7 @@ from relay.network import JsonDocument, absolute_url, same_origin, same_url
 
 __all__ = [
     "KeyCache",
+    "KeyFetcher",
     "KeyResolver",
     "PublicKey",
     "Verified",

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 SIGNATURE_TYPE = "RsaSignature2017"
-IDENTITY_CONTEXT = "https://w3id.org/identity/v1"
+_IDENTITY_CONTEXT = "https://w3id.org/identity/v1"
 
 # Real activities are a few kB and at most a few hundred JSON values (PeerTube's videos
 # are the largest seen: 7 kB, 214 values); a 200 kB one costs a CPU-second to canonicalise.
@@ -67,7 +67,7 @@ def _signed_parts(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two documents whose canonical hashes, concatenated, are signed."""
     config = {k: v for k, v in options.items() if k not in ("type", "id", "signatureValue")}
-    config["@context"] = IDENTITY_CONTEXT
+    config["@context"] = _IDENTITY_CONTEXT
     unsigned = {k: v for k, v in document.items() if k != "signature"}
     return config, unsigned
 
