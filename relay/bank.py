@@ -35,7 +35,7 @@ from relay.hashing.base import HexDigestKind
 from relay.hashing.exact_index import ExactIndex
 from relay.hashing.pdq_index import PdqIndex
 from relay.signal import Signal
-from relay.store.db import Connection
+from relay.store.db import Connection, translating
 
 if TYPE_CHECKING:
     from relay.media.image import Hashes
@@ -277,6 +277,7 @@ class BankStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @translating
     async def ensure(
         self, name: str, category: str | None = None, source: str | None = None
     ) -> int:
@@ -315,6 +316,7 @@ class BankStore:
                 return int(created)
         raise BankError(f"bank `{name}` could not be created")  # pragma: no cover
 
+    @translating
     async def add(self, bank: str, entries: Iterable[tuple[str, str, str | None]]) -> int:
         """Add entries (kind, hex, note) to an existing bank; how many were new.
 
@@ -343,6 +345,7 @@ class BankStore:
         log.info("bank_entries_added", bank=bank, added=added, given=len(rows))
         return added
 
+    @translating
     async def remove(self, bank: str, entries: Iterable[Sequence[Any]]) -> int:
         """Remove entries given as (kind, hex[, note]); how many were there."""
         rows = _validated((e[0], e[1], None) for e in entries)
@@ -359,11 +362,13 @@ class BankStore:
         log.info("bank_entries_removed", bank=bank, removed=removed)
         return removed
 
+    @translating
     async def delete(self, bank: str) -> bool:
         """Drop a bank and its entries; False when there was none."""
         status = await self.pool.execute("DELETE FROM bank WHERE name = $1", bank)
         return status.endswith(" 1")
 
+    @translating
     async def list(self) -> list[dict[str, Any]]:
         """Every bank with its entry count per kind and the time of its last change."""
         banks = await self.pool.fetch(
@@ -524,6 +529,7 @@ class BankIndex:
     configs: Mapping[str, BankConfig] = field(default_factory=dict)
 
     @classmethod
+    @translating
     async def load(cls, pool: asyncpg.Pool, configs: Sequence[BankConfig] = ()) -> BankIndex:
         """Read every bank in one snapshot.
 
@@ -541,6 +547,7 @@ class BankIndex:
                 banks[row["name"]] = await _read_bank(conn, row, by_name.get(row["name"]))
         return cls(banks, by_name)
 
+    @translating
     async def reload(self, pool: asyncpg.Pool, name: str, *, verify: bool = False) -> BankIndex:
         """The index with bank ``name`` brought up to date (or gone, if it was deleted).
 
@@ -576,6 +583,7 @@ class BankIndex:
             banks[name] = bank
         return BankIndex(banks, self.configs)
 
+    @translating
     async def refresh(self, pool: asyncpg.Pool, *, verify: bool = True) -> BankIndex:
         """Every bank, in the database or in memory, brought up to date by ``reload``:
         what lost notifications missed, read past the marks. ``verify`` counts each
@@ -812,6 +820,7 @@ class BankWatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @translating
     async def start(self) -> None:
         """Listen, then load: a change committed in between is announced, not missed."""
         await self._listen()

@@ -64,6 +64,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from relay.errors import SluiceError
+from relay.store.db import Connection, translated, translating
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -289,6 +290,7 @@ class EvidenceStore:
             raise EvidenceError("no evidence key: set [evidence] key_file")
         return self.key
 
+    @translating
     async def preserve(
         self, *, activity_row: int | None, facts: dict[str, Any], media: Sequence[MediaItem]
     ) -> int:
@@ -305,12 +307,13 @@ class EvidenceStore:
         )
         return sealed.id
 
+    @translating
     async def seal(self, *, facts: dict[str, Any], media: Sequence[MediaItem]) -> Sealed:
         """Encrypt ``facts`` and ``media`` to durable blobs under a reserved id; nothing
         names them until ``record`` commits (a crash in between leaves orphans)."""
         key = self._need_key()
         media = list(media)
-        entries = [
+        entries: list[dict[str, Any]] = [
             {"url": m.url, "hashes": m.hashes, "size": len(m.data), "blob": f"media-{i}"}
             for i, m in enumerate(media)
         ]
@@ -328,12 +331,13 @@ class EvidenceStore:
         blobs = await asyncio.to_thread(self._write_blobs, key, evidence_id, plaintexts)
         return Sealed(evidence_id, blobs, summary, len(media))
 
+    @translating
     async def record(
         self,
         sealed: Sealed,
         *,
         activity_row: int | None,
-        conn: asyncpg.Connection | None = None,
+        conn: Connection | None = None,
     ) -> None:
         """Write the row naming ``sealed``'s blobs; within ``conn``'s transaction if given
         (then it counts once that commits)."""
@@ -377,27 +381,29 @@ class EvidenceStore:
 
     async def _insert(
         self,
-        db: asyncpg.Pool | asyncpg.Connection,
+        db: asyncpg.Pool | Connection,
         evidence_id: int,
         activity_row: int | None,
         blobs: list[dict[str, Any]],
         summary: str,
     ) -> None:
         try:
-            await db.execute(
-                "INSERT INTO evidence (id, activity_row, retain_until, blobs, summary) "
-                "VALUES ($1, $2, now() + make_interval(days => $3), $4::jsonb, $5::jsonb)",
-                evidence_id,
-                activity_row,
-                self.retention_days,
-                json.dumps(blobs),
-                summary,
-            )
+            with translated():  # a database gone is StoreUnavailable, not a bad record
+                await db.execute(
+                    "INSERT INTO evidence (id, activity_row, retain_until, blobs, summary) "
+                    "VALUES ($1, $2, now() + make_interval(days => $3), $4::jsonb, $5::jsonb)",
+                    evidence_id,
+                    activity_row,
+                    self.retention_days,
+                    json.dumps(blobs),
+                    summary,
+                )
         except asyncpg.PostgresError as exc:
             raise EvidenceError(
                 f"cannot record evidence {evidence_id} (its blobs stay on disk as orphans): {exc}"
             ) from exc
 
+    @translating
     async def read(
         self, evidence_id: int, *, who: str, why: str, what: str = "read"
     ) -> tuple[EvidenceRecord, list[bytes]]:
@@ -407,6 +413,7 @@ class EvidenceStore:
         """
         return await self._read(evidence_id, who=who, why=why, what=what, media=True)
 
+    @translating
     async def read_facts(
         self, evidence_id: int, *, who: str, why: str, what: str = "read facts"
     ) -> EvidenceRecord:
@@ -490,15 +497,16 @@ class EvidenceStore:
         self, evidence_id: int, who: str, why: str, what: str, outcome: str
     ) -> None:
         try:
-            await self.pool.execute(
-                "INSERT INTO evidence_access (evidence_id, who, why, what, outcome) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                evidence_id,
-                who,
-                why,
-                what,
-                outcome,
-            )
+            with translated():
+                await self.pool.execute(
+                    "INSERT INTO evidence_access (evidence_id, who, why, what, outcome) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    evidence_id,
+                    who,
+                    why,
+                    what,
+                    outcome,
+                )
         except asyncpg.PostgresError as exc:
             raise EvidenceError(
                 f"cannot write the audit log, so evidence {evidence_id} is not returned: {exc}"
@@ -507,6 +515,7 @@ class EvidenceStore:
             "evidence_read", evidence=evidence_id, who=who, why=why, what=what, outcome=outcome
         )
 
+    @translating
     async def audit(self, evidence_id: int) -> list[dict[str, Any]]:
         """Who read the evidence, when, why, and how it went; oldest first."""
         rows = await self.pool.fetch(
@@ -516,6 +525,7 @@ class EvidenceStore:
         )
         return [dict(r) for r in rows]
 
+    @translating
     async def orphans(self) -> list[Path]:
         """Blob files no row names: left by a crash (or a failed insert) between writing
         the blobs and committing the row, or by a ``preserve`` still under way."""
@@ -537,6 +547,7 @@ class EvidenceStore:
 
         return await asyncio.to_thread(scan)
 
+    @translating
     async def list(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """The newest records' metadata; decrypts nothing, so it is not audited."""
         rows = await self.pool.fetch(

@@ -23,9 +23,7 @@ CONVENTIONAL = frozenset({"log"})
 #: its entry here.
 KNOWN: dict[str, frozenset[str]] = {
     "relay.evidence": frozenset({"SUBDIRECTORY"}),
-    "relay.store.activities": frozenset(
-        {"CANCELLING_TYPES", "PRUNABLE", "Stored", "lock_order", "translated"}
-    ),
+    "relay.store.activities": frozenset({"CANCELLING_TYPES", "PRUNABLE", "Stored", "lock_order"}),
 }
 
 

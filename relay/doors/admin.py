@@ -18,8 +18,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.errors import StoreUnavailable
 from relay.release import ReleaseError, release
 from relay.store.activities import ActivityStore
+from relay.store.db import translated
 
 __all__ = ["API_PREFIX", "AdminDoor"]
 
@@ -60,8 +62,9 @@ class AdminDoor:
 
     async def readyz(self, request: web.Request) -> web.Response:
         try:
-            await self._store(request).pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            with translated():
+                await self._store(request).pool.fetchval("SELECT 1")
+        except (StoreUnavailable, asyncpg.PostgresError) as exc:
             # The reason goes to the log, not to whoever asked.
             log.warning("not_ready", error=str(exc))
             return web.json_response({"status": "database unavailable"}, status=503)

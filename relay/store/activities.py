@@ -15,19 +15,18 @@ from __future__ import annotations
 import contextlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from relay.activity import Activity, parse_activity
 from relay.envelope import Envelope
-from relay.errors import StoreUnavailable
 from relay.signal import Signal
 from relay.state import HELD, PENDING, RESTING, State, check, sql_list
+from relay.store.db import Connection, translated, translating
 from relay.verdict import Verdict
 
 __all__ = ["ActivityStore", "Edge", "Item", "change", "outline", "pointer_verdict"]
@@ -37,7 +36,7 @@ Edge = tuple[State, State]
 
 
 async def change(
-    db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[Any],
+    db: asyncpg.Pool | Connection,
     edges: Iterable[Edge],
     how: str,
     statement: str,
@@ -106,7 +105,7 @@ _ORDER_LOCK = 0x0B1E
 _LOCK_ORDER = "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k"
 
 
-async def lock_order(conn: asyncpg.Connection, activity: Activity) -> bool:
+async def lock_order(conn: Connection, activity: Activity) -> bool:
     """Within ``conn``'s transaction, wait for and take the locks of ``activity``'s id
     (which an Undo names as its object) and of its object (which a Create, its Updates
     and its Delete share); False if it has neither."""
@@ -116,35 +115,6 @@ async def lock_order(conn: asyncpg.Connection, activity: Activity) -> bool:
     keys = sorted({zlib.crc32(i.encode()) - 2**31 for i in ids})
     await conn.execute(_LOCK_ORDER, _ORDER_LOCK, keys)
     return True
-
-
-# What "the database is not there right now" looks like from asyncpg: the network
-# (OSError, TimeoutError), a lost connection (08), a server shutting down, starting up
-# or cancelling us (57), out of connections, memory or disk (53), a database that is
-# refusing connections (55), a read-only standby after a failover (25006), and the
-# pool closing under us. A syntax error or a broken constraint is a bug, and stays one.
-_UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
-    asyncpg.exceptions.ReadOnlySQLTransactionError,
-)
-
-
-@contextlib.contextmanager
-def translated() -> Iterator[None]:
-    """Raise StoreUnavailable for a database that cannot be reached or written now."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
-    except asyncpg.InterfaceError as exc:
-        if isinstance(exc, ValueError):  # arguments or configuration: our bug
-            raise
-        # "pool is closing", "connection is closed": the pool went away under us.
-        raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
 
 _CLAIM = f"""
@@ -314,6 +284,7 @@ class ActivityStore:
             return None
         return Stored(id=row["id"], claimed=row["claimed"], cancelled=row["cancelled"])
 
+    @translating
     async def claim(self, limit: int) -> list[Item]:
         """Take up to ``limit`` rows whose turn has come and whose lease is free."""
         rows = await self.pool.fetch(_CLAIM, self.owner, limit, self.lease)
@@ -335,6 +306,7 @@ class ActivityStore:
             for r in rows
         ]
 
+    @translating
     async def renew_leases(self, ids: list[int]) -> int:
         """Extend the leases of the rows this worker still has in hand."""
         if not ids:
@@ -348,6 +320,7 @@ class ActivityStore:
         )
         return int(result.split()[-1])
 
+    @translating
     async def decide(self, item_id: int, verdict: Verdict) -> bool:
         """Record the hold's verdict; False when the row left the hold meanwhile."""
         target = verdict.action.state
@@ -371,15 +344,17 @@ class ActivityStore:
         return result.endswith(" 1")
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A connection in a transaction that commits synchronously, for writes that
         must land together (a quarantine and its evidence)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
 
+    @translating
     async def quarantine(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         item_id: int,
         verdict: Verdict,
         evidence_id: int,
@@ -404,6 +379,7 @@ class ActivityStore:
         )
         return state == State.QUARANTINED.value
 
+    @translating
     async def delivered(self, item_id: int, status: int) -> None:
         await change(
             self.lazy,
@@ -417,6 +393,7 @@ class ActivityStore:
             self.owner,
         )
 
+    @translating
     async def refused(self, item_id: int, status: int, error: str) -> None:
         """The upstream said no (4xx): recorded, not retried."""
         await change(
@@ -433,6 +410,7 @@ class ActivityStore:
             self.owner,
         )
 
+    @translating
     async def retry(
         self, item_id: int, status: int | None, error: str, delay: float
     ) -> State | None:
@@ -457,6 +435,7 @@ class ActivityStore:
         )
         return State(state) if state else None  # None: another worker has the row now
 
+    @translating
     async def release(self, item_id: int, *, delay: float = 0.0) -> None:
         """Give a row back (shutting down, or after an unexpected fault: then with a pause)."""
         await self.pool.execute(
@@ -470,6 +449,7 @@ class ActivityStore:
 
     # -- admin ---------------------------------------------------------------
 
+    @translating
     async def in_review(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT id, ap_id, type, actor, signer, received_at, decided_at, verdict "
@@ -478,6 +458,7 @@ class ActivityStore:
         )
         return [_record(r) for r in rows]
 
+    @translating
     async def moderate(self, row: int, action: str, moderator: str) -> str | None:
         """A moderator's decision on a row in review: ``approve`` delivers it, ``reject``
         drops it (with the record kept). Returns the new state, None if not in review."""
@@ -501,6 +482,7 @@ class ActivityStore:
         )
         return state
 
+    @translating
     async def release_quarantined(
         self,
         row: int,
@@ -543,6 +525,7 @@ class ActivityStore:
         )
         return state
 
+    @translating
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
             "SELECT id, ap_id, type, actor, target, attempts, last_status, last_error, "
@@ -552,6 +535,7 @@ class ActivityStore:
         )
         return [_jsonable(dict(r)) for r in rows]
 
+    @translating
     async def replay(self, ids: list[int] | None) -> int:
         """Put dead letters back in the queue with a fresh deadline; None replays all."""
         result = await change(
@@ -567,6 +551,7 @@ class ActivityStore:
         )
         return int(result.split()[-1])
 
+    @translating
     async def get(self, key: int | str) -> dict[str, Any] | None:
         """One activity's record, by row id or activity id, for "why was this held?"."""
         column = "id" if isinstance(key, int) else "ap_id"
@@ -578,10 +563,12 @@ class ActivityStore:
         )
         return None if row is None else _record(row)
 
+    @translating
     async def counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, count(*) AS n FROM activity GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
+    @translating
     async def prune_seen(self) -> int:
         result = await self.pool.execute(
             "DELETE FROM seen WHERE seen_at < now() - make_interval(secs => $1)",
@@ -589,6 +576,7 @@ class ActivityStore:
         )
         return int(result.split()[-1])
 
+    @translating
     async def prune_finished(self, batch: int = 5_000) -> int:
         """Delete finished activities older than ``keep_days``; how many.
 

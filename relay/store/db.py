@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib.resources
 import json
 import os
 import sys
 import warnings
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, ParamSpec, TypeAlias, TypeVar
 
 import asyncpg
 import asyncpg.pool
 import structlog
 
-from relay.errors import SluiceError
+from relay.errors import SluiceError, StoreUnavailable
 
 if TYPE_CHECKING:
     from pgserver import PostgresServer
@@ -28,6 +31,8 @@ __all__ = [
     "connect",
     "embedded_socket_problem",
     "migrate",
+    "translated",
+    "translating",
 ]
 
 log = structlog.get_logger(__name__)
@@ -37,6 +42,51 @@ log = structlog.get_logger(__name__)
 Connection: TypeAlias = (
     "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 )
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# What "the database is not there right now" looks like from asyncpg: the network
+# (OSError, TimeoutError), a lost connection (08), a server shutting down, starting up
+# or cancelling us (57), out of connections, memory or disk (53), a database that is
+# refusing connections (55), a read-only standby after a failover (25006), and the
+# pool closing under us. A syntax error or a broken constraint is a bug, and stays one.
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise StoreUnavailable for a database that cannot be reached or written now, so
+    that callers above the store handle one error, not asyncpg's many."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.InterfaceError as exc:
+        if isinstance(exc, ValueError):  # arguments or configuration: our bug
+            raise
+        # "pool is closing", "connection is closed": the pool went away under us.
+        raise StoreUnavailable(f"database unavailable: {exc}") from exc
+
+
+def translating(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """``method`` (a coroutine function) run within ``translated``: a store's public
+    methods raise StoreUnavailable, never asyncpg's errors of a database gone."""
+
+    @functools.wraps(method)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with translated():
+            return await method(*args, **kwargs)
+
+    return run
+
 
 # Any constant works; it serialises migrations between processes sharing a database.
 _MIGRATION_LOCK = 0x51_1C_E0_01
