@@ -14,7 +14,7 @@ from aiohttp import web
 from relay.bank import BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
-from relay.doors.admin import AdminDoor
+from relay.doors.admin import AdminDoor, database_unavailable
 from relay.doors.inbound import InboundDoor, inbox_matcher, looks_inbound, normalized_path
 from relay.doors.passthrough import Passthrough
 from relay.evidence import EvidenceStore
@@ -258,7 +258,7 @@ async def _start_admin(listen: str, parts: Sluice) -> web.AppRunner | None:
     """The admin listener ([admin] listen): metrics, readiness and the admin API."""
     if not listen:
         return None
-    admin = web.Application()
+    admin = web.Application(middlewares=[database_unavailable])
     admin.router.add_routes(AdminDoor(lambda request: parts).routes())
     runner = web.AppRunner(admin, access_log=None)
     await runner.setup()

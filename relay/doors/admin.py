@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -23,11 +23,27 @@ from relay.release import ReleaseError, release
 from relay.store.activities import ActivityStore
 from relay.store.db import translated
 
-__all__ = ["API_PREFIX", "AdminDoor"]
+__all__ = ["API_PREFIX", "AdminDoor", "database_unavailable"]
 
 API_PREFIX = "/_sluice/api"
 
 log = structlog.get_logger(__name__)
+
+
+@web.middleware
+async def database_unavailable(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """While PostgreSQL cannot be reached the admin API says so (503), not a bare 500."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        log.warning("store_unavailable", path=request.path, error=str(exc))
+        return web.json_response(
+            {"error": "database unavailable, retry later"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
 
 
 class AdminDoor:

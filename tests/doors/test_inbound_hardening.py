@@ -295,3 +295,18 @@ async def test_a_compressed_body_passes_through_as_sent(
         assert response.status == 202, await response.text()
     [got] = upstream.requests
     assert got.body == plain  # the upstream (aiohttp) decoded the gzip it was sent
+
+
+async def test_the_admin_api_says_503_while_the_database_is_gone(
+    sluice_factory: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
+    sluice = await sluice_factory()
+    sluice.parts.pool.terminate()  # as good as PostgreSQL gone
+    auth = {"Authorization": "Bearer s3cret"}
+    async with sluice.session.get(
+        sluice.admin_url + "/_sluice/api/review", headers=auth
+    ) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert await response.json() == {"error": "database unavailable, retry later"}
