@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from relay.config import Config
 
 __all__ = [
+    "SUBDIRECTORY",
     "EvidenceError",
     "EvidenceKey",
     "EvidenceRecord",

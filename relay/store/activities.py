@@ -29,7 +29,18 @@ from relay.state import HELD, PENDING, RESTING, State, check, sql_list
 from relay.store.db import Connection, translated, translating
 from relay.verdict import Verdict
 
-__all__ = ["ActivityStore", "Edge", "Item", "change", "outline", "pointer_verdict"]
+__all__ = [
+    "CANCELLING_TYPES",
+    "PRUNABLE",
+    "ActivityStore",
+    "Edge",
+    "Item",
+    "Stored",
+    "change",
+    "lock_order",
+    "outline",
+    "pointer_verdict",
+]
 
 #: A state change a statement may make: (from, to).
 Edge = tuple[State, State]
