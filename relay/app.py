@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
@@ -82,15 +83,21 @@ def build_app(
             opened.push_async_callback(database.close)
             pool = database.pool
             policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
-            # Key fetches have their own session: a sender names the URL, so they must not
-            # hold the connections media fetches need. KeyCache bounds them further (time,
-            # per host, per client) and caches failures.
-            session = client_session(
-                policy,
-                connect_timeout=config.network.connect_timeout_seconds,
-                read_timeout=config.network.read_timeout_seconds,
-            )
-            opened.push_async_callback(session.close)
+
+            def fediverse_session(limit_per_host: int = 4) -> aiohttp.ClientSession:
+                """A session of its own, closed on the way out: senders name the URLs
+                fetched, so keys, media and objects must not hold each other's connections."""
+                made = client_session(
+                    policy,
+                    connect_timeout=config.network.connect_timeout_seconds,
+                    read_timeout=config.network.read_timeout_seconds,
+                    limit_per_host=limit_per_host,
+                )
+                opened.push_async_callback(made.close)
+                return made
+
+            # KeyCache bounds key fetches further (time, per host, per client).
+            session = fediverse_session()
             fresh_actors = FreshActors()
 
             async def fetch_key_document(url: str) -> JsonDocument:
@@ -110,20 +117,8 @@ def build_app(
                 per_host=config.signatures.key_fetch_per_host,
                 per_client=config.signatures.key_fetch_per_client,
             )
-            media_session = client_session(
-                policy,
-                connect_timeout=config.network.connect_timeout_seconds,
-                read_timeout=config.network.read_timeout_seconds,
-                limit_per_host=config.media.per_host_concurrency,
-            )
-            opened.push_async_callback(media_session.close)
-            object_session = client_session(
-                policy,
-                connect_timeout=config.network.connect_timeout_seconds,
-                read_timeout=config.network.read_timeout_seconds,
-                limit_per_host=config.media.per_host_concurrency,
-            )
-            opened.push_async_callback(object_session.close)
+            media_session = fediverse_session(limit_per_host=config.media.per_host_concurrency)
+            object_session = fediverse_session(limit_per_host=config.media.per_host_concurrency)
             banks = BankWatcher(pool, config.bank)
             await opened.enter_async_context(banks)  # started; stopped on the way out
             hasher = MediaHasher(

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 from relay import __version__
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from relay.config import Config
+    from relay.store.activities import ActivityStore
     from relay.store.db import Database
 
 __all__ = ["main"]
@@ -61,6 +64,19 @@ async def _database(config: Config) -> AsyncIterator[Database]:
         await database.close()
 
 
+def _activity_store(config: Config, pool: asyncpg.Pool) -> ActivityStore:
+    """The activity store as a command uses it: the process's queue settings, its own name."""
+    from relay.store.activities import ActivityStore
+
+    return ActivityStore(
+        pool,
+        owner="sluice-cli",
+        lease_seconds=config.delivery.lease_seconds,
+        dedup_window_seconds=config.delivery.dedup_window_seconds,
+        max_age_seconds=config.delivery.max_age_seconds,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -89,7 +105,6 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from relay.store.activities import ActivityStore
 
     ids = None
     if args.replay is not None and args.replay != ["all"]:
@@ -101,13 +116,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with _database(config) as database:
-            store = ActivityStore(
-                database.pool,
-                owner="sluice-cli",
-                lease_seconds=config.delivery.lease_seconds,
-                dedup_window_seconds=config.delivery.dedup_window_seconds,
-                max_age_seconds=config.delivery.max_age_seconds,
-            )
+            store = _activity_store(config, database.pool)
             if args.replay is None:
                 for row in await store.dead_letters(args.limit):
                     print(json.dumps(row))
@@ -125,19 +134,12 @@ def _quarantine_release(args: argparse.Namespace) -> int:
     """Queue a quarantined activity found to be a false positive (see relay.release)."""
     from relay.evidence import EvidenceStore
     from relay.release import release
-    from relay.store.activities import ActivityStore
 
     config = _configured(args.config, log_level="warning")
 
     async def run() -> int:
         async with _database(config) as database:
-            store = ActivityStore(
-                database.pool,
-                owner="sluice-cli",
-                lease_seconds=config.delivery.lease_seconds,
-                dedup_window_seconds=config.delivery.dedup_window_seconds,
-                max_age_seconds=config.delivery.max_age_seconds,
-            )
+            store = _activity_store(config, database.pool)
             evidence = EvidenceStore.from_config(database.pool, config)
             state = await release(store, evidence, args.row, moderator=args.who, reason=args.why)
             print(json.dumps({"row": args.row, "state": state}))

@@ -5,12 +5,9 @@ error its callers handle, and a running Sluice carries on once the database is b
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +18,6 @@ from relay.activity import parse_activity
 from relay.bank import BankIndex, BankStore, BankWatcher
 from relay.envelope import Envelope
 from relay.errors import StoreUnavailable
-from relay.evidence import EvidenceKey, EvidenceStore, MediaItem
 from relay.store.activities import ActivityStore
 from relay.verdict import Action, Verdict
 from tests.conftest import Fediverse, Upstream, wait_for
@@ -168,31 +164,6 @@ async def test_the_bank_store_and_index_raise_store_unavailable_when_the_databas
             "BankIndex.reload": lambda: index.reload(migrated_pool, "b"),
             "BankIndex.refresh": lambda: index.refresh(migrated_pool),
             "BankWatcher.start": lambda: BankWatcher(migrated_pool).start(),
-        }
-    )
-
-
-async def test_the_evidence_store_raises_store_unavailable_when_the_database_is_gone(
-    migrated_pool: asyncpg.Pool, outage: Outage, tmp_path: Path
-) -> None:
-    key_file = tmp_path / "evidence.key"
-    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
-    evidence = EvidenceStore(migrated_pool, tmp_path / "evidence", EvidenceKey.load(key_file))
-    facts = {"activity": {"id": f"{ACTOR}/activities/1"}, "signals": []}
-    media = [MediaItem(url="https://remote.example/a.png", data=b"not an image", hashes={})]
-    sealed = await evidence.seal(facts=facts, media=media)
-    await evidence.record(sealed, activity_row=None)
-    await outage.begin()
-    await each_raises_store_unavailable(
-        {
-            "preserve": lambda: evidence.preserve(activity_row=None, facts=facts, media=media),
-            "seal": lambda: evidence.seal(facts=facts, media=media),
-            "record": lambda: evidence.record(sealed, activity_row=None),
-            "read": lambda: evidence.read(sealed.id, who="mod", why="a test"),
-            "read_facts": lambda: evidence.read_facts(sealed.id, who="mod", why="a test"),
-            "audit": lambda: evidence.audit(sealed.id),
-            "orphans": lambda: evidence.orphans(),
-            "list": lambda: evidence.list(),
         }
     )
 

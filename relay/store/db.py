@@ -91,6 +91,9 @@ def translating(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_
 # Any constant works; it serialises migrations between processes sharing a database.
 _MIGRATION_LOCK = 0x51_1C_E0_01
 
+#: How long a stop waits for the pool's connections to come back before cutting them.
+_CLOSE_SECONDS = 10.0
+
 #: The socket pgserver's PostgreSQL listens on (no -p: the default port) in its -k dir.
 _SOCKET_NAME = ".s.PGSQL.5432"
 #: A Unix socket path fits in sun_path with its final NUL: 108 bytes on Linux, 104 on
@@ -236,8 +239,14 @@ class Database:
     embedded: EmbeddedPostgres | None
 
     async def close(self) -> None:
-        await self.lazy.close()
-        await self.pool.close()
+        for pool in (self.lazy, self.pool):
+            try:
+                # A connection never given back (a task cut short) must not hold the
+                # stop forever: after a while, the pool's connections are cut.
+                await asyncio.wait_for(pool.close(), _CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("pool_close_timed_out", seconds=_CLOSE_SECONDS)
+                pool.terminate()
         if self.embedded is not None:
             self.embedded.stop()
 
