@@ -1,0 +1,38 @@
+"""Effects: the side effects of a verdict that must happen exactly once in what anyone
+can see — a webhook notified, and later a receipt to a peer, a report, an action on an
+instance. A verdict enqueues them in its own transaction (relay.outbox), so they exist
+if and only if the verdict does; a runner then carries each out at least once, and
+its idempotency key lets the receiver drop a repeat (a runner killed mid-effect).
+
+Irreversible effects (reports to authorities, receipts to peers, bans) are never
+triggered by a perceptual-only match unless a rule says so: the policy enforces that,
+from the ``irreversible`` flag each effect declares here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["Effect", "EffectFailed"]
+
+
+class EffectFailed(Exception):
+    """An effect did not happen. ``permanent``: trying again cannot help (a webhook
+    answering 400), so the effect becomes a dead letter at once; otherwise it is
+    retried with backoff until the outbox's ``max_attempts``."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class Effect(Protocol):
+    """One kind of effect. ``run`` gets the payload as enqueued, with ``key`` (the
+    effect's idempotency key) added when the payload has none; it returns once the
+    effect happened, and raises EffectFailed (or any exception, retried) otherwise."""
+
+    name: str
+    irreversible: bool
+
+    async def run(self, payload: dict[str, Any]) -> None: ...
