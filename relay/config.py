@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from relay.errors import ConfigError, ConfigProblem
 from relay.hosts import split_authority
+from relay.policy import MATCH_KINDS
 
 # The configuration's types, the schema's vocabulary (kinds, checks, key paths) that
 # SCHEMA is written in and its sections may be extended with, and the entry points.
@@ -222,6 +223,11 @@ class BankConfig:
 class RuleConfig:
     match: str
     action: str
+    effects: tuple[str, ...] = ()
+    match_kind: str = "any"
+    max_distance: int = -1
+    min_signals: int = 1
+    irreversible_on_perceptual: bool = False
 
 
 @dataclass(frozen=True)
@@ -737,8 +743,18 @@ SCHEMA: tuple[Section, ...] = (
         Field("match", STRING, REQUIRED,
               "a bank name, category:NAME, or signal:unchecked (media that cannot be hashed)",
               check=not_empty),
-        Field("action", STRING, REQUIRED, "what to do when it fires",
+        Field("action", STRING, REQUIRED, "where the activity goes when it fires",
               check=one_of("deliver", "review", "reject", "quarantine")),
+        Field("effects", STRINGS, (), "what else happens when it fires (notify…)"),
+        Field("match_kind", STRING, "any", "which matches count: exact, perceptual or any",
+              check=one_of(*MATCH_KINDS)),
+        Field("max_distance", INTEGER, -1,
+              "matches farther than this do not count (-1: the bank's own threshold)"),
+        Field("min_signals", INTEGER, 1,
+              "independent signals needed (different matchers or hash kinds)",
+              check=positive),
+        Field("irreversible_on_perceptual", BOOLEAN, False,
+              "let perceptual-only matches trigger irreversible effects"),
     ), "The policy: the strongest action among the rules that fire wins.", array=True),
 )
 

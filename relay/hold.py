@@ -26,7 +26,7 @@ import structlog
 from relay.activity import Activity
 from relay.policy import TIMEOUT, Policy
 from relay.signal import Signal
-from relay.verdict import Action, Verdict
+from relay.verdict import Disposition, Verdict
 
 __all__ = ["Check", "Findings", "Hold", "Reporting"]
 
@@ -101,7 +101,7 @@ class Hold:
         *,
         policy: Policy | None = None,
         max_seconds: float = 60.0,
-        on_timeout: Action | None = None,
+        on_timeout: Disposition | None = None,
         grace_seconds: float | None = None,
     ) -> None:
         """``on_timeout``, when given, replaces the policy's. ``grace_seconds`` (by
@@ -124,7 +124,7 @@ class Hold:
             signal = Signal("error", "hold", {"error": f"a check failed to start: {exc}"})
             return self.policy.decide([signal])
         if not applicable:
-            return Verdict(Action.DELIVER, "fast path: nothing to check")
+            return Verdict(Disposition.DELIVER, "fast path: nothing to check")
         deadline = started + max(0.0, self.max_seconds - self.grace_seconds)
         found = [Findings(c.name, deadline) for c in applicable]
         tasks = [
@@ -152,7 +152,7 @@ class Hold:
             signals.extend(findings.signals)
         verdict = self.policy.decide(signals)
         timings = {"hold_seconds": time.monotonic() - started}
-        return Verdict(verdict.action, verdict.rule, verdict.signals, timings)
+        return replace(verdict, timings=timings)
 
     @staticmethod
     async def _run(check: Check, activity: Activity, found: Findings) -> None:

@@ -19,7 +19,7 @@ from relay.activity import parse_activity
 from relay.envelope import Envelope
 from relay.state import TRANSITIONS, State, TransitionError, check, sql_list
 from relay.store.activities import ActivityStore, change
-from relay.verdict import Action, Verdict
+from relay.verdict import Disposition, Verdict
 
 ACTOR = "https://remote.example/users/a"
 _n = itertools.count(1)
@@ -65,7 +65,7 @@ async def evidence_for(conn: asyncpg.Connection, row: int) -> int:
     return evidence_id
 
 
-QUARANTINE = Verdict(Action.QUARANTINE, "rule[0] category:test -> quarantine")
+QUARANTINE = Verdict(Disposition.QUARANTINE, "rule[0] category:test -> quarantine")
 
 
 async def test_every_allowed_edge_is_reachable_through_the_store(
@@ -82,7 +82,7 @@ async def test_every_allowed_edge_is_reachable_through_the_store(
         assert await state_of(pool, row) == State.RECEIVED
         if state == State.RECEIVED:
             return row, document
-        first = {State.REVIEW: Action.REVIEW}.get(state, Action.DELIVER)
+        first = {State.REVIEW: Disposition.REVIEW}.get(state, Disposition.DELIVER)
         await step(row, State.RECEIVED, first.state, decide(row, first))
         if state in (State.QUEUED, State.REVIEW):
             return row, document
@@ -96,7 +96,7 @@ async def test_every_allowed_edge_is_reachable_through_the_store(
         assert await state_of(pool, row) == target, (source, target)
         walked.add((source, target))
 
-    async def decide(row: int, action: Action) -> None:
+    async def decide(row: int, action: Disposition) -> None:
         assert await activities.decide(row, Verdict(action, "test"))
 
     async def quarantine(row: int, source: State) -> None:
@@ -114,7 +114,7 @@ async def test_every_allowed_edge_is_reachable_through_the_store(
         await insert(activities, delete)
 
     # From the hold.
-    for action in (Action.DELIVER, Action.REVIEW, Action.REJECT):
+    for action in (Disposition.DELIVER, Disposition.REVIEW, Disposition.REJECT):
         row, _ = await new_row(State.RECEIVED)
         await step(row, State.RECEIVED, action.state, decide(row, action))
     row, _ = await new_row(State.RECEIVED)
@@ -220,7 +220,7 @@ async def test_the_hot_path_statements_check_before_they_run(
     """Were the graph to lose an edge, the statement that takes it is refused, unrun."""
     activities = store(migrated_pool)
     row = await insert(activities, note())
-    assert await activities.decide(row, Verdict(Action.DELIVER, "test"))
+    assert await activities.decide(row, Verdict(Disposition.DELIVER, "test"))
     graph = dict(TRANSITIONS)
     graph[State.QUEUED] = frozenset({State.REFUSED, State.DEAD})
     monkeypatch.setattr("relay.state.TRANSITIONS", graph)

@@ -19,7 +19,7 @@ from relay.bank import BankIndex, BankStore, BankWatcher
 from relay.envelope import Envelope
 from relay.errors import StoreUnavailable
 from relay.store.activities import ActivityStore
-from relay.verdict import Action, Verdict
+from relay.verdict import Disposition, Verdict
 from tests.conftest import Fediverse, Upstream, wait_for
 
 ACTOR = "https://remote.example/users/a"
@@ -100,7 +100,7 @@ async def test_the_activity_store_raises_store_unavailable_when_the_database_is_
     assert stored is not None
     held = await migrated_pool.acquire()  # a connection taken before the outage
     await outage.begin()
-    verdict = Verdict(Action.QUARANTINE, "test")
+    verdict = Verdict(Disposition.QUARANTINE, "test")
 
     async def transaction() -> None:
         async with store.transaction():

@@ -184,7 +184,7 @@ def pointer_verdict(verdict: Verdict, evidence_id: int) -> dict[str, Any]:
     """What a quarantined row keeps of its verdict: the action, the rule, the timings and
     the ``outline`` of its signals. The whole verdict is in the evidence."""
     return {
-        "action": verdict.action.value,
+        "action": verdict.disposition.value,
         "rule": verdict.rule,
         "signals": outline(verdict.signals),
         "timings": verdict.timings,
@@ -334,7 +334,7 @@ class ActivityStore:
     @translating
     async def decide(self, item_id: int, verdict: Verdict) -> bool:
         """Record the hold's verdict; False when the row left the hold meanwhile."""
-        target = verdict.action.state
+        target = verdict.disposition.state
         done = target != State.QUEUED
         result: str = await change(
             self.lazy,

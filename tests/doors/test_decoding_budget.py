@@ -8,7 +8,7 @@ from typing import Any
 
 from relay.policy import OVER_BUDGET, Policy
 from relay.signal import Signal
-from relay.verdict import Action
+from relay.verdict import Disposition
 from tests.conftest import Fediverse, Upstream
 from tests.doors.test_media_hold import Origin, _settled, origin, with_media  # noqa: F401
 
@@ -48,10 +48,10 @@ async def test_over_budget_media_go_to_review_even_when_errors_are_delivered(
 
 def test_the_policy_floor_for_over_budget_is_review() -> None:
     over = Signal(OVER_BUDGET, "media", {"stage": "budget"})
-    assert Policy(on_error=Action.DELIVER).decide([over]).action is Action.REVIEW
+    assert Policy(on_error=Disposition.DELIVER).decide([over]).disposition is Disposition.REVIEW
     # A stronger action from the rules or on_error still wins.
-    stronger = Policy(on_error=Action.REJECT).decide([over, Signal("error", "media")])
-    assert (stronger.action, stronger.rule) == (Action.REJECT, "hold.on_error")
+    stronger = Policy(on_error=Disposition.REJECT).decide([over, Signal("error", "media")])
+    assert (stronger.disposition, stronger.rule) == (Disposition.REJECT, "hold.on_error")
 
 
 async def test_a_shared_fetch_charges_no_one_else_s_budget() -> None:

@@ -18,11 +18,14 @@ from relay.bank import BankStore
 from relay.evidence import EvidenceKey
 from relay.hold import Findings, Hold
 from relay.media.image import hash_media
+from relay.media.media import Media
 from relay.policy import Policy, Rule
 from relay.signal import Signal
-from relay.verdict import Action
+from relay.verdict import Disposition
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors.test_media_hold import BRIDGE, read_evidence, with_media
+
+_EVIDENCE = Media.of(b"evidence")
 
 
 @dataclass
@@ -210,25 +213,25 @@ class Slow:
         raise AssertionError("the hold calls report() on a reporting check")
 
     async def report(self, activity: Any, found: Findings) -> None:
-        found.add(Signal("match", "test-known", {"category": "test"}, payload=b"evidence"))
+        found.add(Signal("match", "test-known", {"category": "test"}, media=_EVIDENCE))
         found.begin("https://slow.example/a.jpg")
         await asyncio.sleep(3600)
 
 
-@pytest.mark.parametrize("on_timeout", list(Action))
+@pytest.mark.parametrize("on_timeout", list(Disposition))
 async def test_the_timeout_names_what_was_unfinished_and_the_strongest_action_wins(
-    on_timeout: Action,
+    on_timeout: Disposition,
 ) -> None:
-    policy = Policy((Rule("category:test", Action.REVIEW),))
+    policy = Policy((Rule("category:test", Disposition.REVIEW),))
     hold = Hold((Slow(),), policy=policy, max_seconds=0.3, on_timeout=on_timeout)
     activity = parse_activity(
         b'{"id": "https://a.example/1", "type": "Create", "actor": "https://a.example/u",'
         b' "object": {"id": "https://a.example/n", "type": "Note"}}'
     )
     verdict = await hold.decide(activity)
-    expected = max(on_timeout, Action.REVIEW, key=lambda a: a.strength)
-    assert verdict.action == expected
-    rule = "hold.on_timeout" if on_timeout.strength > Action.REVIEW.strength else "rule[0]"
+    expected = max(on_timeout, Disposition.REVIEW, key=lambda a: a.strength)
+    assert verdict.disposition == expected
+    rule = "hold.on_timeout" if on_timeout.strength > Disposition.REVIEW.strength else "rule[0]"
     assert verdict.rule.startswith(rule)
     timeout, match = verdict.signals
     assert timeout.kind == "timeout"

@@ -14,7 +14,7 @@ from relay.media.image import hash_media
 from relay.signal import Signal
 from relay.store import migrate
 from relay.store.activities import PRUNABLE, ActivityStore, pointer_verdict
-from relay.verdict import Action, Verdict
+from relay.verdict import Disposition, Verdict
 from tests.conftest import Fediverse, Running, Upstream
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import BRIDGE, BRIDGE_EDIT, Origin, read_evidence, with_media
@@ -117,7 +117,7 @@ async def test_the_row_is_cleared_only_when_its_evidence_is_committed(
 # -- the store, on its own ---------------------------------------------------------------
 
 VERDICT = Verdict(
-    Action.QUARANTINE,
+    Disposition.QUARANTINE,
     "rule[0] category:test -> quarantine",
     (
         Signal("hashed", "media", {"url": "https://remote.example/m/1.jpg", "sha256": "ab" * 32}),
@@ -245,7 +245,7 @@ async def test_migration_clears_rows_quarantined_before_it(database_url: str) ->
             for s in VERDICT.signals
         )
         expected = pointer_verdict(
-            Verdict(VERDICT.action, VERDICT.rule, signals, VERDICT.timings), ids[quarantined]
+            Verdict(VERDICT.disposition, VERDICT.rule, signals, VERDICT.timings), ids[quarantined]
         )
         assert json.loads(rows[quarantined]["verdict"]) == expected
         assert rows[cancelled]["verdict"] is None
