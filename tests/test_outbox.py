@@ -18,56 +18,22 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from relay.effects import EffectFailed
 from relay.effects.notify import Notify
 from relay.errors import StoreUnavailable
 from relay.outbox import Outbox, Pending
-from tests.conftest import Received, start_server, wait_for
+from tests.conftest import wait_for
+from tests.webhook_support import Webhook, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Webhook:
-    """A receiver on loopback: answers the statuses in ``script`` in turn, then
-    ``status``; with ``hang``, never answers."""
-
-    def __init__(self) -> None:
-        self.server: TestServer | None = None
-        self.requests: list[Received] = []
-        self.script: list[int] = []
-        self.status = 200
-        self.hang = False
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("/hook"))
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.requests.append(
-            Received(request.method, request.raw_path, dict(request.headers), body)
-        )
-        if self.hang:
-            await asyncio.Event().wait()
-        status = self.script.pop(0) if self.script else self.status
-        if 300 <= status < 400:
-            raise web.HTTPFound(self.url + "/elsewhere")
-        return web.Response(status=status, text=f"hook says {status}")
-
-
 @pytest.fixture
 async def webhook() -> AsyncIterator[Webhook]:
-    hook = Webhook()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", hook.handle)
-    hook.server = await start_server(app)
-    yield hook
-    await hook.server.close()
+    async with serving() as hook:
+        yield hook
 
 
 @pytest.fixture
