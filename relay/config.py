@@ -64,6 +64,8 @@ __all__ = [
     "LogConfig",
     "MediaConfig",
     "NetworkConfig",
+    "NotifyConfig",
+    "OutboxConfig",
     "RuleConfig",
     "Section",
     "ServerConfig",
@@ -87,6 +89,7 @@ __all__ = [
     "not_empty",
     "not_negative",
     "one_of",
+    "optional_http_url",
     "parse",
     "positive",
     "postgresql_url",
@@ -212,6 +215,21 @@ class EvidenceConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    webhooks: tuple[str, ...]
+    on: tuple[str, ...]
+    timeout_seconds: float
+    admin_url: str
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_attempts: int
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+
+
+@dataclass(frozen=True)
 class BankConfig:
     name: str
     category: str
@@ -258,6 +276,8 @@ class Config:
     log: LogConfig
     media: MediaConfig
     evidence: EvidenceConfig
+    notify: NotifyConfig
+    outbox: OutboxConfig
     bank: tuple[BankConfig, ...]
     rule: tuple[RuleConfig, ...]
     source: str  # the file read, or "<defaults>"
@@ -499,6 +519,11 @@ def http_url(value: str) -> str | None:
     return None
 
 
+def optional_http_url(value: str) -> str | None:
+    """An http(s) URL, or empty for none."""
+    return http_url(value) if value else None
+
+
 def postgresql_url(value: str) -> str | None:
     # Empty means the embedded PostgreSQL. Host may sit in the query string
     # (?host=/run/postgresql), so only the scheme is checked.
@@ -730,6 +755,25 @@ SCHEMA: tuple[Section, ...] = (
         Field("key_file", OPTIONAL_PATH, "",
               "file with the 32-byte AES-GCM key that encrypts quarantined evidence"),
     ), "Evidence kept for quarantined activities."),
+    Section("notify", NotifyConfig, (
+        Field("webhooks", STRINGS, (), "URLs POSTed a JSON message about verdicts; []: none",
+              each=http_url),
+        Field("on", STRINGS, ("quarantine",), "dispositions that notify whatever the rule",
+              each=one_of("deliver", "review", "reject", "quarantine")),
+        Field("timeout_seconds", NUMBER, 10.0, "the longest one webhook POST may take",
+              check=positive),
+        Field("admin_url", STRING, "",
+              "base URL of links in messages; empty: the admin listener's",
+              check=optional_http_url),
+    ), "Telling the admins about verdicts."),
+    Section("outbox", OutboxConfig, (
+        Field("max_attempts", INTEGER, 10, "tries of an effect before it is a dead letter",
+              check=positive),
+        Field("backoff_initial_seconds", NUMBER, 5.0, "first retry delay of an effect",
+              check=positive),
+        Field("backoff_max_seconds", NUMBER, 3600.0, "longest retry delay of an effect",
+              check=positive),
+    ), "Running the effects of verdicts (notify…).", finish=_backoff_order),
     Section("bank", BankConfig, (
         Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",
               check=bank_name),

@@ -7,10 +7,12 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from relay.config import check_config, load_config
 from relay.effects import EffectFailed
 from relay.effects.notify import KIND, Notify, message, notifications
 from relay.signal import Signal
@@ -173,3 +175,29 @@ async def test_a_payload_without_url_is_dead_at_once(session: aiohttp.ClientSess
     with pytest.raises(EffectFailed, match="'url'") as failed:
         await Notify(session).run({"message": {}, "key": "k"})
     assert failed.value.permanent
+
+
+def test_check_config_refuses_webhooks_that_are_not_http(tmp_path: Path) -> None:
+    path = tmp_path / "sluice.toml"
+    path.write_text(
+        "[notify]\n"
+        'webhooks = ["https://hooks.example/a", "ftp://hooks.example/b"]\n'
+        'on = ["quarantine", "quarantined"]\n'
+        'admin_url = "admin.example"\n'
+        "[outbox]\n"
+        "backoff_initial_seconds = 10\n"
+        "backoff_max_seconds = 5\n"
+    )
+    problems = {(p.line, p.key): p.message for p in check_config(path, environ={})}
+    assert set(problems) == {
+        (2, "notify.webhooks[1]"),
+        (3, "notify.on[1]"),
+        (4, "notify.admin_url"),
+        (7, "outbox.backoff_max_seconds"),
+    }
+    assert "http:// or https://" in problems[(2, "notify.webhooks[1]")]
+    assert "did you mean `quarantine`" in problems[(3, "notify.on[1]")]
+    defaults = load_config(None, environ={})
+    assert defaults.notify.webhooks == ()
+    assert defaults.notify.on == ("quarantine",)
+    assert (defaults.outbox.max_attempts, defaults.outbox.backoff_max_seconds) == (10, 3600.0)
