@@ -18,6 +18,8 @@ from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor, database_unavailable
 from relay.doors.inbound import InboundDoor, inbox_matcher, looks_inbound, normalized_path
 from relay.doors.passthrough import Passthrough
+from relay.effects.notify import KIND as NOTIFY
+from relay.effects.notify import Notify
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
@@ -27,6 +29,7 @@ from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher
 from relay.metrics import Metrics
 from relay.network import JsonDocument, NetworkPolicy, client_session, fetch_json_document
+from relay.outbox import Outbox
 from relay.policy import Policy
 from relay.signature import KeyCache
 from relay.signature.objects import ObjectVerifier
@@ -51,6 +54,7 @@ class Sluice:
     passthrough: Passthrough
     banks: BankWatcher
     admin_url: str | None = None  # the admin listener, once it listens
+    outbox: Outbox | None = None  # effects of verdicts (notify…), run at least once
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -184,6 +188,18 @@ def build_app(
                 evidence=EvidenceStore.from_config(pool, config),
             )
             opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
+            # Webhooks are the admin's own URLs (loopback allowed): no SSRF policy, and
+            # Notify follows no redirect. Closed after the outbox stops.
+            webhook_session = aiohttp.ClientSession()
+            opened.push_async_callback(webhook_session.close)
+            outbox = Outbox(
+                pool,
+                max_attempts=config.outbox.max_attempts,
+                backoff_initial=config.outbox.backoff_initial_seconds,
+                backoff_max=config.outbox.backoff_max_seconds,
+            )
+            outbox.register(NOTIFY, Notify(webhook_session, timeout=config.notify.timeout_seconds))
+            opened.push_async_callback(outbox.stop)  # safe before start too
             signatures = config.signatures
             objects = ObjectVerifier(
                 max_bytes=signatures.ld_max_bytes,
@@ -210,12 +226,15 @@ def build_app(
             )
             passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
             opened.push_async_callback(passthrough.close)
-            parts = Sluice(config, pool, store, flow, metrics, inbound, passthrough, banks)
+            parts = Sluice(
+                config, pool, store, flow, metrics, inbound, passthrough, banks, outbox=outbox
+            )
             app[SLUICE] = parts
             admin = await _start_admin(config.admin.listen, parts)
             if admin is not None:
                 opened.push_async_callback(admin.cleanup)
             flow.start()
+            await outbox.start()
             log.info(
                 "started",
                 listen=config.server.listen,
