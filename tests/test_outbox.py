@@ -6,6 +6,7 @@ Against real PostgreSQL and real loopback webhooks."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -335,3 +336,44 @@ async def _enqueued(outbox: Outbox) -> bool:
         return await outbox.enqueue([Pending("notify", "k", {})]) == 1
     except StoreUnavailable:
         return False
+
+
+def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+    command = str(Path(sys.executable).parent / "sluice")
+    return subprocess.run([command, *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_sluice_effects_list_and_replay(
+    make_config: Any, migrated_pool: asyncpg.Pool
+) -> None:
+    config = make_config()
+    outbox = Outbox(migrated_pool)
+    await outbox.enqueue(
+        [Pending("notify", f"v:{n}", {"url": "http://h.example/"}) for n in (1, 2, 3)]
+    )
+    await migrated_pool.execute(
+        "UPDATE effect SET state = 'dead', attempts = 10, last_error = 'webhook answered 400' "
+        "WHERE key <> 'v:3'"
+    )
+    listed = sluice("effects", "list", "--config", config.source, "--state", "dead")
+    assert listed.returncode == 0, listed.stderr
+    entries = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [e["key"] for e in entries] == ["v:2", "v:1"]
+    assert {e["last_error"] for e in entries} == {"webhook answered 400"}
+    everything = sluice("effects", "list", "--config", config.source, "--limit", "1")
+    assert [json.loads(line)["key"] for line in everything.stdout.splitlines()] == ["v:3"]
+
+    first = str(entries[1]["id"])
+    replayed = sluice("effects", "replay", "--config", config.source, first)
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout) == {"replayed": 1}
+    assert (await state_of(migrated_pool, "v:1"))["attempts"] == 0
+    replayed = sluice("effects", "replay", "--config", config.source, "--all")
+    assert json.loads(replayed.stdout) == {"replayed": 1}
+    assert await outbox.counts() == {"pending": 3, "done": 0, "dead": 0}
+
+    for wrong in ([], ["--all", "1"], ["one"]):
+        refused = sluice("effects", "replay", "--config", config.source, *wrong)
+        assert refused.returncode == 2
+    refused = sluice("effects", "list", "--config", config.source, "--state", "gone")
+    assert refused.returncode == 2
