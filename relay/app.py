@@ -15,8 +15,8 @@ from aiohttp import web
 from relay.bank import BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
-from relay.doors.admin import AdminDoor, database_unavailable
-from relay.doors.inbound import InboundDoor, inbox_matcher, looks_inbound, normalized_path
+from relay.doors.admin import AdminDoor
+from relay.doors.inbound import InboundDoor
 from relay.doors.passthrough import Passthrough
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import Notify
@@ -73,7 +73,6 @@ def build_app(
         client_max_size=config.server.max_body_bytes,
         handler_args={"auto_decompress": False},
     )
-    inbox = inbox_matcher(config.server.inbox_paths)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Each part is registered for closing as soon as it is open: a failure at any
@@ -212,11 +211,14 @@ def build_app(
                 unlimited_signers=signatures.object_rate_exempt,
             )
             opened.callback(objects.close)
+            passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
+            opened.push_async_callback(passthrough.close)
             inbound = InboundDoor(
-                store,
                 flow,
                 keys,
                 metrics,
+                inbox_paths=config.server.inbox_paths,
+                otherwise=passthrough.handle,
                 require_signatures=config.signatures.require,
                 max_age=config.signatures.max_age_seconds,
                 clock_skew=config.signatures.clock_skew_seconds,
@@ -224,13 +226,16 @@ def build_app(
                 trusted_proxies=config.server.trusted_proxies,
                 objects=objects,
             )
-            passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
-            opened.push_async_callback(passthrough.close)
             parts = Sluice(
                 config, pool, store, flow, metrics, inbound, passthrough, banks, outbox=outbox
             )
             app[SLUICE] = parts
-            admin = await _start_admin(config.admin.listen, parts)
+            admin_door = AdminDoor(parts)
+            # The doors, in order: /healthz, then inbox POSTs, then everything else. They
+            # are mounted as they open; aiohttp freezes the router after start-up.
+            for door in (admin_door.public_routes(), inbound.routes(), passthrough.routes()):
+                app.router.add_routes(door)
+            admin = await _start_admin(config.admin.listen, admin_door)
             if admin is not None:
                 opened.push_async_callback(admin.cleanup)
             flow.start()
@@ -250,31 +255,19 @@ def build_app(
                 )
             yield
 
-    async def dispatch(request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and (
-            inbox.match(normalized_path(request.path)) or looks_inbound(request.headers)
-        ):
-            return await request.app[SLUICE].inbound.handle(request)
-        return await request.app[SLUICE].passthrough.handle(request)
-
     async def going_away(app: web.Application) -> None:
         await app[SLUICE].passthrough.going_away()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(going_away)
-    # /healthz first: the router falls through to the catch-all for anything else.
-    app.router.add_routes(AdminDoor(lambda request: request.app[SLUICE]).public_routes())
-    app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
 
-async def _start_admin(listen: str, parts: Sluice) -> web.AppRunner | None:
+async def _start_admin(listen: str, door: AdminDoor) -> web.AppRunner | None:
     """The admin listener ([admin] listen): metrics, readiness and the admin API."""
     if not listen:
         return None
-    admin = web.Application(middlewares=[database_unavailable])
-    admin.router.add_routes(AdminDoor(lambda request: parts).routes())
-    runner = web.AppRunner(admin, access_log=None)
+    runner = web.AppRunner(door.app(), access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
     try:
@@ -284,5 +277,5 @@ async def _start_admin(listen: str, parts: Sluice) -> web.AppRunner | None:
         raise
     bound_host, bound_port = runner.addresses[0][:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    parts.admin_url = f"http://{shown}:{bound_port}"
+    door.parts.admin_url = f"http://{shown}:{bound_port}"
     return runner

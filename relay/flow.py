@@ -16,14 +16,17 @@ import time
 
 import structlog
 
+from relay.activity import Activity
 from relay.deliver import Upstream, is_retryable
+from relay.envelope import Envelope
 from relay.errors import DecodeError
 from relay.evidence import EvidenceError, EvidenceStore, MediaItem
 from relay.hold import Hold
 from relay.metrics import Metrics
 from relay.signal import Signal
+from relay.signature import Verified
 from relay.state import State
-from relay.store.activities import ActivityStore, Item, outline
+from relay.store.activities import ActivityStore, Item, Stored, outline
 from relay.verdict import Action, Verdict
 
 __all__ = ["Flow", "backoff"]
@@ -102,6 +105,48 @@ class Flow:
             item = self.queue.get_nowait()
             await self.store.release(item.id)
             self.held.discard(item.id)
+
+    async def accept(
+        self, envelope: Envelope, activity: Activity, verified: Verified | None
+    ) -> Stored | None:
+        """The only way in: commit the activity, then hand it on. None: a duplicate.
+
+        A row claimed as it was stored goes to this process's workers in memory (no
+        polling delay); one stored behind another about the same object waits for the
+        poller, and a cancellation may have freed rows for it. Raises StoreUnavailable
+        when nothing could be stored, so the door can tell the sender to retry.
+        """
+        signer = verified.signer if verified else None
+        key_id = verified.key_id if verified else None
+        stored = await self.store.insert(
+            envelope, activity, signer=signer, key_id=key_id, claim=self.has_room()
+        )
+        if stored is None:
+            return None
+        if stored.claimed:
+            self.submit(
+                Item(
+                    id=stored.id,
+                    state=State.RECEIVED,
+                    target=envelope.target,
+                    headers=list(envelope.headers),
+                    body=envelope.body,
+                    attempts=0,
+                    received_at=envelope.received_at,
+                    ap_id=activity.id,
+                    actor=activity.actor,
+                    signer=signer,
+                    key_id=key_id,
+                    remote=envelope.remote,
+                    _activity=activity,
+                )
+            )
+        else:
+            self.note_blocked()
+            self.wake()
+        if stored.cancelled:
+            self.wake()
+        return stored
 
     def has_room(self) -> bool:
         """Whether the door should claim what it stores: bounded memory, shared work."""

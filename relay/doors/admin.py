@@ -4,6 +4,10 @@ It has its own listener (``[admin] listen``, loopback by default). The public
 listener, which senders reach, answers ``/healthz`` and nothing else of ours:
 per-bank match counters on a public ``/metrics`` would let a sender tune an image
 until it stops matching, and ``/readyz`` would tell them about our database.
+
+On its listener the door is a sub-app (``app()``) whose middleware asks for the token
+on every route but ``/healthz``, ``/readyz`` and ``/metrics`` (for probes and
+scrapers): a route added later is guarded without a line of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -19,13 +23,20 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.errors import StoreUnavailable
+from relay.outbox import STATES, Outbox
 from relay.release import ReleaseError, release
 from relay.store.activities import ActivityStore
 from relay.store.db import translated
 
+if TYPE_CHECKING:
+    from relay.app import Sluice
+
 __all__ = ["API_PREFIX", "AdminDoor", "database_unavailable"]
 
 API_PREFIX = "/_sluice/api"
+
+#: Admin routes answered without the token: liveness, readiness, Prometheus.
+_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
 
 log = structlog.get_logger(__name__)
 
@@ -47,13 +58,32 @@ async def database_unavailable(
 
 
 class AdminDoor:
-    """Routes exist before the process's parts do; ``parts`` finds them per request."""
+    def __init__(self, parts: Sluice) -> None:
+        self.parts = parts
 
-    def __init__(self, parts: Callable[[web.Request], Any]) -> None:
-        self._parts = parts
+    def _parts(self, request: web.Request) -> Sluice:
+        return self.parts
 
     def _store(self, request: web.Request) -> ActivityStore:
-        return self._parts(request).store
+        return self.parts.store
+
+    def app(self) -> web.Application:
+        """The admin listener's application: every route, the API behind the token."""
+        app = web.Application(middlewares=[database_unavailable, self._authenticate])
+        app.router.add_routes(self.routes())
+        return app
+
+    @web.middleware
+    async def _authenticate(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        # Fails closed: a path no route knows asks for the token too (no route map).
+        resource = request.match_info.route.resource
+        if resource is None or resource.canonical not in _OPEN:
+            self._authorize(request)
+        return await handler(request)
 
     def public_routes(self) -> list[web.RouteDef]:
         """What the public listener serves of ours: liveness, nothing more."""
@@ -68,6 +98,8 @@ class AdminDoor:
             web.get(API_PREFIX + "/activities/{key}", self.activity),
             web.get(API_PREFIX + "/dead-letters", self.dead_letters),
             web.post(API_PREFIX + "/dead-letters/replay", self.replay),
+            web.get(API_PREFIX + "/effects", self.effects),
+            web.post(API_PREFIX + "/effects/replay", self.replay_effects),
             web.get(API_PREFIX + "/review", self.review),
             web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
             web.post(API_PREFIX + "/quarantine/{row}/release", self.release),
@@ -110,7 +142,6 @@ class AdminDoor:
 
     async def activity(self, request: web.Request) -> web.Response:
         """Why was this held? ``/activities/ROW`` or ``/activities?id=ACTIVITY-ID``."""
-        self._authorize(request)
         key: int | str = request.match_info.get("key") or request.query.get("id", "")
         if isinstance(key, str) and key.isdigit():
             key = int(key)
@@ -120,7 +151,6 @@ class AdminDoor:
         return web.json_response(record)
 
     async def dead_letters(self, request: web.Request) -> web.Response:
-        self._authorize(request)
         try:
             limit = max(1, min(1000, int(request.query.get("limit", "100"))))
         except ValueError:
@@ -129,13 +159,11 @@ class AdminDoor:
 
     async def review(self, request: web.Request) -> web.Response:
         """Activities held for a moderator, with the verdict that put them there."""
-        self._authorize(request)
         return web.json_response({"review": await self._store(request).in_review()})
 
     async def moderate(self, request: web.Request) -> web.Response:
         """``POST /review/ROW/approve`` delivers it, ``/reject`` drops it (recorded).
         The body may name the moderator: ``{"moderator": "alice"}``."""
-        self._authorize(request)
         decision = request.match_info["decision"]
         row = request.match_info["row"]
         if decision not in ("approve", "reject") or not row.isdigit():
@@ -160,7 +188,6 @@ class AdminDoor:
         """``POST /quarantine/ROW/release`` with ``{"moderator": NAME, "reason": TEXT}``:
         a false positive is queued for delivery again, as it was sent; the evidence
         stays, and its audit log and the row's verdict name the moderator and reason."""
-        self._authorize(request)
         row = request.match_info["row"]
         if not (row.isascii() and row.isdigit() and len(row) <= 18):
             return web.json_response({"error": "use POST /quarantine/ROW/release"}, status=404)
@@ -195,7 +222,6 @@ class AdminDoor:
 
     async def replay(self, request: web.Request) -> web.Response:
         """Body ``{"ids": [..]}`` replays those; ``{"all": true}`` replays every one."""
-        self._authorize(request)
         try:
             payload = await request.json()
         except ValueError:
@@ -215,3 +241,46 @@ class AdminDoor:
         count = await self._store(request).replay(ids)
         self._parts(request).flow.wake()
         return web.json_response({"replayed": count})
+
+    def _outbox(self, request: web.Request) -> Outbox:
+        outbox = self._parts(request).outbox
+        if outbox is None:
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "effects are not running yet"}', content_type="application/json"
+            )
+        return outbox
+
+    async def effects(self, request: web.Request) -> web.Response:
+        """Effects of verdicts (notify…), newest first: ``?state=dead&limit=N``."""
+        self._authorize(request)  # as every API route, whether or not a middleware does
+        state = request.query.get("state") or None
+        if state is not None and state not in STATES:
+            return web.json_response(
+                {"error": f"state must be one of {', '.join(STATES)}"}, status=400
+            )
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return web.json_response({"error": "limit must be a number"}, status=400)
+        return web.json_response({"effects": await self._outbox(request).list(state, limit)})
+
+    async def replay_effects(self, request: web.Request) -> web.Response:
+        """Dead effects run again: ``{"ids": [..]}`` those, ``{"all": true}`` every one."""
+        self._authorize(request)
+        try:
+            payload = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        if not isinstance(payload, dict):
+            payload = {}
+        ids = payload.get("ids")
+        if payload.get("all") is True:
+            ids = None
+        elif not (
+            isinstance(ids, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            return web.json_response(
+                {"error": 'expected {"ids": [effect ids]} or {"all": true}'}, status=400
+            )
+        return web.json_response({"replayed": await self._outbox(request).replay(ids)})

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from relay.activity import Activity, parse_activity
+from relay.doors import Handler
 from relay.envelope import Envelope, Proxies
 from relay.errors import (
     DecodeError,
@@ -30,8 +31,6 @@ from relay.hosts import LocalHosts
 from relay.metrics import Metrics
 from relay.signature import KeyCache, Verified, verify_request
 from relay.signature.objects import ObjectVerifier
-from relay.state import State
-from relay.store.activities import ActivityStore, Item
 
 __all__ = ["InboundDoor", "inbox_matcher", "looks_inbound", "normalized_path"]
 
@@ -78,13 +77,16 @@ def normalized_path(path: str) -> str:
 
 
 class InboundDoor:
+    """Inbox POSTs, on whatever path they come; other POSTs go to ``otherwise``."""
+
     def __init__(
         self,
-        store: ActivityStore,
         flow: Flow,
         keys: KeyCache,
         metrics: Metrics,
         *,
+        inbox_paths: Iterable[str] = (),
+        otherwise: Handler,
         require_signatures: bool = True,
         max_age: float = 43200,
         clock_skew: float = 3600,
@@ -93,8 +95,9 @@ class InboundDoor:
         objects: ObjectVerifier,
         unavailable_retry_after: int = 5,
     ) -> None:
-        self.store = store
         self.flow = flow
+        self.inbox = inbox_matcher(inbox_paths)
+        self.otherwise = otherwise  # the passthrough: a POST that is no delivery
         self.keys = keys
         self.metrics = metrics
         self.require_signatures = require_signatures
@@ -105,7 +108,19 @@ class InboundDoor:
         self.objects = objects  # relayed objects' own signatures, at a bounded price
         self.unavailable_retry_after = unavailable_retry_after  # seconds, database down
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def routes(self) -> list[web.RouteDef]:
+        # Any path: an inbox the configuration does not name is still checked.
+        return [web.post("/{tail:.*}", self.handle)]
+
+    def claims(self, request: web.Request) -> bool:
+        """An inbox POST: a configured inbox path, or a request that speaks ActivityPub."""
+        return bool(self.inbox.match(normalized_path(request.path))) or looks_inbound(
+            request.headers
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.claims(request):
+            return await self.otherwise(request)
         started = time.perf_counter()
         try:
             response = await self._handle(request)
@@ -190,13 +205,7 @@ class InboundDoor:
             verified = None
 
         try:
-            stored = await self.store.insert(
-                envelope,
-                activity,
-                signer=verified.signer if verified else None,
-                key_id=verified.key_id if verified else None,
-                claim=self.flow.has_room(),
-            )
+            stored = await self.flow.accept(envelope, activity, verified)
         except StoreUnavailable as exc:
             # Nothing was stored; the sender retries, as it does for any overloaded server.
             self.metrics.received.labels("unavailable").inc()
@@ -216,29 +225,6 @@ class InboundDoor:
             claimed=stored.claimed,
             cancelled=stored.cancelled,
         )
-        if not stored.claimed:
-            self.flow.note_blocked()
-            self.flow.wake()
-        else:
-            self.flow.submit(
-                Item(
-                    id=stored.id,
-                    state=State.RECEIVED,
-                    target=envelope.target,
-                    headers=list(envelope.headers),
-                    body=body,
-                    attempts=0,
-                    received_at=envelope.received_at,
-                    ap_id=activity.id,
-                    actor=activity.actor,
-                    signer=verified.signer if verified else None,
-                    key_id=verified.key_id if verified else None,
-                    remote=envelope.remote,
-                    _activity=activity,
-                )
-            )
-        if stored.cancelled:
-            self.flow.wake()
         return web.Response(status=202)
 
     async def _verify(

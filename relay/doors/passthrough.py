@@ -76,6 +76,10 @@ class Passthrough:
         )
         self._sockets: set[web.WebSocketResponse] = set()
 
+    def routes(self) -> list[web.RouteDef]:
+        # Mounted last: what no other door took.
+        return [web.route("*", "/{tail:.*}", self.handle)]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == "GET" and "websocket" in request.headers.get("Upgrade", "").lower():
             return await self._websocket(request)
