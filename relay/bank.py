@@ -4,9 +4,10 @@
   every change on channel ``sluice_bank`` (payload: the bank's name).
 - ``parse_hash_file`` reads the lists admins get: ThreatExchange "local file" lines
   (``pdq <hex>``), bare hashes of one kind, and CSV with a header.
-- ``BankIndex`` holds every bank in memory, matched against a file's ``Hashes``:
-  exact digests in an ``ExactIndex`` per kind, PDQ in a ``PdqIndex``, both built for
-  10 million hashes. ``BankWatcher`` keeps it current: a notification naming a bank
+- ``BankIndex`` holds every bank in memory, matched against a file's ``Media``: one
+  index per hash kind, built by the kind (an ``ExactIndex`` for digests, a
+  ``PdqIndex`` for PDQ, both for 10 million hashes). Nothing here names a kind.
+  ``BankWatcher`` keeps it current: a notification naming a bank
   applies what changed past the bank's marks, and a periodic pass does so for every
   bank, in case a notification was lost.
 """
@@ -30,15 +31,13 @@ import structlog
 
 from relay.config import BankConfig, bank_name
 from relay.errors import SluiceError
-from relay.hashing import KINDS, HashKind, Pdq
-from relay.hashing.base import HexDigestKind
-from relay.hashing.exact_index import ExactIndex
-from relay.hashing.pdq_index import PdqIndex
+from relay.hashing import KINDS, HashKind, KindIndex, by_alias
 from relay.signal import Signal
 from relay.store.db import Connection, translating
 
 if TYPE_CHECKING:
     from relay.media.image import Hashes
+    from relay.media.media import Media
 
 __all__ = [
     "CHANNEL",
@@ -60,20 +59,6 @@ CHANNEL = "sluice_bank"
 #: (kind, normalised hex value, note)
 Entry = tuple[str, str, str | None]
 
-# Type names as lists write them: ours, ThreatExchange's indicator types (HASH_PDQ),
-# and python-threatexchange's signal types (video_md5 is the MD5 of the file's bytes,
-# which is what we compute for every file).
-_KIND_ALIASES = {
-    "pdq": "pdq",
-    "hash_pdq": "pdq",
-    "md5": "md5",
-    "hash_md5": "md5",
-    "video_md5": "md5",
-    "photo_md5": "md5",
-    "sha256": "sha256",
-    "sha-256": "sha256",
-    "hash_sha256": "sha256",
-}
 _CSV_HASH = ("hash", "value", "signal_value", "signal", "indicator")
 _CSV_TYPE = ("type", "kind", "signal_type", "hash_type", "indicator_type")
 _CSV_NOTE = ("note", "notes", "comment", "description")
@@ -153,7 +138,7 @@ def _is_content(line: str) -> bool:
 def _is_hash_line(line: str, default_kind: str | None) -> bool:
     """Whether a line reads as ``<type> <hash>`` or a bare hash rather than a CSV header."""
     first = line.split(maxsplit=1)[0]
-    if first.lower() in _KIND_ALIASES:
+    if by_alias(first) is not None:
         return True
     return default_kind is not None and _valid(default_kind, first) is not None
 
@@ -184,7 +169,7 @@ def _parse_lines(
             continue
         where = f"{source}:{number}"
         first, *rest = line.split(maxsplit=1)
-        kind_name = _KIND_ALIASES.get(first.lower())
+        kind_name = _kind_named(first)
         if kind_name is not None:
             if not rest:
                 problems.append(f"{where}: `{first}` is not followed by a hash")
@@ -206,6 +191,13 @@ def _parse_lines(
         if entry is not None:
             entries.append(entry)
     return entries
+
+
+def _kind_named(name: str) -> str | None:
+    """The registered name of the kind a list calls ``name`` (its types are ours,
+    ThreatExchange's indicator types or python-threatexchange's signal types)."""
+    found = by_alias(name)
+    return found.name if found is not None else None
 
 
 def _guess(value: str) -> str | None:
@@ -249,7 +241,7 @@ def _parse_csv(
             continue
         type_value = row[type_col].strip() if type_col is not None else ""
         if type_value:
-            kind_name = _KIND_ALIASES.get(type_value.lower())
+            kind_name = _kind_named(type_value)
             if kind_name is None:
                 known = ", ".join(sorted(KINDS))
                 problems.append(f"{where}: unknown hash type `{type_value}` (known: {known})")
@@ -442,10 +434,12 @@ class BankMatch:
     entry_id: int
     distance: int
     variant: int | None = None  # which rotation/flip of the file matched (dihedral banks)
+    exact: bool = True  # the kind's exactness: equal hashes, or near ones
 
-    def as_signal(self) -> Signal:
+    def as_signal(self, media: Media | None = None) -> Signal:
         # A rule fires on the bank's name or "category:NAME" (relay.signal.Signal.targets);
-        # category_rule spells the latter out for whoever reads the record.
+        # category_rule spells the latter out for whoever reads the record. The matcher
+        # (relay.matcher.BankMatcher) adds its name and the kind's exactness.
         return Signal(
             kind="match",
             source=self.bank,
@@ -458,6 +452,7 @@ class BankMatch:
                 "variant": self.variant,
                 "category_rule": f"category:{self.category}",
             },
+            media=media,
         )
 
 
@@ -473,16 +468,15 @@ class _Bank:
 
     ``apply`` runs in a worker thread while ``match`` reads the bank on the event loop:
     the indexes take changes under their own locks and answer from one consistent state
-    (see ExactIndex and PdqIndex), and the kind-to-index maps are replaced, never
+    (see ExactIndex and PdqIndex), and the kind-to-index map is replaced, never
     changed, so a match never iterates a map that grows under it.
     """
 
     name: str
     category: str
-    radius: Mapping[str, int]  # near-match kind -> largest distance that matches
+    radius: Mapping[str, int]  # kind -> largest distance that matches (0: exact kinds)
     dihedral: bool
-    exact: Mapping[str, ExactIndex]  # exact kind -> its index
-    near: Mapping[str, PdqIndex]  # near-match kind -> its index (only PDQ is near)
+    indexes: Mapping[str, KindIndex]  # kind -> its index
     bank_id: int = 0
     last_entry: int = 0  # the highest entry id read
     last_removal: int = 0  # the highest bank_entry_removal id read
@@ -497,26 +491,19 @@ class _Bank:
         nobody changed are found throughout.
         """
         if len(removed):
-            for index in self.indexes():
+            for index in self.indexes.values():
                 index.remove(removed)
         for kind_name, (ids, values) in added.items():
-            kind = KINDS[kind_name]
-            built = (self.exact if kind.exact else self.near).get(kind_name)
+            built = self.indexes.get(kind_name)
             if built is not None:
                 built.add(values, ids)
                 continue
-            fresh = _build(kind, ids, values, self.radius)  # published in one assignment
-            if isinstance(fresh, ExactIndex):  # as _read_bank files it
-                self.exact = {**self.exact, kind_name: fresh}
-            else:
-                self.near = {**self.near, kind_name: fresh}
-
-    def indexes(self) -> list[ExactIndex | PdqIndex]:
-        return [*self.exact.values(), *self.near.values()]
+            fresh = _build(KINDS[kind_name], ids, values, self.radius)
+            self.indexes = {**self.indexes, kind_name: fresh}  # published in one assignment
 
     @property
     def size(self) -> int:
-        return sum(map(len, self.indexes()))
+        return sum(map(len, self.indexes.values()))
 
 
 @dataclass(frozen=True)
@@ -534,7 +521,7 @@ class BankIndex:
         """Read every bank in one snapshot.
 
         Banks in the database but not in the configuration are matched too, with their
-        stored category and the default PDQ distance: an admin who imported a list
+        stored category and each kind's default distance: an admin who imported a list
         expects it to work, and ``[[bank]]`` only adds policy (distance, dihedral).
         """
         by_name = {c.name: c for c in configs}
@@ -601,43 +588,45 @@ class BankIndex:
         """Entries per bank, for metrics and ``/readyz``."""
         return {name: bank.size for name, bank in self.banks.items()}
 
-    def match(self, hashes: Hashes) -> list[BankMatch]:
+    def match(self, media: Media | Hashes) -> list[BankMatch]:
         """The nearest entry per (bank, kind) that matches, nearest first.
 
-        Exact kinds compare the file's digest of that name. PDQ compares every frame of
-        quality >= 50 (flatter images collide); a dihedral bank also tries the first
-        frame rotated and flipped, and reports which variant matched.
+        Each kind's index is asked with every value the file has of that kind (PDQ:
+        every frame of quality >= 50); a dihedral bank also tries the kind's variants
+        (the first frame rotated and flipped) and reports which one matched.
         """
+        if not hasattr(media, "hashes"):  # the hasher's result, as tests and benches hold
+            from relay.media.media import Media
+
+            media = Media.of(b"", media)
         found: list[BankMatch] = []
-        frames = [f.hash for f in hashes.pdq if f.quality >= Pdq.min_quality]
-        turned = (
-            list(enumerate(hashes.pdq_dihedral))[1:]  # [0] is the first frame as is
-            if hashes.pdq and hashes.pdq[0].quality >= Pdq.min_quality
-            else []
-        )
-        plain = [(h, None) for h in frames]
         for bank in self.banks.values():
-            for kind_name, table in bank.exact.items():
-                value = getattr(hashes, kind_name, None)
-                if value and (entry := table.get(value)) is not None:
-                    found.append(BankMatch(bank.name, bank.category, kind_name, value, entry, 0))
-            index = bank.near.get(Pdq.name)
-            if index is None or not plain or not len(index):
-                continue
-            queries = plain + ([(h, i) for i, h in turned] if bank.dihedral else [])
-            radius = bank.radius[Pdq.name]
-            best: tuple[int, int, int | None] | None = None  # distance, entry id, variant
-            answers = index.query_batch([q for q, _ in queries], radius)
-            for (ids, distances), (_, variant) in zip(answers, queries, strict=True):
-                # Nearest first, then the oldest entry: the first answer is the best.
-                if len(ids) and (best is None or (distances[0], ids[0]) < best[:2]):
-                    best = (int(distances[0]), int(ids[0]), variant)
-            if best is not None:
-                distance, entry, variant = best
-                value = index.hash_of(entry) or ""
-                found.append(
-                    BankMatch(bank.name, bank.category, Pdq.name, value, entry, distance, variant)
-                )
+            for kind_name, index in bank.indexes.items():
+                values = media.hashes.get(kind_name, ())
+                if not values or not len(index):
+                    continue
+                queries: list[str] = list(values)
+                variants: list[int | None] = [None] * len(values)
+                turned = media.variants.get(kind_name, ()) if bank.dihedral else ()
+                for number, value in enumerate(turned):
+                    if number:  # [0] is the value as is, asked already
+                        queries.append(value)
+                        variants.append(number)
+                best = index.best(queries, bank.radius[kind_name])
+                if best is not None:
+                    kind = KINDS[kind_name]
+                    found.append(
+                        BankMatch(
+                            bank.name,
+                            bank.category,
+                            kind_name,
+                            best.value,
+                            best.entry_id,
+                            best.distance,
+                            variants[best.query],
+                            kind.exact,
+                        )
+                    )
         found.sort(key=lambda m: (m.distance, m.bank, m.kind))
         return found
 
@@ -686,7 +675,7 @@ async def _read_hashes(
     if after is not None:
         query += " AND id > $3"
         args.append(after)
-    size = kind.size() if issubclass(kind, HexDigestKind) else Pdq.bits // 8
+    size = kind.size()
     fields: list[_Field] = [("id", (">i8",)), ("hash", ("u1", size))]
     rows = await _copy(conn, f"bank {bank_id}: {kind.name} entries", query, *args, fields=fields)
     return rows["id"], rows["hash"]
@@ -730,10 +719,26 @@ def _category(row: asyncpg.Record, config: BankConfig | None) -> str:
 
 def _build(
     kind: type[HashKind], ids: np.ndarray, values: np.ndarray, radius: Mapping[str, int]
-) -> ExactIndex | PdqIndex:
-    if issubclass(kind, HexDigestKind):
-        return ExactIndex.build(values, ids, kind=kind)
-    return PdqIndex.build(values, ids, radius=radius[kind.name])
+) -> KindIndex:
+    return kind.index(values, ids, radius[kind.name])
+
+
+def _radius(config: BankConfig | None) -> dict[str, int]:
+    """Per kind, the largest distance a bank matches at: the kind's threshold, or what
+    ``[[bank]] max_distance`` (or ``<kind>_max_distance``) sets; 0 for exact kinds."""
+    radius = {name: kind.threshold for name, kind in KINDS.items()}
+    if config is None:
+        return radius
+    for name, kind in KINDS.items():
+        if kind.exact:
+            continue
+        given = getattr(config, "max_distance", None) or {}
+        legacy = getattr(config, f"{name}_max_distance", None)
+        if name in given:
+            radius[name] = int(given[name])
+        elif legacy is not None:
+            radius[name] = int(legacy)
+    return radius
 
 
 async def _read_bank(conn: Connection, row: asyncpg.Record, config: BankConfig | None) -> _Bank:
@@ -743,13 +748,10 @@ async def _read_bank(conn: Connection, row: asyncpg.Record, config: BankConfig |
     category = _category(row, config)
     if category != row["category"]:
         log.warning("bank_category_differs", bank=name, stored=row["category"], configured=category)
-    radius = {n: k.threshold for n, k in KINDS.items() if not k.exact}
-    if config is not None:
-        radius[Pdq.name] = config.pdq_max_distance
+    radius = _radius(config)
     last_removal = await conn.fetchval("SELECT coalesce(max(id), 0) FROM bank_entry_removal")
     last_entry = 0
-    exact: dict[str, ExactIndex] = {}
-    near: dict[str, PdqIndex] = {}
+    indexes: dict[str, KindIndex] = {}
     for kind in KINDS.values():
         ids, values = await _read_hashes(conn, row["id"], kind)
         if not len(ids):
@@ -757,18 +759,14 @@ async def _read_bank(conn: Connection, row: asyncpg.Record, config: BankConfig |
         last_entry = max(last_entry, int(ids.max()))
         index = await asyncio.to_thread(_build, kind, ids, values, radius)
         del ids, values
-        if isinstance(index, ExactIndex):
-            exact[kind.name] = index
-        else:
-            near[kind.name] = index
+        indexes[kind.name] = index
     dihedral = config.dihedral if config is not None else False
     return _Bank(
         name,
         category,
         radius,
         dihedral,
-        exact,
-        near,
+        indexes,
         bank_id=row["id"],
         last_entry=last_entry,
         last_removal=last_removal,
@@ -923,7 +921,7 @@ class BankWatcher:
         queries and adds; compacting takes seconds at 10M, in a thread, while queries
         go on)."""
         for bank in self.index.banks.values():
-            for index in bank.indexes():
+            for index in bank.indexes.values():
                 if index.pending > _COMPACT_MIN:
                     await asyncio.to_thread(index.compact)
 

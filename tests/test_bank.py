@@ -685,7 +685,7 @@ async def test_periodic_refresh_catches_lost_notifications_in_place(
     await store.add("quiet", [("pdq", h, None) for h in stored] + [("sha256", SHA, None)])
     async with BankWatcher(one, refresh_seconds=0.3) as watcher:
         bank = watcher.index.banks["quiet"]
-        pdq, sha = bank.near["pdq"], bank.exact["sha256"]
+        pdq, sha = bank.indexes["pdq"], bank.indexes["sha256"]
         # The watcher hears nothing from now on, as if every notification were lost.
         assert watcher._conn is not None
         await watcher._conn.remove_listener(CHANNEL, watcher._notified)
@@ -715,7 +715,7 @@ async def test_periodic_refresh_catches_lost_notifications_in_place(
         assert watcher.index.counts() == {"quiet": 22}
         # Read past the marks, in place: nothing was read whole.
         assert watcher.index.banks["quiet"] is bank
-        assert bank.near["pdq"] is pdq and bank.exact["sha256"] is sha
+        assert bank.indexes["pdq"] is pdq and bank.indexes["sha256"] is sha
         assert watcher.reloads == watcher.reconnects == watcher.failures == 0
 
 

@@ -12,12 +12,12 @@ main, delta and tail segments (``relay.hashing.segments``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from relay.hashing.base import HexDigestKind, as_ids, ranges
+from relay.hashing.base import Found, HexDigestKind, as_ids, ranges
 from relay.hashing.segments import Part, SegmentedIndex
 
 __all__ = ["ExactIndex"]
@@ -163,6 +163,16 @@ class ExactIndex(SegmentedIndex[_Segment]):
             if found is not None and (best is None or found < best):
                 best = found
         return best
+
+    def best(self, queries: Sequence[str], radius: int = 0) -> Found | None:
+        """The oldest live entry equal to any query (``KindIndex``: exact kinds match at
+        distance 0, whatever the radius)."""
+        found: Found | None = None
+        for number, query in enumerate(queries):
+            entry = self.get(query)
+            if entry is not None and (found is None or entry < found.entry_id):
+                found = Found(0, entry, number, self.kind.validate(query))
+        return found
 
     def _entries(
         self, digests: str | Iterable[str] | np.ndarray, ids: Iterable[int] | np.ndarray

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from relay.hashing.base import as_ids, ranges
+from relay.hashing.base import Found, as_ids, ranges
 from relay.hashing.pdq import Pdq
 from relay.hashing.segments import Part, SegmentedIndex
 
@@ -604,6 +604,20 @@ class PdqIndex(SegmentedIndex[_Segment]):
             cuts = np.searchsorted(q, np.arange(1, len(group)))
             answers += zip(np.split(ids, cuts), np.split(dist, cuts), strict=True)
         return answers
+
+    def best(self, queries: Sequence[str], radius: int | None = None) -> Found | None:
+        """The nearest live entry within ``radius`` of any query, then the oldest, then
+        the first query that found it (``KindIndex``); one batched search."""
+        if not queries or not len(self):
+            return None
+        found: tuple[int, int, int] | None = None  # distance, entry id, query
+        for number, (ids, distances) in enumerate(self.query_batch(queries, radius)):
+            # Nearest first, then the oldest entry: each query's first answer is its best.
+            if len(ids) and (found is None or (distances[0], ids[0]) < found[:2]):
+                found = (int(distances[0]), int(ids[0]), number)
+        if found is None:
+            return None
+        return Found(*found, self.hash_of(found[1]) or "")
 
     def _radius_of(self, radius: int | None) -> int:
         return self.radius if radius is None else _radius(radius)

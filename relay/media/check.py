@@ -1,11 +1,12 @@
 """The media check: the hold's check for every picture, video or sound an activity
 would make the instance fetch.
 
-For each MediaRef: fetch it (or reuse its hashes), hash it, match the hashes
-against the banks, and say what was found as signals: ``hashed`` (what was looked
-at, for the record), ``match`` (a bank entry, carrying the bytes for evidence),
-``unchecked`` (video and audio: exact hashes only), ``error`` (could not fetch or
-decode: ``[hold] on_error`` decides).
+For each MediaRef: fetch it (or reuse its hashes), hash it into a ``Media``, and
+hand that to the ``Inspector`` (``relay.media.inspect``), whose matchers (the banks
+first) say what was found as signals: ``hashed`` (what was looked at, for the
+record), ``match`` (carrying the Media, bytes included, for evidence), ``unchecked``
+(video and audio: exact hashes only); and here ``error`` (could not fetch or decode:
+``[hold] on_error`` decides).
 
 Objects the activity names only by id (a boost by URI, a quote, an unknown author)
 are fetched first, bounded in number, depth and time, and their media checked like
@@ -34,10 +35,12 @@ from relay.bank import BankIndex
 from relay.errors import DecodeError, FetchError
 from relay.hold import Findings
 from relay.hosts import LocalHosts
+from relay.matcher import BankMatcher, Matcher
 from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher, OverBudget
-from relay.media.image import Hashes, sniff
+from relay.media.inspect import Inspector
+from relay.media.media import Media
 from relay.media.objects import (
     Dereferenced,
     ObjectFetcher,
@@ -72,10 +75,13 @@ class MediaCheck:
         dereference_seconds: float = 20.0,
         dereference_cache_seconds: float = 300.0,
         object_session: aiohttp.ClientSession | None = None,
+        matchers: Sequence[Matcher] = (),
     ) -> None:
         self.fetcher = fetcher
         self.banks = banks
         self.cache = cache
+        # Every file meets the banks, then any other matcher (an external checker).
+        self.inspector = Inspector([BankMatcher(banks), *matchers], source=self.name)
         self.max_refs = max_refs
         # Decoding on its own pool, within a memory gate and a budget per sender.
         self.hasher = hasher or MediaHasher()
@@ -284,78 +290,80 @@ class MediaCheck:
             self._inflight[ref.url] = task
             task.add_done_callback(lambda _: self._inflight.pop(ref.url, None))
         try:
-            hashes, data, cached, problem = await _by(deadline, asyncio.shield(task), ref.url)
+            media, problem = await _by(deadline, asyncio.shield(task), ref.url)
             if shared and problem is not None and problem["stage"] == "budget":
                 # Another sender's budget ran out on this file, not ours: sharing its
                 # fetch must not send our activity to review.
-                hashes, data, cached, problem = await self._obtain(
-                    ref.url, sender=sender, deadline=deadline
-                )
+                media, problem = await self._obtain(ref.url, sender=sender, deadline=deadline)
         except _Failed as failed:
             self.metrics.media.labels(f"{failed.detail['stage']}_error").inc()
             return [Signal("error", self.name, {**where, **failed.detail})]
-        matches = self.banks().match(hashes)
+        signals = await self.inspector.inspect(self._seen(media, ref, started))
         refetch: dict[str, object] = {}
-        if matches and data is None:
-            # Known from the cache, and now in a bank (added since, or matched before):
-            # fetch it again, so that the evidence holds the file and the verdict
-            # judges what the origin serves now. Rare; the cache is for clean media.
+        if media.data is None and any(s.kind == "match" for s in signals):
+            # Known from the cache, and now matched (in a bank added since, or matched
+            # before): fetch it again, so that the evidence holds the file and the
+            # verdict judges what the origin serves now. Rare; the cache is for clean
+            # media.
             try:
-                hashes, data, cached, problem = await self._obtain(
+                media, problem = await self._obtain(
                     ref.url, sender=sender, cache=False, deadline=deadline
                 )
-                matches = self.banks().match(hashes)
+                signals = await self.inspector.inspect(self._seen(media, ref, started))
             except _Failed as failed:
                 refetch = {"refetch_error": failed.detail["error"]}
-        signals = [Signal("hashed", self.name, {**where, **_facts(hashes), "cached": cached})]
-        outcome: str = "cached" if cached else hashes.kind
+        outcome: str = "cached" if media.cached else media.kind
         if problem is not None:
             outcome = f"{problem['stage']}_error"
             # Over budget is not an error on_error may wave through: at least review.
             kind = OVER_BUDGET if problem["stage"] == "budget" else "error"
-            signals.append(Signal(kind, self.name, {**where, **problem}))
+            signals.insert(1, Signal(kind, self.name, {**where, **problem}))
         self.metrics.media.labels(outcome).inc()
-        if hashes.kind in ("video", "audio"):
-            signals.append(
-                Signal("unchecked", self.name, {**where, "kind": hashes.kind, "mime": hashes.mime})
-            )
-        for match in matches:
-            self.metrics.matches.labels(match.bank, match.kind).inc()
-            signal = match.as_signal()
-            detail = {**signal.detail, **where, **refetch}
-            signals.append(Signal(signal.kind, signal.source, detail, payload=data))
-        signals[0].detail["seconds"] = round(time.perf_counter() - started, 4)
+        for i, signal in enumerate(signals):
+            if signal.kind != "match":
+                continue
+            self.metrics.matches.labels(signal.source, str(signal.detail.get("hash_kind"))).inc()
+            if refetch:  # a new fact, not a change to the matcher's
+                detail = {**signal.detail, **refetch}
+                signals[i] = Signal(signal.kind, signal.source, detail, media=signal.media)
         return signals
+
+    @staticmethod
+    def _seen(media: Media, ref: MediaRef, started: float) -> Media:
+        """``media`` as this activity met it: at ``ref``, after this long."""
+        return replace(media, ref=ref, seconds=round(time.perf_counter() - started, 4))
 
     async def _obtain(
         self, url: str, *, sender: str, cache: bool = True, deadline: float | None = None
     ) -> _Obtained:
-        """The hashes of ``url`` (cached, or fetched by ``deadline`` and hashed), the
-        bytes if fetched, whether they came from the cache, and what went wrong decoding,
-        if anything. Without ``cache``, fetched and hashed whatever the cache knows."""
-        hashes = self.cache.by_url(url) if cache else None
-        if hashes is not None:
-            return hashes, None, True, None
+        """The Media at ``url`` (cached, without bytes; or fetched by ``deadline`` and
+        hashed), and what went wrong decoding, if anything. Without ``cache``, fetched
+        and hashed whatever the cache knows."""
+        known = self.cache.by_url(url) if cache else None
+        if known is not None:
+            return known, None
         try:
             data = await self.fetcher.get(url, deadline=deadline)
         except FetchError as exc:
             raise _Failed({"stage": "fetch", "error": str(exc)}) from exc
-        hashes = self.cache.by_sha256(hashlib.sha256(data).hexdigest()) if cache else None
-        cached = hashes is not None
-        if hashes is None:
-            try:
-                hashes = await self.hasher.hash(data, sender=sender)
-            except DecodeError as exc:
-                # Undecodable (or not decoded) is no excuse: the exact hashes still meet
-                # the banks. Nothing is cached: the file was not judged as a picture.
-                stage = "budget" if isinstance(exc, OverBudget) else "decode"
-                problem = {"stage": stage, "error": str(exc), "bytes": len(data)}
-                return _exact_only(data), data, False, problem
-        self.cache.put(url, hashes)
-        return hashes, data, cached, None
+        known = self.cache.by_sha256(hashlib.sha256(data).hexdigest()) if cache else None
+        if known is not None:
+            self.cache.put(url, known)
+            return replace(known, data=data), None
+        try:
+            decoded = await self.hasher.hash(data, sender=sender)
+        except DecodeError as exc:
+            # Undecodable (or not decoded) is no excuse: the exact hashes still meet
+            # the banks. Nothing is cached: the file was not judged as a picture.
+            stage = "budget" if isinstance(exc, OverBudget) else "decode"
+            problem = {"stage": stage, "error": str(exc), "bytes": len(data)}
+            return Media.of(data), problem
+        media = Media.of(data, decoded)
+        self.cache.put(url, media.remembered())
+        return media, None
 
 
-_Obtained = tuple[Hashes, bytes | None, bool, dict[str, object] | None]
+_Obtained = tuple[Media, dict[str, object] | None]
 
 
 async def _by(deadline: float, shared: Awaitable[_Obtained], url: str) -> _Obtained:
@@ -367,21 +375,6 @@ async def _by(deadline: float, shared: Awaitable[_Obtained], url: str) -> _Obtai
     except TimeoutError:
         error = f"{url}: not fetched before the hold's deadline ([hold] max_seconds)"
         raise _Failed({"stage": "fetch", "error": error}) from None
-
-
-def _exact_only(data: bytes) -> Hashes:
-    kind, mime = sniff(data)
-    return Hashes(
-        sha256=hashlib.sha256(data).hexdigest(),
-        md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
-        kind=kind,
-        mime=mime,
-        pdq=(),
-        pdq_dihedral=(),
-        width=None,
-        height=None,
-        frames=0,
-    )
 
 
 class _Failed(Exception):
@@ -399,19 +392,4 @@ def _dereferenced(ref: ObjectRef, found: Dereferenced) -> dict[str, object]:
         "id": found.id,
         "type": found.type,
         "media": len(found.media),
-    }
-
-
-def _facts(hashes: Hashes) -> dict[str, object]:
-    first = hashes.pdq[0] if hashes.pdq else None
-    return {
-        "kind": hashes.kind,
-        "mime": hashes.mime,
-        "sha256": hashes.sha256,
-        "md5": hashes.md5,
-        "pdq": first.hash if first else None,
-        "quality": first.quality if first else None,
-        "width": hashes.width,
-        "height": hashes.height,
-        "frames": hashes.frames,
     }

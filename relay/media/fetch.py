@@ -1,8 +1,9 @@
 """Fetching media for the hold: SSRF-safe, bounded, retried, and remembered.
 
-Bytes stay in memory. What is remembered (by URL and by SHA-256, for
-``[media] cache_seconds``) is the hashes, never the bytes: matching runs again on
-every use, so a hash added to a bank catches media seen before it was added.
+Bytes stay in memory. What is remembered (by URL and by the file's SHA-256, its
+identity, for ``[media] cache_seconds``) is the Media without its bytes, its hashes
+by kind: matching runs again on every use, so a hash added to a bank catches media
+seen before it was added.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from relay.errors import BlockedAddress, FetchError
-from relay.media.image import Hashes
 from relay.network import NetworkPolicy, fetch
+
+if TYPE_CHECKING:
+    from relay.media.media import Media
 
 __all__ = ["HashCache", "MediaFetcher"]
 
@@ -84,20 +88,21 @@ class MediaFetcher:
 
 
 class HashCache:
-    """Hashes by URL and by SHA-256, each kept ``ttl`` seconds, at most ``max_entries``."""
+    """Media (without bytes) by URL and by SHA-256, each kept ``ttl`` seconds, at most
+    ``max_entries``."""
 
     def __init__(self, ttl: float, *, max_entries: int = 100_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, Hashes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, Media]] = OrderedDict()
 
-    def by_url(self, url: str) -> Hashes | None:
+    def by_url(self, url: str) -> Media | None:
         return self._get("url " + url)
 
-    def by_sha256(self, sha256: str) -> Hashes | None:
+    def by_sha256(self, sha256: str) -> Media | None:
         return self._get("sha256 " + sha256)
 
-    def put(self, url: str, hashes: Hashes) -> None:
+    def put(self, url: str, hashes: Media) -> None:
         if self.ttl <= 0:
             return
         expires = time.monotonic() + self.ttl
@@ -107,7 +112,7 @@ class HashCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def _get(self, key: str) -> Hashes | None:
+    def _get(self, key: str) -> Media | None:
         entry = self._entries.get(key)
         if entry is None:
             return None

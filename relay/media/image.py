@@ -119,6 +119,12 @@ class Hashes:
     frames: int
     """Frames in the file (1 for a still image, 0 when not an image)."""
 
+    @property
+    def digests(self) -> dict[str, str]:
+        """The digests computed beside the decoding, by hash kind name: the kinds take
+        them from here rather than hash the bytes again (``HexDigestKind.hash``)."""
+        return {"sha256": self.sha256, "md5": self.md5}
+
 
 @dataclass(frozen=True, slots=True)
 class Survey:
