@@ -377,3 +377,52 @@ async def test_sluice_effects_list_and_replay(
         assert refused.returncode == 2
     refused = sluice("effects", "list", "--config", config.source, "--state", "gone")
     assert refused.returncode == 2
+
+
+async def test_admin_api_lists_and_replays_effects_behind_the_token(
+    sluice_factory: Any, monkeypatch: pytest.MonkeyPatch, webhook: Webhook
+) -> None:
+    plain = await sluice_factory()
+    async with plain.session.get(plain.admin_url + "/_sluice/api/effects") as response:
+        assert response.status == 403  # no token configured: the API is off
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
+    running = await sluice_factory()
+    outbox = running.parts.outbox
+    assert outbox is not None
+    api = running.admin_url + "/_sluice/api"
+    auth = {"Authorization": "Bearer s3cret"}
+    async with running.session.get(api + "/effects") as response:
+        assert response.status == 401
+    async with running.session.post(api + "/effects/replay", json={"all": True}) as response:
+        assert response.status == 401
+
+    webhook.status = 400  # the running Sluice's own outbox tries it: dead at once
+    await outbox.enqueue([note(webhook)])
+    await wait_for(lambda: _counted(outbox, dead=1))
+    async with running.session.get(
+        api + "/effects", params={"state": "dead", "limit": "5"}, headers=auth
+    ) as response:
+        assert response.status == 200
+        [dead] = (await response.json())["effects"]
+    assert dead["key"] == "verdict:1:notify:0"
+    assert "400" in dead["last_error"]
+    for query in ({"state": "gone"}, {"limit": "many"}):
+        async with running.session.get(api + "/effects", params=query, headers=auth) as response:
+            assert response.status == 400
+    for body in ({"ids": "1"}, {"ids": [True]}, [1]):
+        async with running.session.post(
+            api + "/effects/replay", json=body, headers=auth
+        ) as response:
+            assert response.status == 400
+
+    webhook.status = 200
+    async with running.session.post(
+        api + "/effects/replay", json={"ids": [dead["id"]]}, headers=auth
+    ) as response:
+        assert await response.json() == {"replayed": 1}
+    await wait_for(lambda: _counted(outbox, done=1, dead=0))
+    assert [r.headers["Idempotency-Key"] for r in webhook.requests] == ["verdict:1:notify:0"] * 2
+    async with running.session.post(
+        api + "/effects/replay", json={"all": True}, headers=auth
+    ) as response:
+        assert await response.json() == {"replayed": 0}
