@@ -18,8 +18,9 @@ from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor
 from relay.doors.inbound import InboundDoor
 from relay.doors.passthrough import Passthrough
+from relay.effects import IRREVERSIBLE
 from relay.effects.notify import KIND as NOTIFY
-from relay.effects.notify import Notify
+from relay.effects.notify import Notify, planner
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
@@ -172,21 +173,16 @@ def build_app(
             hold = Hold(
                 (media, *checks),
                 policy=Policy.from_config(
-                    config.rule, config.hold.on_error, config.hold.on_timeout
+                    config.rule,
+                    config.hold.on_error,
+                    config.hold.on_timeout,
+                    effects_on={d: (NOTIFY,) for d in config.notify.on}
+                    if config.notify.webhooks
+                    else {},
+                    irreversible=IRREVERSIBLE,
                 ),
                 max_seconds=config.hold.max_seconds,
             )
-            flow = Flow(
-                store,
-                hold,
-                deliverer,
-                metrics,
-                concurrency=config.upstream.concurrency,
-                backoff_initial=config.delivery.backoff_initial_seconds,
-                backoff_max=config.delivery.backoff_max_seconds,
-                evidence=EvidenceStore.from_config(pool, config),
-            )
-            opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
             # Webhooks are the admin's own URLs (loopback allowed): no SSRF policy, and
             # Notify follows no redirect. Closed after the outbox stops.
             webhook_session = aiohttp.ClientSession()
@@ -196,9 +192,28 @@ def build_app(
                 max_attempts=config.outbox.max_attempts,
                 backoff_initial=config.outbox.backoff_initial_seconds,
                 backoff_max=config.outbox.backoff_max_seconds,
+                lease=config.delivery.lease_seconds,
             )
             outbox.register(NOTIFY, Notify(webhook_session, timeout=config.notify.timeout_seconds))
             opened.push_async_callback(outbox.stop)  # safe before start too
+            flow = Flow(
+                store,
+                hold,
+                deliverer,
+                metrics,
+                concurrency=config.upstream.concurrency,
+                backoff_initial=config.delivery.backoff_initial_seconds,
+                backoff_max=config.delivery.backoff_max_seconds,
+                evidence=EvidenceStore.from_config(pool, config),
+                outbox=outbox,
+                plans={
+                    NOTIFY: planner(
+                        config.notify.webhooks,
+                        lambda: config.notify.admin_url or app[SLUICE].admin_url,
+                    )
+                },
+            )
+            opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
             signatures = config.signatures
             objects = ObjectVerifier(
                 max_bytes=signatures.ld_max_bytes,

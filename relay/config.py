@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.effects import EFFECTS
 from relay.errors import ConfigError, ConfigProblem
 from relay.hosts import split_authority
 from relay.policy import MATCH_KINDS
@@ -690,7 +691,8 @@ SCHEMA: tuple[Section, ...] = (
         Field("backoff_max_seconds", NUMBER, 600.0, "longest retry delay", check=positive),
         Field("dedup_window_seconds", INTEGER, 86_400,
               "a repeated activity id within this window is delivered once", check=positive),
-        Field("lease_seconds", NUMBER, 30.0, "a worker's claim on an activity", check=positive),
+        Field("lease_seconds", NUMBER, 30.0, "a worker's claim on an activity or an effect",
+              check=positive),
     ), "Passing accepted activities to the upstream.", finish=_backoff_order),
     Section("hold", HoldConfig, (
         Field("max_seconds", NUMBER, 60.0, "the longest an activity waits for its checks",
@@ -1154,6 +1156,7 @@ class _Checker:
             seen.add(bank.name)
         categories = {b.category for b in banks}
         targets = sorted(seen) + [f"category:{c}" for c in sorted(categories)]
+        notify = built.get("notify")
         for index, rule in enumerate(built.get("rule") or ()):
             match = rule.match
             known = (
@@ -1171,6 +1174,17 @@ class _Checker:
                     else (f" (configured: {', '.join(targets) or 'none'})")
                 )
                 self.problem(("rule", index, "match"), message)
+            for effect in rule.effects:
+                if effect not in EFFECTS:
+                    self.problem(
+                        ("rule", index, "effects"),
+                        f"no effect `{effect}` (known: {', '.join(EFFECTS)})",
+                    )
+                elif effect == "notify" and notify is not None and not notify.webhooks:
+                    self.problem(
+                        ("rule", index, "effects"),
+                        "notify needs somewhere to send to: set [notify] webhooks",
+                    )
             if rule.action == "quarantine":
                 evidence = built.get("evidence")
                 if evidence is not None and evidence.key_file is None:

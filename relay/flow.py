@@ -11,33 +11,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import random
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
 
 import structlog
 
 from relay.activity import Activity
 from relay.deliver import Upstream, is_retryable
+from relay.effects import Decided, Plan
 from relay.envelope import Envelope
 from relay.errors import DecodeError
-from relay.evidence import EvidenceError, EvidenceStore, MediaItem
+from relay.evidence import EvidenceError, EvidenceStore, MediaItem, Sealed
 from relay.hold import Hold
 from relay.metrics import Metrics
+from relay.outbox import Outbox, Pending
+from relay.retry import backoff
 from relay.signal import Signal
 from relay.signature import Verified
 from relay.state import State
 from relay.store.activities import ActivityStore, Item, Stored, outline
-from relay.verdict import Action, Verdict
+from relay.store.db import Connection
+from relay.verdict import Disposition, Verdict
 
-__all__ = ["Flow", "backoff"]
+__all__ = ["Flow"]
 
 log = structlog.get_logger(__name__)
-
-
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with ±20 % jitter, so a recovering upstream is not stampeded."""
-    delay = min(maximum, initial * 2.0 ** max(0, attempt - 1))
-    return delay * random.uniform(0.8, 1.2)
 
 
 class Flow:
@@ -53,7 +53,11 @@ class Flow:
         backoff_max: float = 600.0,
         poll_interval: float = 0.5,
         evidence: EvidenceStore | None = None,
+        outbox: Outbox | None = None,
+        plans: Mapping[str, Plan] | None = None,
     ) -> None:
+        """``plans``: per effect a rule may name, how a recorded verdict becomes its
+        outbox rows (``relay.effects.Plan``); ``outbox`` runs them."""
         self.store = store
         self.hold = hold
         self.upstream = upstream
@@ -63,6 +67,8 @@ class Flow:
         self.backoff_max = backoff_max
         self.poll_interval = poll_interval
         self.evidence = evidence
+        self.outbox = outbox
+        self.plans: Mapping[str, Plan] = plans or {}
         #: Seconds between tidying passes: expired duplicate keys and activities past
         #: ``keep_days`` deleted, the per-state gauges refreshed.
         self.tidy_interval = 60.0
@@ -229,16 +235,13 @@ class Flow:
     async def process(self, item: Item) -> None:
         if item.state == State.RECEIVED:
             verdict = await self._decide(item)
-            if verdict.action == Action.QUARANTINE:
-                verdict, decided = await self._quarantine(item, verdict)
-            else:
-                decided = await self.store.decide(item.id, verdict)
+            verdict, decided = await self._record(item, verdict)
             if not decided:
                 log.info("left_hold_meanwhile", row=item.id, activity_id=item.ap_id)
                 return
-            self.metrics.verdicts.labels(verdict.action.value).inc()
+            self.metrics.verdicts.labels(verdict.disposition.value).inc()
             self.metrics.hold_seconds.observe(verdict.timings.get("hold_seconds", 0.0))
-            if verdict.action == Action.QUARANTINE:  # the details are the evidence's only
+            if verdict.disposition == Disposition.QUARANTINE:  # details: the evidence's only
                 signals = outline(verdict.signals)
             else:
                 signals = [s.as_json() for s in verdict.signals]
@@ -248,12 +251,13 @@ class Flow:
                 activity_id=item.ap_id,
                 actor=item.actor,
                 signer=item.signer,
-                verdict=verdict.action.value,
+                verdict=verdict.disposition.value,
                 rule=verdict.rule,
                 signals=signals,
+                effects=verdict.effects,
                 timings=verdict.timings,
             )
-            if verdict.action != Action.DELIVER:
+            if verdict.disposition != Disposition.DELIVER:
                 self._finished()  # later activities about the same object may proceed
                 return
             item.state = State.QUEUED
@@ -263,25 +267,70 @@ class Flow:
         try:
             activity = item.activity
         except DecodeError as exc:  # stored bytes were checked on the way in; belt and braces
-            return Verdict(Action.REVIEW, f"stored body unreadable: {exc}")
+            return Verdict(Disposition.REVIEW, f"stored body unreadable: {exc}")
         return await self.hold.decide(activity)
 
-    async def _quarantine(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
-        """Seal the evidence, then in one transaction record it, the verdict, and the
-        row's pointer to it, clearing the row's copy of what the evidence holds. If that
-        fails, keep the activity held for review instead: nothing is dropped without its
-        evidence, nothing cleared before the evidence is committed. Returns the verdict
-        recorded and whether the row was still in the hold."""
-        media = [
-            MediaItem(
-                url=s.detail.get("url", ""),
-                data=s.payload,
-                hashes={k: s.detail.get(k) for k in ("hash_kind", "value", "distance")},
-            )
-            for s in verdict.signals
-            if s.kind == "match" and s.payload is not None
-        ]
-        facts = {
+    async def _record(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
+        """Record the verdict with what must commit with it: the evidence of a
+        quarantine, the media an activity held for review was judged on, and the
+        verdict's effects (the outbox). Returns the verdict recorded and whether the row
+        was still in the hold."""
+        if verdict.disposition == Disposition.QUARANTINE:
+            return await self._quarantine(item, verdict)
+        if verdict.disposition == Disposition.REVIEW and self._can_seal(verdict):
+            return await self._review(item, verdict)
+        pending = self._plan(item, verdict)
+        if not pending:
+            return verdict, await self.store.decide(item.id, verdict)
+        async with self.store.transaction() as conn:
+            decided = await self.store.decide(item.id, verdict, conn=conn)
+            if decided:
+                await self._enqueue(pending, conn)
+        return verdict, decided
+
+    def _plan(self, item: Item, verdict: Verdict, evidence_id: int | None = None) -> list[Pending]:
+        """The outbox rows of the verdict's effects, keyed by the row: a verdict recorded
+        again adds none."""
+        if not verdict.effects:
+            return []
+        decided = Decided(
+            item.id,
+            {
+                "id": item.ap_id,
+                "type": item.activity.type,
+                "actor": item.actor,
+                "signer": item.signer,
+            },
+            verdict,
+            evidence_id,
+        )
+        pending: list[Pending] = []
+        for name in verdict.effects:
+            plan = self.plans.get(name)
+            if plan is None:  # check-config refuses unknown effects; belt and braces
+                log.error("effect_not_configured", effect=name, row=item.id)
+                continue
+            pending.extend(plan(decided))
+        return pending
+
+    async def _enqueue(self, pending: list[Pending], conn: Connection) -> None:
+        if not pending:
+            return
+        if self.outbox is None:
+            log.error("no_outbox", effects=[p.kind for p in pending])
+            return
+        await self.outbox.enqueue(pending, conn)
+
+    def _can_seal(self, verdict: Verdict) -> bool:
+        return (
+            self.evidence is not None
+            and self.evidence.key is not None
+            and any(s.media is not None and s.media.data is not None for s in verdict.signals)
+        )
+
+    def _facts(self, item: Item, verdict: Verdict) -> dict[str, Any]:
+        """What the evidence records about the activity, beside its media."""
+        return {
             "activity": item.activity.document,
             "actor": item.actor,
             "signer": item.signer,
@@ -303,27 +352,68 @@ class Flow:
                 if s.kind == "match" and s.payload is None
             ],
         }
+
+    async def _review(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
+        """Hold for review with the media judged sealed like evidence, so the moderator
+        sees exactly those bytes, never a re-fetch; the row keeps its body (a moderator
+        may deliver it). If sealing fails, the activity is held for review all the same,
+        the failure named in its verdict."""
+        media = _judged(verdict.signals)
+        try:
+            assert self.evidence is not None
+            sealed = await self.evidence.seal(facts=self._facts(item, verdict), media=media)
+        except Exception as exc:
+            log.error("review_media_not_kept", row=item.id, activity_id=item.ap_id, error=str(exc))
+            signal = Signal("error", "evidence", {"error": f"media not kept for review: {exc}"})
+            verdict = replace(verdict, signals=(*verdict.signals, signal))
+            return verdict, await self._decide_with(item, verdict, None)
+        signal = Signal("evidence", "evidence", {"evidence_id": sealed.id, "media": len(media)})
+        verdict = replace(verdict, signals=(*verdict.signals, signal))
+        decided = await self._decide_with(item, verdict, sealed)
+        log.info("review_media_kept", evidence=sealed.id, activity_row=item.id, media=len(media))
+        return verdict, decided
+
+    async def _decide_with(self, item: Item, verdict: Verdict, sealed: Sealed | None) -> bool:
+        """The verdict, its evidence (if sealed) and its effects, in one transaction."""
+        evidence_id = sealed.id if sealed is not None else None
+        async with self.store.transaction() as conn:
+            if sealed is not None:
+                assert self.evidence is not None
+                await self.evidence.record(sealed, activity_row=item.id, conn=conn)
+            decided = await self.store.decide(item.id, verdict, conn=conn, evidence_id=evidence_id)
+            if decided:
+                await self._enqueue(self._plan(item, verdict, evidence_id), conn)
+        return decided
+
+    async def _quarantine(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
+        """Seal the evidence, then in one transaction record it, the verdict, the row's
+        pointer to it and the verdict's effects, clearing the row's copy of what the
+        evidence holds. If that fails, keep the activity held for review instead:
+        nothing is dropped without its evidence, nothing cleared before the evidence is
+        committed. Returns the verdict recorded and whether the row was still in the
+        hold."""
+        media = _judged(verdict.signals, matched_only=True)
         try:
             if self.evidence is None:
                 raise EvidenceError("no evidence store configured")
-            sealed = await self.evidence.seal(facts=facts, media=media)
+            sealed = await self.evidence.seal(facts=self._facts(item, verdict), media=media)
             signal = Signal("evidence", "evidence", {"evidence_id": sealed.id, "media": len(media)})
-            verdict = Verdict(
-                verdict.action, verdict.rule, (*verdict.signals, signal), verdict.timings
-            )
+            verdict = replace(verdict, signals=(*verdict.signals, signal))
             async with self.store.transaction() as conn:
                 await self.evidence.record(sealed, activity_row=item.id, conn=conn)
                 decided = await self.store.quarantine(conn, item.id, verdict, sealed.id)
+                if decided:
+                    await self._enqueue(self._plan(item, verdict, sealed.id), conn)
         except Exception as exc:
             log.error("evidence_failed", row=item.id, activity_id=item.ap_id, error=str(exc))
             signal = Signal("error", "evidence", {"error": f"evidence not preserved: {exc}"})
-            verdict = Verdict(
-                Action.REVIEW,
-                "quarantine failed: held for review",
-                (*(s for s in verdict.signals if s.kind != "evidence"), signal),
-                verdict.timings,
+            verdict = replace(
+                verdict,
+                disposition=Disposition.REVIEW,
+                rule="quarantine failed: held for review",
+                signals=(*(s for s in verdict.signals if s.kind != "evidence"), signal),
             )
-            return verdict, await self.store.decide(item.id, verdict)
+            return verdict, await self._decide_with(item, verdict, None)
         log.info("evidence_preserved", evidence=sealed.id, activity_row=item.id, media=len(media))
         return verdict, decided
 
@@ -362,3 +452,21 @@ class Flow:
             self.metrics.refused.inc()
             log.warning("refused_by_upstream", error=result.error, **fields)
             self._finished()
+
+
+def _judged(signals: Iterable[Signal], *, matched_only: bool = False) -> list[MediaItem]:
+    """The media the signals are about, with their bytes, once per file: what a
+    quarantine's evidence holds (the matched media) or a review keeps (all of it)."""
+    items: dict[str, MediaItem] = {}
+    for signal in signals:
+        media = signal.media
+        if media is None or media.data is None or (matched_only and signal.kind != "match"):
+            continue
+        url = signal.detail.get("url") or media.url or ""
+        if signal.kind == "match":
+            hashes = {k: signal.detail.get(k) for k in ("hash_kind", "value", "distance")}
+        else:
+            hashes = {"sha256": media.sha256, **{k: v[0] for k, v in media.hashes.items() if v}}
+        if matched_only or url not in items:
+            items.setdefault(url, MediaItem(url=url, data=media.data, hashes=hashes))
+    return list(items.values())

@@ -124,7 +124,8 @@ class Hold:
             signal = Signal("error", "hold", {"error": f"a check failed to start: {exc}"})
             return self.policy.decide([signal])
         if not applicable:
-            return Verdict(Disposition.DELIVER, "fast path: nothing to check")
+            # The policy still names the effects of a delivery ([notify] on = ["deliver"]).
+            return replace(self.policy.decide(()), rule="fast path: nothing to check")
         deadline = started + max(0.0, self.max_seconds - self.grace_seconds)
         found = [Findings(c.name, deadline) for c in applicable]
         tasks = [

@@ -27,6 +27,7 @@ import asyncpg
 import structlog
 
 from relay.effects import Effect, EffectFailed
+from relay.retry import backoff
 from relay.store.db import Connection, translated, translating
 
 __all__ = ["STATES", "Outbox", "Pending"]
@@ -310,8 +311,6 @@ class Outbox:
                 "effect_dead", effect=item, kind=kind, key=key, attempts=attempts, reason=reason
             )
             return
-        # Imported here: relay.flow enqueues effects, and imports this module.
-        from relay.flow import backoff
 
         delay = backoff(attempts, self.backoff_initial, self.backoff_max)
         await self._settle(

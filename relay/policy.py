@@ -33,7 +33,7 @@ from relay.hashing import KINDS
 from relay.signal import Signal
 from relay.verdict import Disposition, Verdict
 
-__all__ = ["MATCH_KINDS", "OVER_BUDGET", "TIMEOUT", "Policy", "Rule", "exact"]
+__all__ = ["MATCH_KINDS", "OVER_BUDGET", "TIMEOUT", "MatchKind", "Policy", "Rule", "exact"]
 
 #: The signal of media not decoded because its sender is over budget: at least review.
 OVER_BUDGET = "over_budget"

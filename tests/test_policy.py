@@ -131,6 +131,9 @@ def test_rules_from_the_configuration(tmp_path) -> None:
 [evidence]
 key_file = "{key}"
 
+[notify]
+webhooks = ["https://admin.example/hook"]
+
 [[bank]]
 name = "test-bank"
 category = "test"
@@ -162,6 +165,8 @@ action = "review"
         ('match_kind = "fuzzy"', "match_kind"),
         ("min_signals = 0", "min_signals"),
         ('effects = "notify"', "effects"),
+        ('effects = ["report"]', "no effect `report`"),
+        ('effects = ["notify"]', r"set \[notify\] webhooks"),
     ],
 )
 def test_bad_rule_keys_are_named(tmp_path, line: str, problem: str) -> None:

@@ -11,9 +11,20 @@ from the ``irreversible`` flag each effect declares here.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Effect", "EffectFailed"]
+if TYPE_CHECKING:
+    from relay.outbox import Pending
+    from relay.verdict import Verdict
+
+__all__ = ["EFFECTS", "IRREVERSIBLE", "Decided", "Effect", "EffectFailed", "Plan"]
+
+#: Every effect a rule may name (``[[rule]] effects``).
+EFFECTS = ("notify",)
+#: Those that cannot be taken back once done (a report, a receipt, a ban: none yet).
+IRREVERSIBLE: frozenset[str] = frozenset()
 
 
 class EffectFailed(Exception):
@@ -36,3 +47,22 @@ class Effect(Protocol):
     irreversible: bool
 
     async def run(self, payload: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A verdict recorded about one activity: what an effect's plan is made from."""
+
+    row: int
+    activity: dict[str, Any]  # id, type, actor, signer
+    verdict: Verdict
+    evidence_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The verdict's idempotency key: the hold decides about a row once."""
+        return f"verdict:{self.row}"
+
+
+#: Turns a recorded verdict into the outbox rows of one effect (one per webhook…).
+Plan = Callable[[Decided], "list[Pending]"]

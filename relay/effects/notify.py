@@ -33,18 +33,18 @@ not apply to them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from relay.effects import EffectFailed
+from relay.effects import Decided, EffectFailed, Plan
 from relay.network import DEFAULT_USER_AGENT
 from relay.outbox import Pending
 from relay.signal import Signal
 
-__all__ = ["KIND", "Notify", "message", "notifications", "outline"]
+__all__ = ["KIND", "Notify", "message", "notifications", "outline", "planner"]
 
 #: The outbox kind of a notification.
 KIND = "notify"
@@ -149,3 +149,23 @@ def notifications(*, key: str, message: dict[str, Any], webhooks: Sequence[str])
         )
         for i, url in enumerate(webhooks)
     ]
+
+
+def planner(webhooks: Sequence[str], admin_url: Callable[[], str | None]) -> Plan:
+    """How a recorded verdict becomes notifications: one per webhook, keyed by the
+    verdict. ``admin_url`` is read when a verdict is recorded (the admin listener's
+    address is known only once it listens)."""
+
+    def plan(decided: Decided) -> list[Pending]:
+        verdict = decided.verdict
+        body = message(
+            disposition=verdict.disposition.value,
+            rule=verdict.rule,
+            activity={**decided.activity, "row": decided.row},
+            signals=verdict.signals,
+            admin_url=admin_url() or "",
+            evidence_id=decided.evidence_id,
+        )
+        return notifications(key=decided.key, message=body, webhooks=webhooks)
+
+    return plan

@@ -181,11 +181,12 @@ def outline(signals: Iterable[Signal]) -> list[dict[str, Any]]:
 
 
 def pointer_verdict(verdict: Verdict, evidence_id: int) -> dict[str, Any]:
-    """What a quarantined row keeps of its verdict: the action, the rule, the timings and
-    the ``outline`` of its signals. The whole verdict is in the evidence."""
+    """What a quarantined row keeps of its verdict: the action, the rule, the effects,
+    the timings and the ``outline`` of its signals. The whole verdict is in the
+    evidence."""
+    whole = verdict.as_json()
     return {
-        "action": verdict.disposition.value,
-        "rule": verdict.rule,
+        **{k: whole[k] for k in ("action", "rule", "effects", "withheld") if k in whole},
         "signals": outline(verdict.signals),
         "timings": verdict.timings,
         "evidence_id": evidence_id,
@@ -332,18 +333,31 @@ class ActivityStore:
         return int(result.split()[-1])
 
     @translating
-    async def decide(self, item_id: int, verdict: Verdict) -> bool:
-        """Record the hold's verdict; False when the row left the hold meanwhile."""
+    async def decide(
+        self,
+        item_id: int,
+        verdict: Verdict,
+        *,
+        conn: Connection | None = None,
+        evidence_id: int | None = None,
+    ) -> bool:
+        """Record the hold's verdict; False when the row left the hold meanwhile.
+
+        ``conn``: within that transaction (the verdict's effects commit with it);
+        otherwise on the lazily committed pool (a lost verdict is simply decided
+        again). ``evidence_id``: the media judged, sealed (an activity held for
+        review keeps what the moderator will see); the row keeps its body."""
         target = verdict.disposition.state
         done = target != State.QUEUED
         result: str = await change(
-            self.lazy,
+            conn or self.lazy,
             [(State.RECEIVED, target)],
             "execute",
             "UPDATE activity SET state = $3, verdict = $4::jsonb, decided_at = now(), "
             "finished_at = CASE WHEN $6 THEN now() END, "
             "owner = CASE WHEN $5 THEN NULL ELSE owner END, "
-            "locked_until = CASE WHEN $5 THEN NULL ELSE locked_until END "
+            "locked_until = CASE WHEN $5 THEN NULL ELSE locked_until END, "
+            "evidence_id = coalesce($7, evidence_id) "
             f"WHERE id = $1 AND owner = $2 AND state = {sql_list(State.RECEIVED)}",
             item_id,
             self.owner,
@@ -351,6 +365,7 @@ class ActivityStore:
             json.dumps(verdict.as_json()),
             done,
             target in RESTING,
+            evidence_id,
         )
         return result.endswith(" 1")
 
@@ -463,8 +478,9 @@ class ActivityStore:
     @translating
     async def in_review(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT id, ap_id, type, actor, signer, received_at, decided_at, verdict "
-            f"FROM activity WHERE state = {sql_list(State.REVIEW)} ORDER BY id LIMIT $1",
+            "SELECT id, ap_id, type, actor, signer, received_at, decided_at, verdict, "
+            f"evidence_id FROM activity WHERE state = {sql_list(State.REVIEW)} "
+            "ORDER BY id LIMIT $1",
             limit,
         )
         return [_record(r) for r in rows]
