@@ -354,7 +354,7 @@ def _bank_list(args: argparse.Namespace) -> int:
                 "category": configured[name].category,
                 "source": None,
                 "confidential": True,
-                "counts": {"md5": 0, "pdq": 0, "sha256": 0},
+                "counts": {},
                 "created_at": None,
                 "changed_at": None,
             }
@@ -366,7 +366,12 @@ def _bank_list(args: argparse.Namespace) -> int:
         if not rows:
             print("no banks yet: sluice bank import --bank NAME --category CAT FILE")
             return 0
-        table = [("NAME", "CATEGORY", "PDQ", "MD5", "SHA256", "CHANGED")]
+        # A column per registered kind, in the registry's order, then any kind the
+        # database holds that this Sluice does not know.
+        from relay.hashing import KINDS
+
+        names = [*KINDS, *sorted({n for row in rows for n in row["counts"]} - set(KINDS))]
+        table = [("NAME", "CATEGORY", *(n.upper() for n in names), "CHANGED")]
         for row in rows:
             changed = row["changed_at"]
             counts = row["counts"]
@@ -374,9 +379,7 @@ def _bank_list(args: argparse.Namespace) -> int:
                 (
                     row["name"] + ("" if row["configured"] else " *"),
                     row["category"],
-                    str(counts["pdq"]),
-                    str(counts["md5"]),
-                    str(counts["sha256"]),
+                    *(str(counts.get(n, 0)) for n in names),
                     changed.isoformat(" ", "seconds") if changed else "never",
                 )
             )
@@ -384,7 +387,7 @@ def _bank_list(args: argparse.Namespace) -> int:
         for r in table:
             print(
                 "  ".join(
-                    c.rjust(w) if 2 <= i <= 4 else c.ljust(w)  # counts to the right
+                    c.rjust(w) if 2 <= i < len(r) - 1 else c.ljust(w)  # counts to the right
                     for i, (c, w) in enumerate(zip(r, widths, strict=True))
                 ).rstrip()
             )
@@ -400,14 +403,16 @@ def _bank_list(args: argparse.Namespace) -> int:
 
 def _bank_add_image(args: argparse.Namespace) -> int:
     from relay.errors import SluiceError
-    from relay.hashing import Pdq
-    from relay.media.image import hash_file
+    from relay.hashing import KINDS
+    from relay.media.image import hash_media
+    from relay.media.media import Media
 
     entries: list[tuple[str, str, str | None]] = []
     failed = False
     for image in args.images:
         try:
-            hashed = hash_file(image)
+            data = Path(image).read_bytes()
+            media = Media.of(data, hash_media(data))
         except OSError as exc:
             print(f"{image}: cannot read: {exc.strerror or exc}", file=sys.stderr)
             failed = True
@@ -417,17 +422,15 @@ def _bank_add_image(args: argparse.Namespace) -> int:
             failed = True
             continue
         note = args.note or Path(image).name
-        entries += [("sha256", hashed["sha256"], note), ("md5", hashed["md5"], note)]
-        if hashed["pdq"] is None:
+        # Every value of every kind: each kind knows what is worth matching.
+        entries += [(kind, v, note) for kind, values in media.hashes.items() for v in values]
+        if media.kind != "image":
             print(f"{image}: not a picture: adding only its exact hashes", file=sys.stderr)
-        elif hashed["quality"] < Pdq.min_quality:
-            print(
-                f"{image}: PDQ quality {hashed['quality']} is too low for a perceptual match "
-                f"(needs {Pdq.min_quality}): adding only its exact hashes",
-                file=sys.stderr,
-            )
-        else:
-            entries.append(("pdq", hashed["pdq"], note))
+            continue
+        for kind in KINDS.values():
+            why = kind.missing(media.quality) if kind.name not in media.hashes else None
+            if why:
+                print(f"{image}: {why}: adding only its exact hashes", file=sys.stderr)
     if failed:
         print("nothing added", file=sys.stderr)
         return 1
@@ -511,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bank = commands.add_parser("bank", help="hash lists media is matched against")
     banks = bank.add_subparsers(dest="bank_command", required=True)
-    kinds = ("pdq", "md5", "sha256")
+    from relay.hashing import KINDS
+
+    kinds = sorted(KINDS)
 
     imp = banks.add_parser(
         "import",

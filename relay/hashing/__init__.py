@@ -43,7 +43,8 @@ def _register(kinds: list[type[HashKind]]) -> dict[str, type[HashKind]]:
 
 
 #: Changed in place by register/unregister: modules that imported it see every kind.
-KINDS: dict[str, type[HashKind]] = _register([Sha256, Md5, Pdq])
+#: In the order listings show them (``sluice bank list``'s columns).
+KINDS: dict[str, type[HashKind]] = _register([Pdq, Md5, Sha256])
 
 
 def register(new: type[HashKind]) -> type[HashKind]:

@@ -98,6 +98,12 @@ class HashKind(ABC):
         return ()
 
     @classmethod
+    def missing(cls, quality: int | None) -> str | None:
+        """Why a decoded picture of PDQ ``quality`` has no value of the kind, for whoever
+        adds it to a bank; None when it always has one."""
+        return None
+
+    @classmethod
     @abstractmethod
     def index(cls, hashes: np.ndarray, ids: np.ndarray, radius: int) -> KindIndex:
         """An index over ``hashes`` ((N, size) uint8) with their entry ``ids``, for

@@ -58,6 +58,10 @@ class Pdq(HashKind):
         return decoded.pdq_dihedral
 
     @classmethod
+    def missing(cls, quality: int | None) -> str | None:
+        return f"PDQ quality {quality} is too low for a perceptual match (needs {cls.min_quality})"
+
+    @classmethod
     def index(cls, hashes: np.ndarray, ids: np.ndarray, radius: int) -> KindIndex:
         from relay.hashing.pdq_index import PdqIndex
 

@@ -218,6 +218,9 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
             await conn.execute(script.read_text())
             await conn.execute("INSERT INTO schema_migration (name) VALUES ($1)", script.name)
             applied.append(script.name)
+        from relay.store.kinds import store_kinds  # here: it imports this module
+
+        await store_kinds(conn)  # the hash kinds registered now (migration 0009)
     if applied:
         log.info("migrations_applied", migrations=applied)
     return applied
