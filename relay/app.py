@@ -21,6 +21,7 @@ from relay.doors.passthrough import Passthrough
 from relay.effects import IRREVERSIBLE
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import Notify, planner
+from relay.effects.retention import Retention
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
@@ -196,6 +197,7 @@ def build_app(
             )
             outbox.register(NOTIFY, Notify(webhook_session, timeout=config.notify.timeout_seconds))
             opened.push_async_callback(outbox.stop)  # safe before start too
+            Retention(store, outbox).schedule()  # one process prunes, each minute
             flow = Flow(
                 store,
                 hold,

@@ -69,8 +69,8 @@ class Flow:
         self.evidence = evidence
         self.outbox = outbox
         self.plans: Mapping[str, Plan] = plans or {}
-        #: Seconds between tidying passes: expired duplicate keys and activities past
-        #: ``keep_days`` deleted, the per-state gauges refreshed.
+        #: Seconds between refreshes of the per-state gauges. (Pruning is a periodic
+        #: job of the outbox, run by one process: ``relay.effects.retention``.)
         self.tidy_interval = 60.0
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -221,9 +221,6 @@ class Flow:
                 await self.store.renew_leases(list(self.held))
                 if time.monotonic() - last_tidy > self.tidy_interval:
                     last_tidy = time.monotonic()
-                    await self.store.prune_seen()
-                    if pruned := await self.store.prune_finished():
-                        log.info("activities_pruned", count=pruned, keep_days=self.store.keep_days)
                     counts = await self.store.counts()
                     for state in State:
                         self.metrics.held.labels(state.value).set(counts.get(state.value, 0))

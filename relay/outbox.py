@@ -193,6 +193,20 @@ class Outbox:
         return replayed
 
     @translating
+    async def prune(self, keep_days: int, *, schedules_after: float = 3600.0) -> int:
+        """Delete effects done more than ``keep_days`` ago (0: keep them), and the
+        done slots of periodic jobs after ``schedules_after`` seconds; dead letters stay
+        for an admin. Returns how many."""
+        result = await self.pool.execute(
+            "DELETE FROM effect WHERE state = 'done' AND ("
+            "($1 > 0 AND done_at < now() - make_interval(days => $1)) "
+            "OR (key LIKE 'schedule:%' AND done_at < now() - make_interval(secs => $2)))",
+            keep_days,
+            schedules_after,
+        )
+        return int(result.split()[-1])
+
+    @translating
     async def counts(self) -> dict[str, int]:
         """How many effects are in each state."""
         rows = await self.pool.fetch("SELECT state, count(*) AS n FROM effect GROUP BY state")

@@ -69,7 +69,9 @@ async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(
         text = json.dumps(message)
         for secret in (known.md5, known.sha256, known.pdq[0].hash):
             assert secret not in text  # never hash values, never media
-        [effect] = await sluice.parts.pool.fetch("SELECT state, attempts FROM effect")
+        [effect] = await sluice.parts.pool.fetch(
+            "SELECT state, attempts FROM effect WHERE kind = 'notify'"
+        )
         assert (effect["state"], effect["attempts"]) == ("done", 3)
 
 
@@ -103,7 +105,9 @@ async def test_delivered_once_across_a_kill_9_between_verdict_and_effect(
     async def effect() -> asyncpg.Record | None:
         conn = await asyncpg.connect(host=str(socket_dir), user="postgres", database="postgres")
         try:
-            return await conn.fetchrow("SELECT state, attempts, key FROM effect")
+            return await conn.fetchrow(
+                "SELECT state, attempts, key FROM effect WHERE kind = 'notify'"
+            )
         finally:
             await conn.close()
 

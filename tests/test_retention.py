@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from relay.effects.retention import KIND as RETENTION
+from relay.outbox import Pending
 from relay.state import State
 from relay.store.activities import PRUNABLE, ActivityStore
 from tests.conftest import Fediverse, Running, Upstream, wait_for
@@ -111,12 +113,35 @@ async def test_a_running_sluice_prunes_what_it_finished(
             "SELECT id FROM activity WHERE ap_id = $1 AND state = 'delivered'", activity["id"]
         )
     )
-    # Make it older than keep_days; then tidy often rather than once a minute.
+    # Make it older than keep_days; then run the retention job now, not at its next slot.
     await pool.execute(
         "UPDATE activity SET finished_at = now() - interval '2 days' WHERE id = $1", row
     )
-    sluice.parts.flow.tidy_interval = 0.1
+    assert sluice.parts.outbox is not None
+    await sluice.parts.outbox.enqueue([Pending(RETENTION, "test:retention", {})])
     await wait_for(
         lambda: pool.fetchval("SELECT count(*) = 0 FROM activity WHERE id = $1", row),
         timeout=10,
     )
+
+
+async def test_the_retention_job_prunes_done_effects_and_keeps_dead_letters(
+    sluice_factory: object,
+) -> None:
+    sluice: Running = await sluice_factory(database={"keep_days": 1})  # type: ignore[operator]
+    pool, outbox = sluice.parts.pool, sluice.parts.outbox
+    assert outbox is not None
+    # Each process schedules the job; the first slot is enqueued at start.
+    await wait_for(lambda: pool.fetchval("SELECT count(*) FROM effect WHERE kind = $1", RETENTION))
+    await pool.execute(
+        "INSERT INTO effect (key, kind, payload, state, done_at) VALUES "
+        "('old', 'notify', '{}', 'done', now() - interval '2 days'), "
+        "('recent', 'notify', '{}', 'done', now()), "
+        "('lost', 'notify', '{}', 'dead', now() - interval '2 days')"
+    )
+    await outbox.enqueue([Pending(RETENTION, "test:retention", {})])
+    await wait_for(
+        lambda: pool.fetchval("SELECT count(*) = 0 FROM effect WHERE key = 'old'"), timeout=10
+    )
+    left = {r["key"] for r in await pool.fetch("SELECT key FROM effect")}
+    assert {"recent", "lost"} <= left
