@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,7 +19,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from relay import cli
 from relay.activity import parse_activity
 from relay.bank import BankIndex, parse_hash_file
 from relay.config import Config
@@ -73,9 +74,21 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-def sluice(*args: str) -> int:
-    """The CLI in this process, where the test's kind is registered."""
-    return cli.main(list(args))
+def sluice(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The CLI with the test's kind registered, in a process of its own (the CLI
+    configures logging for its process)."""
+    script = (
+        "import sys; from relay.hashing import register; from relay.cli import main; "
+        "from tests.hashing.test_kind_seam import Sha1; register(Sha1); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent.parent,
+    )
 
 
 async def test_a_registered_kind_goes_from_import_to_a_rule(
@@ -84,7 +97,6 @@ async def test_a_registered_kind_goes_from_import_to_a_rule(
     database_url: str,
     origin: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Import: the kind's name, its alias, and bare lines with --type.
     assert parse_hash_file(f"HASH_SHA1 {PEN_SHA1.upper()} pen\n") == [("sha1", PEN_SHA1, "pen")]
@@ -92,13 +104,14 @@ async def test_a_registered_kind_goes_from_import_to_a_rule(
     listing = tmp_path / "sha1.txt"
     listing.write_text(f"{PEN_SHA1} the pen\n{Sha1.examples[0]}\n")
     config = make_config().source
-    code = await asyncio.to_thread(
+    imported = await asyncio.to_thread(
         sluice, "bank", "import", "--config", config, "--bank", "seam", "--category", "test",
-        "--type", "sha1", str(listing),
+        "--type", "sha1", listing,
     )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    assert await asyncio.to_thread(sluice, "bank", "list", "--json", "--config", config) == 0
-    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "{" in line]
+    assert imported.returncode == 0, imported.stderr
+    listed = await asyncio.to_thread(sluice, "bank", "list", "--json", "--config", config)
+    assert listed.returncode == 0, listed.stderr
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert row["name"] == "seam" and row["counts"]["sha1"] == 2
 
     # Index and match: a real image fetched over loopback, hashed by every kind.
