@@ -203,6 +203,7 @@ def _kind_named(name: str) -> str | None:
 def _guess(value: str) -> str | None:
     """The kind a bare hash could be, for a helpful message; SHA-256 and PDQ look alike."""
     fits = [name for name in KINDS if _valid(name, value) is not None]
+    fits.sort(key=lambda name: (not KINDS[name].exact, name))  # digests first
     return " or ".join(fits) if fits else None
 
 
@@ -724,20 +725,14 @@ def _build(
 
 
 def _radius(config: BankConfig | None) -> dict[str, int]:
-    """Per kind, the largest distance a bank matches at: the kind's threshold, or what
-    ``[[bank]] max_distance`` (or ``<kind>_max_distance``) sets; 0 for exact kinds."""
+    """Per kind, the largest distance a bank matches at: the kind's threshold, or the
+    bank's ``<kind>_max_distance`` where its configuration has one (``pdq_max_distance``);
+    0 for exact kinds."""
     radius = {name: kind.threshold for name, kind in KINDS.items()}
-    if config is None:
-        return radius
     for name, kind in KINDS.items():
-        if kind.exact:
-            continue
-        given = getattr(config, "max_distance", None) or {}
-        legacy = getattr(config, f"{name}_max_distance", None)
-        if name in given:
-            radius[name] = int(given[name])
-        elif legacy is not None:
-            radius[name] = int(legacy)
+        given = getattr(config, f"{name}_max_distance", None)
+        if not kind.exact and isinstance(given, int):
+            radius[name] = given
     return radius
 
 
