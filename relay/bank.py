@@ -596,9 +596,9 @@ class BankIndex:
         every frame of quality >= 50); a dihedral bank also tries the kind's variants
         (the first frame rotated and flipped) and reports which one matched.
         """
-        if not hasattr(media, "hashes"):  # the hasher's result, as tests and benches hold
-            from relay.media.media import Media
+        from relay.media.media import Media  # here: relay.media imports this module
 
+        if not isinstance(media, Media):  # the hasher's result, as tests and benches hold
             media = Media.of(b"", media)
         found: list[BankMatch] = []
         for bank in self.banks.values():

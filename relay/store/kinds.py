@@ -21,12 +21,11 @@ async def store_kinds(conn: Connection) -> None:
         "INSERT INTO hash_kind (name, hex_length) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         kinds,
     )
-    stored = dict(
-        await conn.fetch(
-            "SELECT name, hex_length FROM hash_kind WHERE name = ANY($1::text[])",
-            [name for name, _ in kinds],
-        )
+    rows = await conn.fetch(
+        "SELECT name, hex_length FROM hash_kind WHERE name = ANY($1::text[])",
+        [name for name, _ in kinds],
     )
+    stored: dict[str, int] = {r["name"]: r["hex_length"] for r in rows}
     wrong = [f"{n} ({stored[n]}, not {length})" for n, length in kinds if stored[n] != length]
     if wrong:
         raise SluiceError(
