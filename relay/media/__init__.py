@@ -1,3 +1,5 @@
 """Media an activity refers to: finding, fetching, decoding and hashing it."""
 
-__all__: list[str] = []
+from relay.media.media import Media
+
+__all__ = ["Media"]
