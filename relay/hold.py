@@ -163,5 +163,6 @@ class Hold:
             else:
                 found.extend(await check.run(activity))
         except Exception as exc:  # a broken check is a signal, never a lost activity
-            log.warning("check_failed", check=check.name, activity_id=activity.id, error=str(exc))
+            # Found first: a log that fails must not take the signal with it.
             found.add(Signal("error", check.name, {"error": str(exc)}))
+            log.warning("check_failed", check=check.name, activity_id=activity.id, error=str(exc))
