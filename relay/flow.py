@@ -224,6 +224,9 @@ class Flow:
                     counts = await self.store.counts()
                     for state in State:
                         self.metrics.held.labels(state.value).set(counts.get(state.value, 0))
+                    if self.outbox is not None:  # dead letters an admin can alert on
+                        for name, n in (await self.outbox.counts()).items():
+                            self.metrics.effects.labels(name).set(n)
             except Exception:
                 log.exception("housekeeping_failed")
 

@@ -43,6 +43,12 @@ class Metrics:
             registry=r,
         )
         self.held = Gauge("sluice_activities_held", "Activities by state", ["state"], registry=r)
+        self.effects = Gauge(
+            "sluice_effects",
+            "Effects of verdicts (notify…) by state: pending, done, dead",
+            ["state"],
+            registry=r,
+        )
         self.receive_seconds = Histogram(
             "sluice_receive_seconds", "Inbox request handling time", buckets=_LATENCY, registry=r
         )

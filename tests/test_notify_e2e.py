@@ -74,6 +74,18 @@ async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(
         )
         assert (effect["state"], effect["attempts"]) == ("done", 3)
 
+        # /metrics counts effects by state, for an admin to alert on dead letters.
+        sluice.parts.flow.tidy_interval = 0.1
+
+        async def counted() -> bool:
+            async with sluice.session.get(sluice.admin_url + "/metrics") as response:
+                text = await response.text()
+            return 'sluice_effects{state="dead"} 0.0' in text and (
+                'sluice_effects{state="done"} 0.0' not in text
+            )
+
+        await wait_for(counted, timeout=10)
+
 
 @pytest.mark.timeout(180)
 async def test_delivered_once_across_a_kill_9_between_verdict_and_effect(
