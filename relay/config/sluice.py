@@ -1,0 +1,769 @@
+"""Sluice's configuration: one TOML file, checked against a declarative schema.
+
+``SCHEMA`` lists every section and key with its type, default, check and a
+line of documentation. ``load_config`` turns a file (or, given None, the
+defaults alone) into frozen dataclasses; ``check_config`` lists every problem
+with the file, line and dotted key an admin needs to fix it.
+
+A new section is one dataclass and one ``Section`` entry; a table that may
+repeat (``[[bank]]``) is a ``Section`` with ``array=True`` and becomes a tuple
+of dataclasses. Keys without a default are required. What spans tables (rules
+name configured banks, quarantine needs the evidence key) is ``_relations``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.config.locate import KeyPath, dotted, line_of, locate_keys
+from relay.config.schema import (
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    OPTIONAL_PATH,
+    PATH,
+    REQUIRED,
+    STRING,
+    STRINGS,
+    Context,
+    Field,
+    Section,
+    admin_listen,
+    at_most,
+    build_sections,
+    cidr,
+    host_name,
+    http_url,
+    inbox_path,
+    listen_address,
+    not_empty,
+    not_negative,
+    one_of,
+    optional_http_url,
+    positive,
+    postgresql_url,
+    split_listen,
+)
+from relay.effects import EFFECTS
+from relay.errors import ConfigError, ConfigProblem
+from relay.policy import MATCH_KINDS
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "DATABASE_URL_ENV",
+    "DEFAULTS_SOURCE",
+    "DEFAULT_INBOX_PATHS",
+    "SCHEMA",
+    "SIGNAL_MATCHES",
+    "AdminConfig",
+    "BankConfig",
+    "Config",
+    "DatabaseConfig",
+    "DeliveryConfig",
+    "EvidenceConfig",
+    "HoldConfig",
+    "LogConfig",
+    "MediaConfig",
+    "NetworkConfig",
+    "NotifyConfig",
+    "OutboxConfig",
+    "RuleConfig",
+    "ServerConfig",
+    "SignaturesConfig",
+    "StorageConfig",
+    "UpstreamConfig",
+    "bank_name",
+    "check_config",
+    "config_warnings",
+    "load_config",
+    "main_check_config",
+    "parse",
+    "startup_problems",
+]
+
+DATABASE_URL_ENV = "SLUICE_DATABASE_URL"
+ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
+DEFAULTS_SOURCE = "<defaults>"
+
+
+# --- the dataclasses ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str
+    max_body_bytes: int
+    inbox_paths: tuple[str, ...]
+    hosts: tuple[str, ...]
+    trusted_proxies: tuple[str, ...]
+
+    @property
+    def host(self) -> str:
+        """The host part of ``listen``, without the brackets of an IPv6 address."""
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    url: str
+    timeout_seconds: float
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = field(repr=False)  # may hold a password
+    pool_size: int
+    keep_days: int
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    allow: tuple[str, ...]
+    allow_http: bool
+    connect_timeout_seconds: float
+    read_timeout_seconds: float
+    max_redirects: int
+
+
+@dataclass(frozen=True)
+class SignaturesConfig:
+    require: bool
+    max_age_seconds: int
+    clock_skew_seconds: int
+    key_cache_seconds: int
+    key_failure_cache_seconds: int
+    key_refresh_interval_seconds: int
+    key_fetch_timeout_seconds: float
+    key_fetch_per_host: int
+    key_fetch_per_client: int
+    ld_max_bytes: int
+    ld_max_nodes: int
+    ld_budget_seconds: float
+    ld_workers: int
+    ld_max_waiting: int
+    ld_per_host: int
+    object_rate_per_minute: int
+    object_rate_exempt: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    max_age_seconds: int
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    dedup_window_seconds: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True)
+class HoldConfig:
+    max_seconds: float
+    on_timeout: str
+    on_error: str
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    max_bytes: int
+    max_pixels: int
+    max_pixels_per_byte: int
+    dense_above: int
+    hash_workers: int
+    hash_memory_bytes: int
+    sender_pixels_per_minute: int
+    max_refs: int
+    max_dereferences: int
+    max_dereference_depth: int
+    dereference_seconds: float
+    dereference_cache_seconds: int
+    per_host_concurrency: int
+    fetch_timeout_seconds: float
+    cache_seconds: int
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    key_file: Path | None
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhooks: tuple[str, ...]
+    on: tuple[str, ...]
+    timeout_seconds: float
+    admin_url: str
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_attempts: int
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    name: str
+    category: str
+    pdq_max_distance: int
+    dihedral: bool
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    match: str
+    action: str
+    effects: tuple[str, ...] = ()
+    match_kind: str = "any"
+    max_distance: int = -1
+    min_signals: int = 1
+    irreversible_on_perceptual: bool = False
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: str
+    token_file: Path | None
+    # From $SLUICE_ADMIN_TOKEN, else the contents of token_file; None: the
+    # admin API refuses every request.
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    upstream: UpstreamConfig
+    database: DatabaseConfig
+    storage: StorageConfig
+    network: NetworkConfig
+    signatures: SignaturesConfig
+    delivery: DeliveryConfig
+    hold: HoldConfig
+    admin: AdminConfig
+    log: LogConfig
+    media: MediaConfig
+    evidence: EvidenceConfig
+    notify: NotifyConfig
+    outbox: OutboxConfig
+    bank: tuple[BankConfig, ...]
+    rule: tuple[RuleConfig, ...]
+    source: str  # the file read, or "<defaults>"
+
+
+def bank_name(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        return "letters, digits, `_`, `.` and `-` only (rules refer to it by this name)"
+    return None
+
+
+# --- derived values ----------------------------------------------------------
+
+
+def _backoff_order(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+    if values["backoff_max_seconds"] < values["backoff_initial_seconds"]:
+        initial = values["backoff_initial_seconds"]
+        return [("backoff_max_seconds", f"must be at least backoff_initial_seconds ({initial})")]
+    return []
+
+
+def _admin_token(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+    values["token"] = None
+    token = ctx.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if token:
+        values["token"] = token
+        return []
+    path: Path | None = values["token_file"]
+    if path is None:
+        return []
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        return [("token_file", f"cannot read {path}: {exc.strerror or exc}")]
+    except UnicodeDecodeError:
+        return [("token_file", f"{path} is not UTF-8 text")]
+    if not token:
+        return [("token_file", f"{path} is empty")]
+    values["token"] = token
+    return []
+
+
+# --- the schema --------------------------------------------------------------
+
+DEFAULT_INBOX_PATHS = (
+    "/inbox",
+    "/users/*/inbox",  # Mastodon, Misskey, GoToSocial, Pleroma
+    "/u/*/inbox",  # Lemmy users
+    "/c/*/inbox",  # Lemmy communities
+    "/m/*/inbox",  # Kbin / Mbin magazines
+    "/site_inbox",  # Lemmy
+    "/actor/inbox",  # Mastodon's instance actor
+    "/ap/users/*/inbox",
+    "/accounts/*/inbox",  # PeerTube
+    "/video-channels/*/inbox",  # PeerTube
+)
+
+# fmt: off
+SCHEMA: tuple[Section, ...] = (
+    Section("server", ServerConfig, (
+        Field("listen", STRING, "127.0.0.1:8080", "HOST:PORT Sluice listens on",
+              check=listen_address),
+        Field("max_body_bytes", INTEGER, 1_048_576, "larger inbox bodies get 413",
+              check=positive),
+        Field("inbox_paths", STRINGS, DEFAULT_INBOX_PATHS,
+              "inbox path patterns (* is one segment); other requests are proxied unchanged",
+              check=not_empty, each=inbox_path),
+        Field("hosts", STRINGS, (),
+              "Host values the instance answers to; a request signed for another gets 401",
+              each=host_name),
+        Field("trusted_proxies", STRINGS, ("127.0.0.0/8", "::1/128"),
+              "proxies (CIDR) whose X-Real-IP / X-Forwarded-For name the sender", each=cidr),
+    ), "Where Sluice listens and which requests are inbox deliveries."),
+    Section("upstream", UpstreamConfig, (
+        Field("url", STRING, "http://127.0.0.1:3000", "the instance behind Sluice",
+              check=http_url),
+        Field("timeout_seconds", NUMBER, 30.0, "how long one delivery may take", check=positive),
+        Field("concurrency", INTEGER, 32, "simultaneous deliveries to the upstream",
+              check=positive),
+    ), "The instance Sluice protects."),
+    Section("database", DatabaseConfig, (
+        Field("url", STRING, "", "postgresql:// URL; empty: embedded PostgreSQL under data_dir",
+              check=postgresql_url, env=DATABASE_URL_ENV),
+        Field("pool_size", INTEGER, 10, "connections to the database", check=positive),
+        Field("keep_days", INTEGER, 30,
+              "days a finished activity's record and bytes are kept; 0: forever",
+              check=not_negative),
+    ), "Where activities are kept while held and delivered."),
+    Section("storage", StorageConfig, (
+        Field("data_dir", PATH, "./sluice-data",
+              "Sluice's files; relative to the config file's directory", check=not_empty),
+    ), "Files on disk."),
+    Section("network", NetworkConfig, (
+        Field("allow", STRINGS, (), "private networks (CIDR) contacted all the same", each=cidr),
+        Field("allow_http", BOOLEAN, False, "fetch plain http:// URLs too"),
+        Field("connect_timeout_seconds", NUMBER, 5.0, "connect timeout of fetches",
+              check=positive),
+        Field("read_timeout_seconds", NUMBER, 10.0, "read timeout of fetches", check=positive),
+        Field("max_redirects", INTEGER, 5, "redirects followed per fetch", check=not_negative),
+    ), "Fetches of keys, objects and media."),
+    Section("signatures", SignaturesConfig, (
+        Field("require", BOOLEAN, True,
+              "false: accept unsigned or unverifiable activities, marked unverified"),
+        Field("max_age_seconds", INTEGER, 43_200, "how old Date/created may be", check=positive),
+        Field("clock_skew_seconds", INTEGER, 3_600, "how far ahead Date/created may be",
+              check=not_negative),
+        Field("key_cache_seconds", INTEGER, 3_600, "how long fetched keys are kept",
+              check=not_negative),
+        Field("key_failure_cache_seconds", INTEGER, 300,
+              "how long a key that could not be fetched or confirmed stays refused",
+              check=not_negative),
+        Field("key_refresh_interval_seconds", INTEGER, 300,
+              "least time between two forced refetches of one key after bad signatures",
+              check=not_negative),
+        Field("key_fetch_timeout_seconds", NUMBER, 5.0,
+              "the longest fetching and confirming one key may take", check=positive),
+        Field("key_fetch_per_host", INTEGER, 2, "key fetches from one host at a time",
+              check=positive),
+        Field("key_fetch_per_client", INTEGER, 8,
+              "unknown keys one client address may wait for at once", check=positive),
+        Field("ld_max_bytes", INTEGER, 65_536,
+              "relayed objects with an RsaSignature2017 larger than this are refused",
+              check=positive),
+        Field("ld_max_nodes", INTEGER, 2_000,
+              "the same, counted in JSON values", check=positive),
+        Field("ld_budget_seconds", NUMBER, 2.0,
+              "longest JSON-LD canonicalisation of one object; then refused", check=positive),
+        Field("ld_workers", INTEGER, 1, "processes canonicalising JSON-LD (CPU cores at most)",
+              check=positive),
+        Field("ld_max_waiting", INTEGER, 16,
+              "objects that may wait for a worker; more get 429", check=not_negative),
+        Field("ld_per_host", INTEGER, 2,
+              "objects from one signer's host waiting or checked at once; more get 429",
+              check=positive),
+        Field("object_rate_per_minute", INTEGER, 300,
+              "object signatures checked per relaying signer and minute; more get 429",
+              check=positive),
+        Field("object_rate_exempt", STRINGS, (),
+              "signers (actor ids) without that rate, e.g. relays you subscribe to"),
+    ), "HTTP signatures of inbox deliveries."),
+    Section("delivery", DeliveryConfig, (
+        Field("max_age_seconds", INTEGER, 172_800,
+              "retry failed deliveries until the activity is this old", check=positive),
+        Field("backoff_initial_seconds", NUMBER, 1.0, "first retry delay", check=positive),
+        Field("backoff_max_seconds", NUMBER, 600.0, "longest retry delay", check=positive),
+        Field("dedup_window_seconds", INTEGER, 86_400,
+              "a repeated activity id within this window is delivered once", check=positive),
+        Field("lease_seconds", NUMBER, 30.0, "a worker's claim on an activity or an effect",
+              check=positive),
+    ), "Passing accepted activities to the upstream.", finish=_backoff_order),
+    Section("hold", HoldConfig, (
+        Field("max_seconds", NUMBER, 60.0, "the longest an activity waits for its checks",
+              check=positive),
+        Field("on_timeout", STRING, "review", "what happens when the checks take too long",
+              check=one_of("deliver", "review", "reject")),
+        Field("on_error", STRING, "review",
+              "what happens when media cannot be fetched or decoded after retries",
+              check=one_of("deliver", "review", "reject")),
+    ), "Holding activities until their checks are done."),
+    Section("admin", AdminConfig, (
+        Field("listen", STRING, "127.0.0.1:9090",
+              "HOST:PORT of the admin listener (/metrics, /readyz, the admin API); empty: none",
+              check=admin_listen),
+        Field("token_file", OPTIONAL_PATH, "",
+              "file holding the admin API's bearer token; $SLUICE_ADMIN_TOKEN overrides"),
+    ), "The admin API.", finish=_admin_token),
+    Section("log", LogConfig, (
+        Field("level", STRING, "info", "the least severe level logged",
+              check=one_of("debug", "info", "warning", "error")),
+    ), "Logging."),
+    Section("media", MediaConfig, (
+        Field("max_bytes", INTEGER, 33_554_432, "largest media file fetched (32 MiB)",
+              check=positive),
+        Field("max_pixels", INTEGER, 33_177_600,
+              "larger images are decompression bombs (Mastodon's own limit)", check=positive),
+        Field("max_pixels_per_byte", INTEGER, 256,
+              "above dense_above pixels, more pixels per byte of file is a bomb",
+              check=positive),
+        Field("dense_above", INTEGER, 8_294_400,
+              "images up to this many pixels are never refused for density",
+              check=not_negative),
+        Field("hash_workers", INTEGER, 0,
+              "threads decoding and hashing images; 0: the CPUs, at most 4",
+              check=not_negative),
+        Field("hash_memory_bytes", INTEGER, 536_870_912,
+              "estimated decoding memory in use at once; more images wait", check=positive),
+        Field("sender_pixels_per_minute", INTEGER, 400_000_000,
+              "decoded pixels per sender (actor) a minute; past it, review without decoding",
+              check=positive),
+        Field("max_refs", INTEGER, 32, "media URLs checked per activity; more: on_error",
+              check=positive),
+        Field("max_dereferences", INTEGER, 8,
+              "objects named by id (boosted, quoted posts, authors) fetched per activity",
+              check=not_negative),
+        Field("max_dereference_depth", INTEGER, 3,
+              "how many references deep (boost -> post -> quote -> author)",
+              check=not_negative),
+        Field("dereference_seconds", NUMBER, 20.0,
+              "the longest fetching those objects may take per activity", check=positive),
+        Field("dereference_cache_seconds", INTEGER, 300,
+              "how long what a fetched object names is remembered", check=not_negative),
+        Field("per_host_concurrency", INTEGER, 4, "simultaneous fetches from one host",
+              check=positive),
+        Field("fetch_timeout_seconds", NUMBER, 30.0, "the longest one media fetch may take",
+              check=positive),
+        Field("cache_seconds", INTEGER, 86_400,
+              "how long a URL's or a file's result is reused without fetching again",
+              check=not_negative),
+    ), "Fetching and hashing the media of held activities."),
+    Section("evidence", EvidenceConfig, (
+        Field("key_file", OPTIONAL_PATH, "",
+              "file with the 32-byte AES-GCM key that encrypts quarantined evidence"),
+    ), "Evidence kept for quarantined activities."),
+    Section("notify", NotifyConfig, (
+        Field("webhooks", STRINGS, (), "URLs POSTed a JSON message about verdicts; []: none",
+              each=http_url),
+        Field("on", STRINGS, ("quarantine",), "dispositions that notify whatever the rule",
+              each=one_of("deliver", "review", "reject", "quarantine")),
+        Field("timeout_seconds", NUMBER, 10.0, "the longest one webhook POST may take",
+              check=positive),
+        Field("admin_url", STRING, "",
+              "base URL of links in messages; empty: the admin listener's",
+              check=optional_http_url),
+    ), "Telling the admins about verdicts."),
+    Section("outbox", OutboxConfig, (
+        Field("max_attempts", INTEGER, 10, "tries of an effect before it is a dead letter",
+              check=positive),
+        Field("backoff_initial_seconds", NUMBER, 5.0, "first retry delay of an effect",
+              check=positive),
+        Field("backoff_max_seconds", NUMBER, 3600.0, "longest retry delay of an effect",
+              check=positive),
+    ), "Running the effects of verdicts (notify…).", finish=_backoff_order),
+    Section("bank", BankConfig, (
+        Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",
+              check=bank_name),
+        Field("category", STRING, REQUIRED, "what it lists: csam, ncii, terrorism, unwanted…",
+              check=not_empty),
+        Field("pdq_max_distance", INTEGER, 31, "PDQ matches within this Hamming distance",
+              check=at_most(128)),
+        Field("dihedral", BOOLEAN, False, "also match rotated and flipped copies"),
+    ), "Hash lists to match media against.", array=True),
+    Section("rule", RuleConfig, (
+        Field("match", STRING, REQUIRED,
+              "a bank name, category:NAME, or signal:unchecked (media that cannot be hashed)",
+              check=not_empty),
+        Field("action", STRING, REQUIRED, "where the activity goes when it fires",
+              check=one_of("deliver", "review", "reject", "quarantine")),
+        Field("effects", STRINGS, (), "what else happens when it fires (notify…)"),
+        Field("match_kind", STRING, "any", "which matches count: exact, perceptual or any",
+              check=one_of(*MATCH_KINDS)),
+        Field("max_distance", INTEGER, -1,
+              "matches farther than this do not count (-1: the bank's own threshold)"),
+        Field("min_signals", INTEGER, 1,
+              "independent signals needed (different matchers or hash kinds)",
+              check=positive),
+        Field("irreversible_on_perceptual", BOOLEAN, False,
+              "let perceptual-only matches trigger irreversible effects"),
+    ), "The policy: the strongest action among the rules that fire wins.", array=True),
+)
+
+#: Rule targets that are not banks: signals the media checks raise themselves.
+SIGNAL_MATCHES = ("signal:unchecked",)
+# fmt: on
+
+
+# --- what spans tables --------------------------------------------------------
+
+
+def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
+    """Checks across tables: rules name configured banks; quarantine has its key."""
+    found: list[tuple[KeyPath, str]] = []
+
+    def problem(path: KeyPath, message: str) -> None:
+        found.append((path, message))
+
+    banks = built.get("bank") or ()
+    seen: set[str] = set()
+    for index, bank in enumerate(banks):
+        if bank.name in seen:
+            problem(("bank", index, "name"), f"a bank named `{bank.name}` exists already")
+        seen.add(bank.name)
+    categories = {b.category for b in banks}
+    targets = sorted(seen) + [f"category:{c}" for c in sorted(categories)]
+    notify = built.get("notify")
+    for index, rule in enumerate(built.get("rule") or ()):
+        match = rule.match
+        known = (
+            match in seen
+            or match in SIGNAL_MATCHES
+            or (match.startswith("category:") and match[9:] in categories)
+        )
+        if not known:
+            hint = difflib.get_close_matches(match, targets + list(SIGNAL_MATCHES), n=1)
+            what = "category" if match.startswith("category:") else "bank"
+            message = f"no [[bank]] {what} `{match}`"
+            message += (
+                f"; did you mean `{hint[0]}`?"
+                if hint
+                else (f" (configured: {', '.join(targets) or 'none'})")
+            )
+            problem(("rule", index, "match"), message)
+        for effect in rule.effects:
+            if effect not in EFFECTS:
+                problem(
+                    ("rule", index, "effects"),
+                    f"no effect `{effect}` (known: {', '.join(EFFECTS)})",
+                )
+            elif effect == "notify" and notify is not None and not notify.webhooks:
+                problem(
+                    ("rule", index, "effects"),
+                    "notify needs somewhere to send to: set [notify] webhooks",
+                )
+        if rule.action == "quarantine":
+            evidence = built.get("evidence")
+            if evidence is not None and evidence.key_file is None:
+                problem(
+                    ("rule", index, "action"),
+                    "quarantine keeps encrypted evidence: set [evidence] key_file",
+                )
+    return found
+
+
+def parse(
+    text: str,
+    file: str,
+    *,
+    base: Path,
+    environ: Mapping[str, str],
+    schema: Sequence[Section] = SCHEMA,
+) -> tuple[dict[str, Any], list[ConfigProblem]]:
+    """Check TOML text against ``schema``: the built sections, and every problem.
+
+    The sections are complete only when there are no problems.
+    """
+    return build_sections(
+        text, file, base=base, environ=environ, schema=schema, relations=_relations
+    )
+
+
+# --- the entry points --------------------------------------------------------
+
+
+def _read(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None
+) -> tuple[Config | None, list[ConfigProblem]]:
+    environ = os.environ if environ is None else environ
+    if path is None:
+        text, source, base = "", DEFAULTS_SOURCE, Path.cwd()
+    else:
+        source = os.fspath(path)
+        base = Path(source).absolute().parent
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as exc:
+            return None, [ConfigProblem(source, None, "(file)", f"cannot read: {exc.strerror}")]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            return None, [ConfigProblem(source, line, "(file)", "is not UTF-8 text")]
+    built, problems = parse(text, source, base=base, environ=environ)
+    if problems:
+        return None, problems
+    return Config(**built, source=source), []
+
+
+def check_config(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None
+) -> list[ConfigProblem]:
+    """Every problem of the file at ``path`` (None: the defaults) and the environment."""
+    return _read(path, environ)[1]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """The configuration in ``path``, or the embedded defaults when ``path`` is None.
+
+    ``environ`` (default ``os.environ``) supplies SLUICE_DATABASE_URL and
+    SLUICE_ADMIN_TOKEN; an empty variable counts as unset. Raises ConfigError
+    with every problem found.
+    """
+    config, problems = _read(path, environ)
+    if config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def config_warnings(config: Config) -> list[ConfigProblem]:
+    """What is valid but unsafe: Sluice runs with it, the admin should still hear of it."""
+    locate = _locator(config)
+
+    def warn(path: KeyPath, message: str) -> ConfigProblem:
+        return locate(path, f"warning: {message}")
+
+    warnings = []
+    if not config.server.hosts:
+        warnings.append(
+            warn(
+                ("server", "hosts"),
+                "empty: activities signed for any host are accepted (replays from other "
+                'servers too); list the names your instance answers to, like ["social.example"]',
+            )
+        )
+    secrets = (
+        ("evidence", "key_file", config.evidence.key_file),
+        ("admin", "token_file", config.admin.token_file),
+    )
+    for section, key, file in secrets:
+        with contextlib.suppress(OSError):
+            if file is not None and file.stat().st_mode & 0o007:
+                mode = oct(file.stat().st_mode & 0o777)
+                warnings.append(
+                    warn(
+                        (section, key),
+                        f"{file} is readable or writable by every user (mode {mode}); "
+                        f"chmod o-rwx {file}",
+                    )
+                )
+    return warnings
+
+
+def _locator(config: Config) -> Callable[[KeyPath, str], ConfigProblem]:
+    """A problem at ``path`` of the file ``config`` came from, with its line when written."""
+    found: dict[KeyPath, int] = {}
+    if config.source != DEFAULTS_SOURCE:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found = locate_keys(Path(config.source).read_text(encoding="utf-8"))
+
+    def locate(path: KeyPath, message: str) -> ConfigProblem:
+        return ConfigProblem(config.source, line_of(found, path), dotted(path), message)
+
+    return locate
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+def startup_problems(config: Config, *, evidence_key: bool = True) -> list[ConfigProblem]:
+    """What ``serve`` would refuse at start although the file itself is valid.
+
+    The file alone cannot show these (they depend on other files and on the machine),
+    so ``check-config`` and every command's start-up ask here, before anything opens.
+    ``evidence_key=False`` skips reading the evidence key, for commands that never use it.
+    """
+    locate = _locator(config)
+    problems = []
+    data_dir = config.storage.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        problems.append(locate(("storage", "data_dir"), f"{data_dir} is not a directory"))
+    elif not config.database.url:
+        from relay.store.db import embedded_socket_problem  # connect() refuses it
+
+        socket = embedded_socket_problem(data_dir)
+        if socket is not None:
+            problems.append(ConfigProblem(config.source, None, "storage.data_dir", socket))
+    if evidence_key and config.evidence.key_file is not None:
+        from relay.evidence import EvidenceError, EvidenceKey  # loaded as serve loads it
+
+        try:
+            EvidenceKey.load(config.evidence.key_file)
+        except EvidenceError as exc:
+            problems.append(locate(("evidence", "key_file"), str(exc)))
+    admin = config.admin.listen
+    if admin and not admin.endswith(":0"):
+        host, port = split_listen(admin)
+        if port == config.server.port and (
+            host == config.server.host or _wildcard(host) or _wildcard(config.server.host)
+        ):
+            problems.append(
+                locate(
+                    ("admin", "listen"),
+                    f"`{admin}` takes the port of [server] listen (`{config.server.listen}`): "
+                    "give the admin listener a port of its own",
+                )
+            )
+    return problems
+
+
+def main_check_config(path: str) -> int:
+    """``sluice check-config FILE``: OK on stdout and 0, or the problems on stderr and 1.
+
+    It checks what ``serve`` checks before it starts (``startup_problems``). Warnings go
+    to stderr too, but leave the answer OK.
+    """
+    config, problems = _read(path, None)
+    if config is not None:
+        problems = startup_problems(config)
+        if problems:
+            config = None
+    if config is not None:
+        for warning in config_warnings(config):
+            print(warning, file=sys.stderr)
+        print(f"OK: {path}")
+        return 0
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1
