@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.bank import BankIndex, _read_hashes
+from relay.banks.index import BankIndex, _read_hashes
 from relay.hashing import Md5, Pdq
 from relay.hashing.exact_index import ExactIndex
 from relay.store import migrate

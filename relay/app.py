@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from relay.bank import BankWatcher
+from relay.banks import BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor

@@ -287,7 +287,7 @@ async def _evidence_show(args: argparse.Namespace, store) -> int:  # type: ignor
 
 def _with_banks(config_path: str | None, action) -> int:  # type: ignore[no-untyped-def]
     """Run ``action(store, config)`` against the configured database."""
-    from relay.bank import BankStore
+    from relay.banks import BankStore
 
     # The command prints its own summary; info logs (migrations, bank_created) are noise here.
     config = _configured(config_path, evidence_key=False, log_level="warning")
@@ -301,7 +301,7 @@ def _with_banks(config_path: str | None, action) -> int:  # type: ignore[no-unty
 
 def _bank_category(config, bank: str, given: str | None) -> str | None:  # type: ignore[no-untyped-def]
     """--category, else the configured bank's; a contradiction between the two is refused."""
-    from relay.bank import BankError
+    from relay.banks import BankError
 
     configured = next((b for b in config.bank if b.name == bank), None)
     if configured is None:
@@ -319,7 +319,7 @@ def _hashes_count(count: int) -> str:
 
 
 def _bank_import(args: argparse.Namespace) -> int:
-    from relay.bank import BankError, read_hash_file
+    from relay.banks import BankError, read_hash_file
 
     try:
         entries = read_hash_file(args.path, default_kind=args.type)

@@ -12,17 +12,17 @@ import asyncpg
 import numpy as np
 import pytest
 
-from relay.bank import (
+from relay.banks import (
     CHANNEL,
     BankError,
     BankIndex,
     BankMatch,
     BankStore,
     BankWatcher,
-    _Bank,
     parse_hash_file,
     read_hash_file,
 )
+from relay.banks.index import _Bank
 from relay.config import BankConfig
 from relay.hashing import Pdq
 from relay.media.image import Hashes, PdqHash, hash_media

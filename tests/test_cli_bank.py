@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.bank import BankIndex
+from relay.banks import BankIndex
 from relay.config import Config
 from relay.media.image import hash_media
 

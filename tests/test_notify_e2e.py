@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.bank import BankStore
+from relay.banks import BankStore
 from relay.media.image import hash_media
 from tests.conftest import Fediverse, Running, config_text, wait_for
 from tests.doors import test_media_hold as media_hold

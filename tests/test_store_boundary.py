@@ -15,7 +15,7 @@ import pytest
 from yarl import URL
 
 from relay.activity import parse_activity
-from relay.bank import BankIndex, BankStore, BankWatcher
+from relay.banks import BankIndex, BankStore, BankWatcher
 from relay.envelope import Envelope
 from relay.errors import StoreUnavailable
 from relay.store.activities import ActivityStore

@@ -31,11 +31,12 @@ from typing import Any
 import aiohttp
 
 from relay.activity import Activity
-from relay.bank import BankIndex
+from relay.banks import BankIndex
+from relay.banks.matcher import BankMatcher
 from relay.errors import DecodeError, FetchError
 from relay.hold import Findings
 from relay.hosts import LocalHosts
-from relay.matcher import BankMatcher, Matcher
+from relay.matcher import Matcher
 from relay.media.actors import FreshActors
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher, OverBudget

@@ -62,7 +62,7 @@ async def test_a_shared_fetch_charges_no_one_else_s_budget() -> None:
     from aiohttp import web
 
     from relay.activity import parse_activity
-    from relay.bank import BankIndex
+    from relay.banks import BankIndex
     from relay.media.check import MediaCheck
     from relay.media.fetch import HashCache, MediaFetcher
     from relay.media.hasher import MediaHasher

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from relay.activity import parse_activity
-from relay.bank import BankIndex, BankStore
+from relay.banks import BankIndex, BankStore
 from relay.evidence import EvidenceKey
 from relay.hosts import LocalHosts
 from relay.media.check import MediaCheck

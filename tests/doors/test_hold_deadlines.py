@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from relay.activity import parse_activity
-from relay.bank import BankStore
+from relay.banks import BankStore
 from relay.evidence import EvidenceKey
 from relay.hold import Findings, Hold
 from relay.media.image import hash_media

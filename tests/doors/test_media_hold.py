@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from relay.bank import BankStore
+from relay.banks import BankStore
 from relay.evidence import EvidenceKey, EvidenceStore
 from relay.media.image import hash_media
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for

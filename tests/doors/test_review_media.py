@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from relay.bank import BankStore
+from relay.banks import BankStore
 from relay.evidence import EvidenceStore
 from relay.media.image import hash_media
 from tests.conftest import Fediverse, Running, Upstream, wait_for

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from relay.activity import parse_activity
-from relay.bank import BankIndex, parse_hash_file
+from relay.banks import BankIndex, parse_hash_file
 from relay.config import Config
 from relay.hashing import KINDS, by_alias, register, registered, unregister
 from relay.hashing.base import HexDigestKind

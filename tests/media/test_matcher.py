@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from relay.activity import Activity, parse_activity
-from relay.bank import BankIndex
+from relay.banks import BankIndex
 from relay.hold import Hold
 from relay.matcher import Matcher
 from relay.media.check import MediaCheck
