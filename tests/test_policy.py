@@ -177,3 +177,11 @@ def test_bad_rule_keys_are_named(tmp_path, line: str, problem: str) -> None:
     )
     with pytest.raises(Exception, match=problem):
         load_config(path)
+
+
+def test_a_rule_may_name_the_banks_matcher(tmp_path) -> None:
+    path = tmp_path / "sluice.toml"
+    path.write_text('[[rule]]\nmatch = "banks"\naction = "review"\n')
+    [rule] = Policy.from_config(load_config(path).rule, "review").rules
+    verdict = Policy((rule,)).decide([PDQ])
+    assert (verdict.disposition, verdict.rule) == (Disposition.REVIEW, "rule[0] banks -> review")

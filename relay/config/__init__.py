@@ -53,9 +53,11 @@ from relay.config.schema import (
 )
 from relay.config.sluice import (
     ADMIN_TOKEN_ENV,
+    BANKS_MATCHER,
     DATABASE_URL_ENV,
     DEFAULT_INBOX_PATHS,
     DEFAULTS_SOURCE,
+    MATCHERS,
     SCHEMA,
     SIGNAL_MATCHES,
     AdminConfig,
@@ -88,11 +90,13 @@ from relay.config.sluice import (
 # SCHEMA is written in and its sections may be extended with, and the entry points.
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "BANKS_MATCHER",
     "BOOLEAN",
     "DATABASE_URL_ENV",
     "DEFAULTS_SOURCE",
     "DEFAULT_INBOX_PATHS",
     "INTEGER",
+    "MATCHERS",
     "NUMBER",
     "OPTIONAL_PATH",
     "PATH",

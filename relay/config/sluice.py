@@ -58,9 +58,11 @@ from relay.policy import MATCH_KINDS
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "BANKS_MATCHER",
     "DATABASE_URL_ENV",
     "DEFAULTS_SOURCE",
     "DEFAULT_INBOX_PATHS",
+    "MATCHERS",
     "SCHEMA",
     "SIGNAL_MATCHES",
     "AdminConfig",
@@ -530,6 +532,10 @@ SCHEMA: tuple[Section, ...] = (
 
 #: Rule targets that are not banks: signals the media checks raise themselves.
 SIGNAL_MATCHES = ("signal:unchecked",)
+#: The banks' matcher: a rule naming it fires on a match in any bank.
+BANKS_MATCHER = "banks"
+#: Matchers a rule may name (external checkers add theirs with their sections).
+MATCHERS = (BANKS_MATCHER,)
 # fmt: on
 
 
@@ -557,10 +563,12 @@ def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
         known = (
             match in seen
             or match in SIGNAL_MATCHES
+            or match in MATCHERS
             or (match.startswith("category:") and match[9:] in categories)
         )
         if not known:
-            hint = difflib.get_close_matches(match, targets + list(SIGNAL_MATCHES), n=1)
+            others = [*SIGNAL_MATCHES, *MATCHERS]
+            hint = difflib.get_close_matches(match, targets + others, n=1)
             what = "category" if match.startswith("category:") else "bank"
             message = f"no [[bank]] {what} `{match}`"
             message += (
