@@ -49,10 +49,13 @@ _T = TypeVar("_T")
 # What "the database is not there right now" looks like from asyncpg: the network
 # (OSError, TimeoutError), a lost connection (08), a server shutting down, starting up
 # or cancelling us (57), out of connections, memory or disk (53), a database that is
-# refusing connections (55), a read-only standby after a failover (25006), and the
-# pool closing under us. A syntax error or a broken constraint is a bug, and stays one.
+# refusing connections (55), a read-only standby after a failover (25006), asyncpg
+# losing track of a connection cut under it mid-query (InternalClientError, seen when a
+# backend is terminated), and the pool closing under us. A syntax error or a broken
+# constraint is a bug, and stays one.
 _UNAVAILABLE = (
     OSError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
