@@ -53,7 +53,7 @@ def build(what: str) -> list[bytes]:
 
 
 async def hash_all(files: list[bytes], max_pixels: int | None) -> list[object]:
-    from relay.media.image import hash_media
+    from relay.media.hashes import hash_media
 
     limits = {} if max_pixels is None else {"max_pixels": max_pixels}
     try:
@@ -81,7 +81,7 @@ def main() -> None:
     child = [sys.executable, __file__, args.what, "--build"]
     files = pickle.loads(subprocess.run(child, capture_output=True, check=True).stdout)
     import relay
-    import relay.media.image  # imported before measuring: numpy, Pillow, pdqhash
+    import relay.media.hashes  # imported before measuring: numpy, Pillow, pdqhash
 
     with contextlib.suppress(ImportError):
         import relay.media.hasher

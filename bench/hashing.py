@@ -7,7 +7,7 @@ the same sizes (built in memory from the PDQ reference photos in tests/fixtures/
   (``pdq_hasher.pdq_from_bytes``): ``Image.open``, ``np.asarray`` of the image as
   decoded (converted to RGB only when it is LA, grey stacked to three channels), at full
   size, no resizing, then ``pdqhash.compute`` and its bit-string-to-hex conversion;
-- ours: ``relay.media.image.hash_media`` (sniff, draft decode of JPEGs, EXIF orientation,
+- ours: ``relay.media.hashes.hash_media`` (sniff, draft decode of JPEGs, EXIF orientation,
   RGB, shrink, PDQ with its dihedral variants, SHA-256, MD5);
 - the floor: the bare decode of the same file at the scale hash_media decodes it
   (``img.draft("RGB", (JPEG_HASH_SIZE, JPEG_HASH_SIZE))`` + ``img.load()`` for JPEGs, the full
@@ -51,8 +51,10 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.hashing import Pdq
-from relay.media import image as media_image
-from relay.media.image import JPEG_HASH_SIZE, hash_media
+from relay.media import decode
+from relay.media import hashes as pdq_step  # where hash_media's PDQ step lives
+from relay.media.decode import JPEG_HASH_SIZE
+from relay.media.hashes import hash_media
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pdq"
 MEGAPIXELS = (1, 4, 12)
@@ -256,8 +258,8 @@ class PdqInput:
 
 def our_pdq(given: PdqInput) -> object:
     """The PDQ step as hash_media runs it on a first frame (hash and dihedral variants)."""
-    if hasattr(media_image, "_pdq"):  # PDQ in numpy, pdqhash where rounding could matter
-        return media_image._pdq(given.array, dihedral=True, full=given.full, scale=given.scale)
+    if hasattr(pdq_step, "_pdq"):  # PDQ in numpy, pdqhash where rounding could matter
+        return pdq_step._pdq(given.array, dihedral=True, full=given.full, scale=given.scale)
     return pdqhash.compute_dihedral(given.array)  # before: pdqhash throughout
 
 
@@ -273,8 +275,8 @@ def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
     """What hash_media hashes (captured by wrapping its PDQ step), and how many of them
     went to pdqhash."""
     captured: list[PdqInput] = []
-    wrapped = "_pdq" if hasattr(media_image, "_pdq") else None
-    originals = pdqhash.compute, pdqhash.compute_dihedral, getattr(media_image, "_pdq", None)
+    wrapped = "_pdq" if hasattr(pdq_step, "_pdq") else None
+    originals = pdqhash.compute, pdqhash.compute_dihedral, getattr(pdq_step, "_pdq", None)
     fallbacks = 0
 
     def spy_ours(array: np.ndarray, dihedral: bool, **shrunk: object) -> object:
@@ -293,7 +295,7 @@ def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
 
     pdqhash.compute, pdqhash.compute_dihedral = (spy_pdqhash(f) for f in originals[:2])
     if wrapped:
-        media_image._pdq = spy_ours  # type: ignore[attr-defined]
+        pdq_step._pdq = spy_ours  # type: ignore[attr-defined]
     try:
         for d in data:
             before = len(captured)
@@ -302,7 +304,7 @@ def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
     finally:
         pdqhash.compute, pdqhash.compute_dihedral = originals[:2]
         if wrapped:
-            media_image._pdq = originals[2]  # type: ignore[attr-defined]
+            pdq_step._pdq = originals[2]  # type: ignore[attr-defined]
     return captured, fallbacks if wrapped else 0
 
 
@@ -348,7 +350,7 @@ def draft_scales(klass: Klass, reps: int) -> None:
             with Image.open(io.BytesIO(data)) as img:
                 full = img.size
                 img.draft("RGB", (size, size))
-                scale = media_image._draft_scale(full, img.size)
+                scale = decode._draft_scale(full, img.size)
                 return PdqInput(np.asarray(img), (full[1], full[0]), scale)
 
         def plain(data: bytes) -> str:
@@ -463,7 +465,7 @@ def main() -> None:
     print(
         f"Python {sys.version.split()[0]}, Pillow {Image.__version__},"
         f" pdqhash {pdqhash.__version__}, numpy {np.__version__}, {os.cpu_count()} cores;"
-        f" JPEG_HASH_SIZE {media_image.JPEG_HASH_SIZE}, HASH_SIZE {media_image.HASH_SIZE},"
+        f" JPEG_HASH_SIZE {decode.JPEG_HASH_SIZE}, HASH_SIZE {decode.HASH_SIZE},"
         f" {args.reps} reps,"
         f" load average {os.getloadavg()[0]:.2f}"
     )

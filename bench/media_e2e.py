@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.inbound import actor_response, free_port, pct, signing_key, wait_ready  # noqa: E402
-from relay.media.image import hash_media  # noqa: E402
+from relay.media.hashes import hash_media  # noqa: E402
 from relay.signature import sign_cavage  # noqa: E402
 
 TOKEN = "bench-token"

@@ -25,7 +25,7 @@ from relay.banks import (
 from relay.banks.index import _Bank
 from relay.config import BankConfig
 from relay.hashing import Pdq
-from relay.media.image import Hashes, PdqHash, hash_media
+from relay.media.hashes import Hashes, PdqHash, hash_media
 from relay.store import migrate
 from tests.conftest import wait_for
 

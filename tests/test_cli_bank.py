@@ -15,7 +15,7 @@ import pytest
 
 from relay.banks import BankIndex
 from relay.config import Config
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 FIXTURES = Path(__file__).parent / "fixtures"

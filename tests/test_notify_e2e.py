@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from relay.banks import BankStore
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from tests.conftest import Fediverse, Running, config_text, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import BRIDGE, Origin, with_media

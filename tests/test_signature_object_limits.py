@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from relay import errors
 from relay.errors import SignatureError
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from relay.signature import PublicKey, sign_ld, sign_proof, verify_object
 from tests.conftest import wait_for
 from tests.signature_support import (

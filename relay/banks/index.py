@@ -24,7 +24,7 @@ from relay.signal import Signal
 from relay.store.db import Connection, translating
 
 if TYPE_CHECKING:
-    from relay.media.image import Hashes
+    from relay.media.hashes import Hashes
     from relay.media.media import Media
 
 __all__ = ["BankIndex", "BankMatch"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from relay.media.image import Hashes
+    from relay.media.hashes import Hashes
 
 __all__ = [
     "Found",

@@ -13,7 +13,7 @@ import numpy as np
 from relay.hashing.base import HashKind, KindIndex, hex_string
 
 if TYPE_CHECKING:
-    from relay.media.image import Hashes
+    from relay.media.hashes import Hashes
 
 __all__ = ["Pdq"]
 

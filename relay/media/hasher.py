@@ -26,15 +26,8 @@ from functools import partial
 from typing import TypeVar
 
 from relay.errors import DecodeError
-from relay.media.image import (
-    DENSE_ABOVE,
-    MAX_PIXELS,
-    MAX_PIXELS_PER_BYTE,
-    Hashes,
-    Survey,
-    hash_media,
-    survey,
-)
+from relay.media.decode import DENSE_ABOVE, MAX_PIXELS, MAX_PIXELS_PER_BYTE, Survey, survey
+from relay.media.hashes import Hashes, hash_media
 from relay.rate import TokenBuckets
 
 __all__ = ["MediaHasher", "OverBudget", "default_workers"]

@@ -14,8 +14,9 @@ from types import MappingProxyType
 from typing import Any
 
 from relay.hashing import KINDS
-from relay.media.image import Hashes, Kind, sniff
+from relay.media.hashes import Hashes
 from relay.media.refs import MediaRef
+from relay.media.sniff import Kind, sniff
 
 __all__ = ["Media"]
 

@@ -22,7 +22,7 @@ from relay.evidence import EvidenceKey
 from relay.hosts import LocalHosts
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from relay.network import NetworkPolicy, client_session
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors.test_media_hold import BRIDGE, PEN, hash_and_flip

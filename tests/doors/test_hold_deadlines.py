@@ -17,7 +17,7 @@ from relay.activity import parse_activity
 from relay.banks import BankStore
 from relay.evidence import EvidenceKey
 from relay.hold import Findings, Hold
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from relay.media.media import Media
 from relay.policy import Policy, Rule
 from relay.signal import Signal

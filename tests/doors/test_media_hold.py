@@ -20,7 +20,7 @@ from PIL import Image
 
 from relay.banks import BankStore
 from relay.evidence import EvidenceKey, EvidenceStore
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 
 PDQ = Path(__file__).resolve().parent.parent / "fixtures" / "pdq"

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from relay.signal import Signal
 from relay.store import migrate
 from relay.store.activities import PRUNABLE, ActivityStore, pointer_verdict

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from relay.banks import BankStore
 from relay.evidence import EvidenceStore
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from tests.conftest import Fediverse, Running, Upstream, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import PEN, Origin, read_evidence, with_media

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from relay.errors import DecodeError
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from tests.media.test_image import bomb_png, encode
 
 

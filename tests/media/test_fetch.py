@@ -13,7 +13,7 @@ from aiohttp import web
 
 from relay.errors import BlockedAddress, FetchError
 from relay.media.fetch import HashCache, MediaFetcher
-from relay.media.image import hash_media
+from relay.media.hashes import hash_media
 from relay.network import NetworkPolicy, client_session
 from tests.conftest import start_server
 

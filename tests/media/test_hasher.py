@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from relay.errors import DecodeError
+from relay.media.decode import Survey, survey
 from relay.media.hasher import MediaHasher, OverBudget, _MemoryGate, default_workers
-from relay.media.image import Hashes, Survey, hash_media, survey
+from relay.media.hashes import Hashes, hash_media
 from tests.media.test_decoding_limits import solid_7000
 from tests.media.test_image import BRIDGE, FIXTURES, encode
 

@@ -27,7 +27,8 @@ from PIL import Image, JpegImagePlugin
 
 from relay.errors import DecodeError
 from relay.hashing import Pdq
-from relay.media.image import Hashes, _pdq, _taps, hash_file, hash_media, sniff
+from relay.media.hashes import Hashes, _pdq, _taps, hash_file, hash_media
+from relay.media.sniff import sniff
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pdq"
 BRIDGE = "bridge-mods/aaa-orig.jpg"
