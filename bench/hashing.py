@@ -51,8 +51,8 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.hashing import Pdq
+from relay.hashing import pdq as pdq_step  # where hash_media's PDQ step lives
 from relay.media import decode
-from relay.media import hashes as pdq_step  # where hash_media's PDQ step lives
 from relay.media.decode import JPEG_HASH_SIZE
 from relay.media.hashes import hash_media
 
@@ -258,8 +258,8 @@ class PdqInput:
 
 def our_pdq(given: PdqInput) -> object:
     """The PDQ step as hash_media runs it on a first frame (hash and dihedral variants)."""
-    if hasattr(pdq_step, "_pdq"):  # PDQ in numpy, pdqhash where rounding could matter
-        return pdq_step._pdq(given.array, dihedral=True, full=given.full, scale=given.scale)
+    if hasattr(pdq_step, "hash_pixels"):  # PDQ in numpy, pdqhash where rounding could matter
+        return pdq_step.hash_pixels(given.array, dihedral=True, full=given.full, scale=given.scale)
     return pdqhash.compute_dihedral(given.array)  # before: pdqhash throughout
 
 
@@ -275,8 +275,8 @@ def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
     """What hash_media hashes (captured by wrapping its PDQ step), and how many of them
     went to pdqhash."""
     captured: list[PdqInput] = []
-    wrapped = "_pdq" if hasattr(pdq_step, "_pdq") else None
-    originals = pdqhash.compute, pdqhash.compute_dihedral, getattr(pdq_step, "_pdq", None)
+    wrapped = "hash_pixels" if hasattr(pdq_step, "hash_pixels") else None
+    originals = pdqhash.compute, pdqhash.compute_dihedral, getattr(pdq_step, "hash_pixels", None)
     fallbacks = 0
 
     def spy_ours(array: np.ndarray, dihedral: bool, **shrunk: object) -> object:
@@ -295,7 +295,7 @@ def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
 
     pdqhash.compute, pdqhash.compute_dihedral = (spy_pdqhash(f) for f in originals[:2])
     if wrapped:
-        pdq_step._pdq = spy_ours  # type: ignore[attr-defined]
+        pdq_step.hash_pixels = spy_ours  # type: ignore[assignment]
     try:
         for d in data:
             before = len(captured)
@@ -304,7 +304,7 @@ def pdq_inputs(data: list[bytes]) -> tuple[list[PdqInput], int]:
     finally:
         pdqhash.compute, pdqhash.compute_dihedral = originals[:2]
         if wrapped:
-            pdq_step._pdq = originals[2]  # type: ignore[attr-defined]
+            pdq_step.hash_pixels = originals[2]  # type: ignore[assignment]
     return captured, fallbacks if wrapped else 0
 
 

@@ -25,7 +25,8 @@ from relay.banks import (
 from relay.banks.index import _Bank
 from relay.config import BankConfig
 from relay.hashing import Pdq
-from relay.media.hashes import Hashes, PdqHash, hash_media
+from relay.hashing.pdq import PdqHash
+from relay.media.hashes import Hashes, hash_media
 from relay.store import migrate
 from tests.conftest import wait_for
 

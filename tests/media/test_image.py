@@ -27,7 +27,8 @@ from PIL import Image, JpegImagePlugin
 
 from relay.errors import DecodeError
 from relay.hashing import Pdq
-from relay.media.hashes import Hashes, _pdq, _taps, hash_file, hash_media
+from relay.hashing.pdq import _taps, hash_pixels
+from relay.media.hashes import Hashes, hash_file, hash_media
 from relay.media.sniff import sniff
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pdq"
@@ -227,7 +228,7 @@ def test_a_shrunk_picture_hashes_as_its_full_size(
     full = full_size(photo, size)
     expected = pdqhash_of(np.asarray(full))
     shrunk = np.asarray(full.reduce(scale))
-    (ours,), _ = _pdq(shrunk, dihedral=False, full=(full.height, full.width), scale=scale)
+    (ours,), _ = hash_pixels(shrunk, dihedral=False, full=(full.height, full.width), scale=scale)
     as_is = pdqhash_of(shrunk)
     # Measured 0-2 bits at scales 2-4, 0-12 at 8 (the sea: a 256 px picture blown up,
     # every coefficient near the median); the shrunk pixels hashed as they are: 0-64.
