@@ -418,3 +418,18 @@ async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await migrate(pool)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[Any]:
+    """An admin's webhook on loopback (tests.webhook_support.Webhook)."""
+    from tests.webhook_support import serving  # it imports this module
+
+    async with serving() as hook:
+        yield hook
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from relay.config import check_config, load_config
 from relay.effects import EffectFailed
 from relay.effects.notify import KIND, Notify, message, notifications
 from relay.signal import Signal
-from tests.webhook_support import Webhook, serving
+from tests.webhook_support import Webhook
 
 MATCH = Signal(
     "match",
@@ -24,18 +23,6 @@ MATCH = Signal(
     {"category": "csam", "hash_kind": "pdq", "distance": 12, "value": "ab" * 32, "entry": 3},
 )
 ERROR = Signal("error", "media", {"url": "https://files.example/a.jpg", "error": "timeout"})
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[Webhook]:
-    async with serving() as hook:
-        yield hook
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def test_the_message_outlines_the_verdict_without_media_or_hash_values() -> None:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from yarl import URL
@@ -26,21 +25,9 @@ from relay.effects.notify import Notify
 from relay.errors import StoreUnavailable
 from relay.outbox import Outbox, Pending
 from tests.conftest import wait_for
-from tests.webhook_support import Webhook, serving
+from tests.webhook_support import Webhook
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[Webhook]:
-    async with serving() as hook:
-        yield hook
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 @pytest.fixture

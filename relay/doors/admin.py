@@ -222,22 +222,7 @@ class AdminDoor:
 
     async def replay(self, request: web.Request) -> web.Response:
         """Body ``{"ids": [..]}`` replays those; ``{"all": true}`` replays every one."""
-        try:
-            payload = await request.json()
-        except ValueError:
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if not isinstance(payload, dict):
-            payload = {}
-        if payload.get("all") is True:
-            ids = None
-        elif isinstance(payload.get("ids"), list) and all(
-            isinstance(i, int) for i in payload["ids"]
-        ):
-            ids = payload["ids"]
-        else:
-            return web.json_response(
-                {"error": 'expected {"ids": [row ids]} or {"all": true}'}, status=400
-            )
+        ids = await _chosen(request, "row ids")
         count = await self._store(request).replay(ids)
         self._parts(request).flow.wake()
         return web.json_response({"replayed": count})
@@ -265,20 +250,26 @@ class AdminDoor:
 
     async def replay_effects(self, request: web.Request) -> web.Response:
         """Dead effects run again: ``{"ids": [..]}`` those, ``{"all": true}`` every one."""
-        try:
-            payload = await request.json()
-        except ValueError:
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if not isinstance(payload, dict):
-            payload = {}
-        ids = payload.get("ids")
-        if payload.get("all") is True:
-            ids = None
-        elif not (
-            isinstance(ids, list)
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-        ):
-            return web.json_response(
-                {"error": 'expected {"ids": [effect ids]} or {"all": true}'}, status=400
-            )
+        ids = await _chosen(request, "effect ids")
         return web.json_response({"replayed": await self._outbox(request).replay(ids)})
+
+
+async def _chosen(request: web.Request, what: str) -> list[int] | None:
+    """The ids a replay names (``{"ids": [..]}``), or None for ``{"all": true}``;
+    400 for anything else."""
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise _bad_request("body is not JSON") from None
+    if not isinstance(payload, dict):
+        payload = {}
+    ids = payload.get("ids")
+    if payload.get("all") is True:
+        return None
+    if isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return ids
+    raise _bad_request(f'expected {{"ids": [{what}]}} or {{"all": true}}')
+
+
+def _bad_request(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")

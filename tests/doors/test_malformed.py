@@ -69,13 +69,15 @@ class Request:
 
 async def send(sluice: Running, request: Request) -> Answer:
     url = URL(sluice.url)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    lines = [b"POST " + request.target + b" HTTP/1.1"]
-    lines += [k.encode() + b": " + v for k, v in request.headers]
-    lines += [f"Content-Length: {len(request.body)}".encode(), b"Connection: close"]
-    writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + request.body)
-    await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 30)
+    # Every step bounded: a door that stops reading must fail this request, not stall.
+    async with asyncio.timeout(30):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        lines = [b"POST " + request.target + b" HTTP/1.1"]
+        lines += [k.encode() + b": " + v for k, v in request.headers]
+        lines += [f"Content-Length: {len(request.body)}".encode(), b"Connection: close"]
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + request.body)
+        await writer.drain()
+        raw = await reader.read()
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
