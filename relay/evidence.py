@@ -552,15 +552,22 @@ class EvidenceStore:
     async def list(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """The newest records' metadata; decrypts nothing, so it is not audited."""
         rows = await self.pool.fetch(
-            "SELECT id, activity_row, created_at, retain_until, blobs, summary FROM evidence "
-            "ORDER BY id DESC LIMIT $1",
-            limit,
+            f"SELECT {_METADATA} FROM evidence ORDER BY id DESC LIMIT $1", limit
         )
-        return [
-            {
-                **dict(r),
-                "blobs": json.loads(r["blobs"]),
-                "summary": json.loads(r["summary"]),
-            }
-            for r in rows
-        ]
+        return [_metadata(r) for r in rows]
+
+    @translating
+    async def metadata(self, evidence_id: int) -> dict[str, Any] | None:
+        """One record's metadata (what the admin API's links show): the activity row,
+        dates, blob names and sizes, the summary; decrypts nothing, so not audited."""
+        row = await self.pool.fetchrow(
+            f"SELECT {_METADATA} FROM evidence WHERE id = $1", evidence_id
+        )
+        return _metadata(row) if row is not None else None
+
+
+_METADATA = "id, activity_row, created_at, retain_until, blobs, summary"
+
+
+def _metadata(row: asyncpg.Record) -> dict[str, Any]:
+    return {**dict(row), "blobs": json.loads(row["blobs"]), "summary": json.loads(row["summary"])}

@@ -28,8 +28,13 @@ FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
 
 
 async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(
-    sluice_factory: Any, fediverse: Fediverse, origin: Origin, evidence_key: Path
+    sluice_factory: Any,
+    fediverse: Fediverse,
+    origin: Origin,
+    evidence_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
     async with serving() as hook:
         hook.script = [503, 502]
         sluice: Running = await sluice_factory(
@@ -66,6 +71,18 @@ async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(
         row = message["activity"]["row"]
         assert message["links"]["activity"] == f"{sluice.admin_url}/_sluice/api/activities/{row}"
         assert message["evidence_id"] == record["evidence_id"]
+        # The links lead to the admin API: the activity, and the evidence's metadata.
+        auth = {"Authorization": "Bearer s3cret"}
+        async with sluice.session.get(message["links"]["activity"], headers=auth) as response:
+            assert (await response.json())["ap_id"] == activity["id"]
+        async with sluice.session.get(message["links"]["evidence"], headers=auth) as response:
+            assert response.status == 200
+            sealed = await response.json()
+        assert (sealed["id"], sealed["activity_row"]) == (record["evidence_id"], row)
+        assert len(sealed["blobs"]) == 2  # the facts and the image, names only
+        assert "summary" in sealed
+        async with sluice.session.get(message["links"]["evidence"]) as response:
+            assert response.status == 401  # behind the token, as the whole API
         text = json.dumps(message)
         for secret in (known.md5, known.sha256, known.pdq[0].hash):
             assert secret not in text  # never hash values, never media

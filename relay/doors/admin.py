@@ -99,6 +99,8 @@ class AdminDoor:
             web.get(API_PREFIX + "/dead-letters", self.dead_letters),
             web.post(API_PREFIX + "/dead-letters/replay", self.replay),
             web.get(API_PREFIX + "/effects", self.effects),
+            web.get(API_PREFIX + "/evidence", self.evidence),
+            web.get(API_PREFIX + "/evidence/{id}", self.evidence),
             web.post(API_PREFIX + "/effects/replay", self.replay_effects),
             web.get(API_PREFIX + "/review", self.review),
             web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
@@ -151,11 +153,25 @@ class AdminDoor:
         return web.json_response(record)
 
     async def dead_letters(self, request: web.Request) -> web.Response:
-        try:
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-        except ValueError:
-            return web.json_response({"error": "limit must be a number"}, status=400)
+        limit = _limit(request)
         return web.json_response({"dead_letters": await self._store(request).dead_letters(limit)})
+
+    async def evidence(self, request: web.Request) -> web.Response:
+        """Evidence metadata (``/evidence`` the newest, ``?limit=N``; ``/evidence/ID``
+        one): activity row, dates, blobs, summary. Nothing is decrypted here; reading
+        the content is ``sluice evidence show``, audited with who and why."""
+        store = self._parts(request).flow.evidence
+        if store is None:
+            return web.json_response({"error": "no evidence store"}, status=404)
+        key = request.match_info.get("id")
+        if key is None:
+            return _json({"evidence": await store.list(_limit(request))})
+        if not (key.isascii() and key.isdigit() and len(key) <= 18):
+            return web.json_response({"error": "use /evidence/ID"}, status=404)
+        record = await store.metadata(int(key))
+        if record is None:
+            return web.json_response({"error": f"no evidence {key}"}, status=404)
+        return _json(record)
 
     async def review(self, request: web.Request) -> web.Response:
         """Activities held for a moderator, with the verdict that put them there."""
@@ -242,10 +258,7 @@ class AdminDoor:
             return web.json_response(
                 {"error": f"state must be one of {', '.join(STATES)}"}, status=400
             )
-        try:
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-        except ValueError:
-            return web.json_response({"error": "limit must be a number"}, status=400)
+        limit = _limit(request)
         return web.json_response({"effects": await self._outbox(request).list(state, limit)})
 
     async def replay_effects(self, request: web.Request) -> web.Response:
@@ -273,3 +286,17 @@ async def _chosen(request: web.Request, what: str) -> list[int] | None:
 
 def _bad_request(reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
+
+
+def _limit(request: web.Request) -> int:
+    """``?limit=N`` of a listing, 1 to 1000 (100 unless given); 400 if not a number."""
+    try:
+        return max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise _bad_request("limit must be a number") from None
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    """A JSON answer whose dates are ISO 8601."""
+    text = json.dumps(data, default=lambda o: o.isoformat() if hasattr(o, "isoformat") else str(o))
+    return web.json_response(text=text, status=status)
