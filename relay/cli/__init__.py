@@ -2,7 +2,7 @@
 
 Each group is a module with a ``register`` that adds its commands: ``serve`` (serve,
 check-config), ``dead_letters``, ``effects``, ``banks`` (bank import/list/add-image,
-hash), ``quarantine`` and ``evidence``. They all start through ``bootstrap``.
+hash), ``quarantine``, ``evidence`` and ``ca``. They all start through ``bootstrap``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from relay import __version__
-from relay.cli import banks, dead_letters, effects, evidence, quarantine, serve
+from relay.cli import banks, ca, dead_letters, effects, evidence, quarantine, serve
 
 __all__ = ["main"]
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     banks.register(commands)
     quarantine.register(commands)
     evidence.register(commands)
+    ca.register(commands)
 
     args = parser.parse_args(argv)
     from relay.errors import ConfigError, SluiceError
