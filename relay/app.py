@@ -18,6 +18,7 @@ from relay.deliver import HttpUpstream, Upstream
 from relay.doors.admin import AdminDoor
 from relay.doors.inbound import InboundDoor
 from relay.doors.passthrough import Passthrough
+from relay.doors.upload import UploadDoor
 from relay.effects import IRREVERSIBLE
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import Notify, planner
@@ -57,6 +58,7 @@ class Sluice:
     banks: BankWatcher
     admin_url: str | None = None  # the admin listener, once it listens
     outbox: Outbox | None = None  # effects of verdicts (notify…), run at least once
+    upload: UploadDoor | None = None  # local uploads: pict-rs's hook, the upload APIs
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -243,14 +245,45 @@ def build_app(
                 trusted_proxies=config.server.trusted_proxies,
                 objects=objects,
             )
+            # Local uploads meet the hold's own inspector, hasher and policy.
+            upload = UploadDoor(
+                upstream_url=config.upstream.url,
+                inspector=media.inspector,
+                policy=lambda: hold.policy,
+                hasher=hasher,
+                passthrough=passthrough,
+                evidence=flow.evidence,
+                outbox=outbox,
+                webhooks=config.notify.webhooks,
+                admin_url=lambda: config.notify.admin_url or app[SLUICE].admin_url,
+                trusted_proxies=config.server.trusted_proxies,
+                on_error=config.upload.on_error,
+                max_bytes=config.upload.max_bytes,
+                timeout=config.upload.timeout_seconds,
+            )
             parts = Sluice(
-                config, pool, store, flow, metrics, inbound, passthrough, banks, outbox=outbox
+                config,
+                pool,
+                store,
+                flow,
+                metrics,
+                inbound,
+                passthrough,
+                banks,
+                outbox=outbox,
+                upload=upload,
             )
             app[SLUICE] = parts
             admin_door = AdminDoor(parts)
-            # The doors, in order: /healthz, then inbox POSTs, then everything else. They
-            # are mounted as they open; aiohttp freezes the router after start-up.
-            for door in (admin_door.public_routes(), inbound.routes(), passthrough.routes()):
+            # The doors, in order: /healthz, then uploads, then inbox POSTs, then
+            # everything else. They are mounted as they open; aiohttp freezes the router
+            # after start-up.
+            for door in (
+                admin_door.public_routes(),
+                upload.routes(),
+                inbound.routes(),
+                passthrough.routes(),
+            ):
                 app.router.add_routes(door)
             admin = await _start_admin(config.admin.listen, admin_door)
             if admin is not None:

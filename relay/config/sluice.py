@@ -81,6 +81,7 @@ __all__ = [
     "ServerConfig",
     "SignaturesConfig",
     "StorageConfig",
+    "UploadConfig",
     "UpstreamConfig",
     "bank_name",
     "check_config",
@@ -222,6 +223,13 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    on_error: str
+    max_bytes: int
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
 class BankConfig:
     name: str
     category: str
@@ -270,6 +278,7 @@ class Config:
     evidence: EvidenceConfig
     notify: NotifyConfig
     outbox: OutboxConfig
+    upload: UploadConfig
     bank: tuple[BankConfig, ...]
     rule: tuple[RuleConfig, ...]
     source: str  # the file read, or "<defaults>"
@@ -502,6 +511,17 @@ SCHEMA: tuple[Section, ...] = (
         Field("backoff_max_seconds", NUMBER, 3600.0, "longest retry delay of an effect",
               check=positive),
     ), "Running the effects of verdicts (notify…).", finish=_backoff_order),
+    Section("upload", UploadConfig, (
+        Field("on_error", STRING, "refuse",
+              "an upload that cannot be checked: refuse (fail closed) or accept (fail open)",
+              check=one_of("refuse", "accept")),
+        Field("max_bytes", INTEGER, 41_943_040,
+              "largest upload checked (40 MiB); larger ones are refused with 413",
+              check=positive),
+        Field("timeout_seconds", NUMBER, 20.0,
+              "the longest checking one upload may take; then on_error decides",
+              check=positive),
+    ), "Checking what local users upload (pict-rs's hook and the upload APIs)."),
     Section("bank", BankConfig, (
         Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",
               check=bank_name),

@@ -1,0 +1,526 @@
+"""The upload door: what the instance's own users upload is checked before it is stored.
+
+Two ways in, both on the public listener:
+
+- ``POST /_sluice/validate``, pict-rs's ``[media] external_validation`` hook: the
+  body is the file as pict-rs stored it; any 2xx accepts, anything else rejects.
+- The upload APIs, routed here by the admin's nginx: Mastodon, GoToSocial, Pleroma
+  and Akkoma ``POST /api/v1/media`` and ``/api/v2/media``, Mastodon's ``PATCH
+  /api/v1/accounts/update_credentials`` (avatar, header), Misskey's ``POST
+  /api/drive/files/create``, Lemmy's ``POST /pictrs/image`` (0.19) and ``POST
+  /api/v4/image`` (1.0). The body is read whole, up to ``max_bytes`` (more is 413
+  before it is all read), each file part checked, and a clean body forwarded to the
+  instance byte for byte; a refused one never reaches it and gets the error its
+  clients show.
+
+Each file meets the same ``Inspector`` (banks and matchers) as inbound media, its
+decoding on the same ``MediaHasher`` (charged to the uploader's budget), and the same
+``Policy``. An upload cannot wait for a moderator, so ``review`` refuses too. What
+Sluice cannot decide (an image that does not decode, a failed matcher, no answer
+within ``timeout``) is ``on_error``'s to decide: ``"refuse"`` fails closed,
+``"accept"`` fails open as pictrs-safety does. A refused match keeps its evidence
+(when an evidence key is set) and the verdict's effects go through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from relay.doors.multipart import MultipartError, Part, boundary, parts
+from relay.doors.passthrough import Passthrough, _end_to_end, _forwarded, _unreachable
+from relay.effects.notify import KIND as NOTIFY
+from relay.effects.notify import message, notifications
+from relay.envelope import Proxies
+from relay.errors import DecodeError
+from relay.evidence import EvidenceStore, MediaItem
+from relay.media.hasher import MediaHasher, OverBudget
+from relay.media.inspect import Inspector
+from relay.media.media import Media
+from relay.media.refs import MediaRef
+from relay.outbox import Outbox, Pending
+from relay.policy import OVER_BUDGET, Policy
+from relay.signal import Signal
+from relay.verdict import Disposition, Verdict
+
+__all__ = ["VALIDATE_PATH", "Accounts", "UploadDoor"]
+
+log = structlog.get_logger(__name__)
+
+#: pict-rs's ``[media] external_validation`` URL path.
+VALIDATE_PATH = "/_sluice/validate"
+_CHUNK = 64 * 1024
+
+Family = Literal["mastodon", "misskey", "lemmy-0.19", "lemmy-1.0", "pict-rs"]
+
+#: The upload APIs: (method, path) -> the family whose clients call it, and the form
+#: fields that carry files there (any other part with a file name is checked too).
+ROUTES: Mapping[tuple[str, str], tuple[Family, tuple[str, ...]]] = {
+    ("POST", "/api/v1/media"): ("mastodon", ("file", "thumbnail")),
+    ("POST", "/api/v2/media"): ("mastodon", ("file", "thumbnail")),
+    ("PATCH", "/api/v1/accounts/update_credentials"): ("mastodon", ("avatar", "header")),
+    ("POST", "/api/drive/files/create"): ("misskey", ("file",)),
+    ("POST", "/pictrs/image"): ("lemmy-0.19", ("images[]",)),
+    ("POST", "/api/v4/image"): ("lemmy-1.0", ("images[]",)),
+}
+
+# What a refused uploader reads: why, in words, never a hash value nor a bank's name.
+KNOWN = "This file cannot be uploaded: it matches material this server does not accept."
+REVIEW = (
+    "This file cannot be uploaded: it would need a moderator's review first, "
+    "and an upload cannot wait for one."
+)
+BUSY = "Too many images were uploaded in a short time: try again in a minute."
+UNCHECKED = "This file could not be checked, so it was not accepted: try again later."
+UNREADABLE = "This file could not be read as an image, so it was not accepted."
+MALFORMED = "The upload could not be read: its multipart body is malformed."
+
+_MISSKEY_INAPPROPRIATE = {
+    "message": "Cannot upload the file because it has been determined that it possibly "
+    "contains inappropriate content.",
+    "code": "INAPPROPRIATE",
+    "id": "bec5bd69-fba3-43c9-b4fb-2894b66ad5d2",
+    "kind": "client",
+}
+_MISSKEY_TOO_BIG = {
+    "message": "Cannot upload the file because it exceeds the maximum file size.",
+    "code": "MAX_FILE_SIZE_EXCEEDED",
+    "id": "b9d8c348-33f0-4673-b9a9-5d4da058977a",
+    "kind": "client",
+}
+
+
+def _refusal(family: Family, reason: str, *, status: int | None = None) -> web.Response:
+    """The error the family's clients show: Mastodon's 422 ``{"error"}``, Misskey's
+    INAPPROPRIATE error object (400), Lemmy's (pict-rs's for 0.19) 400; 413 when too big."""
+    too_big = status == 413
+    if family == "misskey":
+        error: dict[str, object] = {
+            **(_MISSKEY_TOO_BIG if too_big else _MISSKEY_INAPPROPRIATE),
+            "info": {"reason": reason},
+        }
+        return web.json_response({"error": error}, status=status or 400)
+    if family == "lemmy-0.19":  # pict-rs's own error, passed through by Lemmy 0.19
+        code = "payload-too-large" if too_big else "failed-external-validation"
+        return web.json_response({"msg": reason, "code": code}, status=status or 400)
+    if family == "lemmy-1.0":
+        kind = "file_too_large" if too_big else "pictrs_invalid_image_upload"
+        return web.json_response({"error": kind, "message": reason}, status=status or 400)
+    default = 422 if family == "mastodon" else 403  # pict-rs: any non-2xx rejects
+    return web.json_response({"error": reason}, status=status or default)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who uploaded, as the instance knows them (Mastodon's verify_credentials)."""
+
+    id: str | None
+    acct: str | None
+    url: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"id": self.id, "acct": self.acct, "url": self.url}
+
+
+class Accounts:
+    """The account behind a bearer token, asked of the instance
+    (``GET /api/v1/accounts/verify_credentials``) and remembered by a hash of the token
+    for ``ttl`` seconds, at most ``size`` of them. Failing to learn it is not a reason
+    to refuse: the uploader is then unknown."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        upstream_url: str,
+        *,
+        ttl: float = 300.0,
+        size: int = 4096,
+        timeout: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.url = upstream_url.rstrip("/") + "/api/v1/accounts/verify_credentials"
+        self.ttl = ttl
+        self.size = size
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.clock = clock
+        self._known: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
+        self.asked = 0
+
+    async def of(self, authorization: str | None) -> Account | None:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        key = hashlib.sha256(authorization.encode()).hexdigest()
+        now = self.clock()
+        known = self._known.get(key)
+        if known is not None and known[0] > now:
+            self._known.move_to_end(key)
+            return known[1]
+        account = await self._ask(authorization)
+        self._known[key] = (now + self.ttl, account)
+        self._known.move_to_end(key)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return account
+
+    async def _ask(self, authorization: str) -> Account | None:
+        self.asked += 1
+        try:
+            async with self.session.get(
+                self.url,
+                headers={"Authorization": authorization, "Accept": "application/json"},
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as response:
+                if response.status != 200:
+                    return None
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.info("upload_account_unknown", error=type(exc).__name__)
+            return None
+        if not isinstance(body, dict):
+            return None
+
+        def text(name: str) -> str | None:
+            value = body.get(name)
+            return str(value) if isinstance(value, str | int) else None
+
+        return Account(text("id"), text("acct") or text("username"), text("url"))
+
+
+@dataclass
+class _Upload:
+    """One request being judged: what it came with and what was found."""
+
+    path: str
+    family: Family
+    remote: str | None
+    headers: dict[str, str]
+    account: Account | None = None
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # (label, bytes)
+    signals: list[Signal] = field(default_factory=list)
+    undecodable: bool = False
+
+    @property
+    def uploader(self) -> str:
+        """Whose decoding budget it spends: the account, else the address."""
+        if self.account is not None and (self.account.url or self.account.id):
+            return f"account:{self.account.url or self.account.id}"
+        return f"address:{self.remote or 'unknown'}"
+
+
+class UploadDoor:
+    """The upload routes; ``policy`` and ``inspector`` are the hold's own (callables, so
+    that what the running hold uses is what uploads meet)."""
+
+    def __init__(
+        self,
+        *,
+        upstream_url: str,
+        inspector: Inspector,
+        policy: Callable[[], Policy],
+        hasher: MediaHasher,
+        passthrough: Passthrough,
+        evidence: EvidenceStore | None = None,
+        outbox: Outbox | None = None,
+        webhooks: Sequence[str] = (),
+        admin_url: Callable[[], str | None] = lambda: None,
+        accounts: Accounts | None = None,
+        trusted_proxies: Iterable[str] = (),
+        on_error: str = "refuse",
+        max_bytes: int = 41_943_040,
+        timeout: float = 20.0,
+    ) -> None:
+        if on_error not in ("accept", "refuse"):
+            raise ValueError(f"on_error must be accept or refuse, not {on_error!r}")
+        self.base = upstream_url.rstrip("/")
+        self.inspector = inspector
+        self.policy = policy
+        self.hasher = hasher
+        self.passthrough = passthrough
+        self.evidence = evidence
+        self.outbox = outbox
+        self.webhooks = tuple(webhooks)
+        self.admin_url = admin_url
+        self.accounts = accounts or Accounts(passthrough.session, upstream_url)
+        self.proxies = Proxies(trusted_proxies)
+        self.on_error = on_error
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    def routes(self) -> list[web.RouteDef]:
+        # Mounted before the inbound door: these POSTs are no inbox's.
+        found = [web.post(VALIDATE_PATH, self.validate)]
+        found += [web.route(method, path, self.guard) for method, path in ROUTES]
+        return found
+
+    # -- the two ways in ----------------------------------------------------------
+
+    async def validate(self, request: web.Request) -> web.StreamResponse:
+        """pict-rs's hook: 200 accepts the file, anything else rejects it."""
+        upload = self._upload(request, "pict-rs")
+        body = await self._body(request, upload)
+        if isinstance(body, web.StreamResponse):
+            return body
+        upload.files.append(("file", body))
+        refused = await self._judge(upload, len(body))
+        return refused or web.json_response({"ok": True}, status=200)
+
+    async def guard(self, request: web.Request) -> web.StreamResponse:
+        family, fields = ROUTES[(request.method, request.path)]
+        upload = self._upload(request, family)
+        account = asyncio.ensure_future(self._account(request, family))
+        try:
+            body = await self._body(request, upload)
+        finally:
+            if not account.done():
+                await asyncio.wait([account])
+        upload.account = account.result()
+        if isinstance(body, web.StreamResponse):
+            return body
+        separator = boundary(request.headers.get("Content-Type", ""))
+        if separator is not None:
+            try:
+                found = parts(body, separator)
+            except MultipartError as exc:
+                log.info("upload_malformed", path=upload.path, error=str(exc))
+                return _refusal(family, MALFORMED, status=400)
+            upload.files += [
+                (p.name or p.filename or f"part-{i}", p.data)
+                for i, p in enumerate(found)
+                if _is_file(p, fields)
+            ]
+        if upload.files:
+            refused = await self._judge(upload, len(body))
+            if refused is not None:
+                return refused
+        return await self._forward(request, body)
+
+    # -- reading, judging, answering ------------------------------------------------
+
+    def _upload(self, request: web.Request, family: Family) -> _Upload:
+        kept = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("authorization", "cookie", "proxy-authorization")
+        }
+        remote = self.proxies.client(request.remote, request.headers)
+        return _Upload(request.path, family, remote, kept)
+
+    async def _account(self, request: web.Request, family: Family) -> Account | None:
+        if family != "mastodon":  # Misskey's token is a form field; Lemmy's a cookie
+            return None
+        try:
+            return await self.accounts.of(request.headers.get("Authorization"))
+        except Exception as exc:  # never a reason to refuse
+            log.warning("upload_account_failed", error=type(exc).__name__)
+            return None
+
+    async def _body(self, request: web.Request, upload: _Upload) -> bytes | web.StreamResponse:
+        """The whole body, or 413 as soon as it is known to exceed ``max_bytes``."""
+        declared = request.content_length
+        if declared is not None and declared > self.max_bytes:
+            return self._too_big(upload, declared)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self.max_bytes:
+                return self._too_big(upload, size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_big(self, upload: _Upload, size: int) -> web.StreamResponse:
+        reason = f"This upload is larger than the {self.max_bytes} bytes this server accepts."
+        self._log(upload, "too_large", size=size)
+        if upload.family == "pict-rs" and self.on_error == "accept":
+            return web.json_response({"ok": True, "unchecked": "too large"}, status=200)
+        return _refusal(upload.family, reason, status=413)
+
+    async def _judge(self, upload: _Upload, size: int) -> web.StreamResponse | None:
+        """None when the upload may go on; otherwise the refusal to answer with."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                verdict = await self._decide(upload)
+        except TimeoutError:
+            self._log(upload, "timeout", size=size, seconds=time.perf_counter() - started)
+            return None if self.on_error == "accept" else _refusal(upload.family, UNCHECKED)
+        except Exception as exc:
+            log.exception("upload_check_failed", path=upload.path, error=type(exc).__name__)
+            return None if self.on_error == "accept" else _refusal(upload.family, UNCHECKED)
+        evidence_id = await self._preserve(upload, verdict)
+        await self._effects(upload, verdict, evidence_id)
+        self._log(
+            upload,
+            verdict.disposition.value,
+            rule=verdict.rule,
+            size=size,
+            evidence=evidence_id,
+            seconds=time.perf_counter() - started,
+        )
+        if verdict.disposition == Disposition.DELIVER:
+            return None
+        return _refusal(upload.family, _reason(verdict, upload))
+
+    async def _decide(self, upload: _Upload) -> Verdict:
+        for label, data in upload.files:
+            upload.signals += await self._inspect(upload, label, data)
+        # What cannot be decided is [upload] on_error's, not the hold's.
+        chosen = Disposition.REJECT if self.on_error == "refuse" else Disposition.DELIVER
+        verdict = replace(self.policy(), on_error=chosen).decide(upload.signals)
+        if verdict.rule == "hold.on_error":
+            verdict = replace(verdict, rule="upload.on_error")
+        return verdict
+
+    async def _inspect(self, upload: _Upload, label: str, data: bytes) -> list[Signal]:
+        ref = MediaRef(f"upload:{upload.path}#{label}", label, "upload", None, None)
+        problem: Signal | None = None
+        where = {"url": ref.url, "where": label, "role": "upload"}
+        try:
+            media = Media.of(data, await self.hasher.hash(data, sender=upload.uploader), ref=ref)
+        except OverBudget as exc:
+            media = Media.of(data, ref=ref)
+            problem = Signal(OVER_BUDGET, "upload", {**where, "error": str(exc)})
+        except DecodeError as exc:
+            # Not decoded: the exact hashes still meet the banks; on_error decides the rest.
+            media = Media.of(data, ref=ref)
+            upload.undecodable = True
+            problem = Signal("error", "upload", {**where, "stage": "decode", "error": str(exc)})
+        signals = await self.inspector.inspect(media)
+        if problem is not None:  # beside ``hashed``, as the hold's media check puts it
+            signals = [*signals[:1], problem, *signals[1:]]
+        return signals
+
+    async def _preserve(self, upload: _Upload, verdict: Verdict) -> int | None:
+        """A refused match keeps its evidence (when a key is set): the facts and the files."""
+        if (
+            verdict.disposition == Disposition.DELIVER
+            or self.evidence is None
+            or self.evidence.key is None
+            or not any(s.kind == "match" for s in verdict.signals)
+        ):
+            return None
+        facts: dict[str, object] = {
+            "upload": {"path": upload.path, "family": upload.family},
+            "account": upload.account.as_json() if upload.account else None,
+            "remote": upload.remote,
+            "headers": upload.headers,
+            "received_at": time.time(),
+            "signals": [s.as_json() for s in verdict.signals],
+            "verdict": verdict.as_json(),
+        }
+        media = [
+            MediaItem(
+                f"upload:{upload.path}#{label}",
+                data,
+                {"sha256": hashlib.sha256(data).hexdigest()},
+            )
+            for label, data in upload.files
+        ]
+        try:
+            return await self.evidence.preserve(activity_row=None, facts=facts, media=media)
+        except Exception as exc:  # refused all the same; the admins must hear of it
+            log.error("upload_evidence_failed", path=upload.path, error=str(exc))
+            return None
+
+    async def _effects(self, upload: _Upload, verdict: Verdict, evidence_id: int | None) -> None:
+        pending: list[Pending] = []
+        for effect in verdict.effects:
+            if effect != NOTIFY:
+                log.error("upload_effect_unsupported", effect=effect, path=upload.path)
+                continue
+            if not self.webhooks:
+                continue
+            account = upload.account
+            body = message(
+                disposition=verdict.disposition.value,
+                rule=verdict.rule,
+                activity={"type": "Upload", "actor": account.url if account else None},
+                signals=verdict.signals,
+                admin_url=self.admin_url() or "",
+                evidence_id=evidence_id,
+                event="upload",
+            )
+            body["upload"] = {
+                "path": upload.path,
+                "account": account.as_json() if account else None,
+                "remote": upload.remote,
+            }
+            key = f"upload:{uuid.uuid4()}"
+            pending += notifications(key=key, message=body, webhooks=self.webhooks)
+        if not pending:
+            return
+        if self.outbox is None:
+            log.error("no_outbox", effects=[p.kind for p in pending])
+            return
+        try:
+            await self.outbox.enqueue(pending)
+        except Exception as exc:
+            log.error("upload_effects_failed", path=upload.path, error=str(exc))
+
+    def _log(self, upload: _Upload, outcome: str, **facts: object) -> None:
+        account = upload.account
+        log.info(
+            "upload",
+            path=upload.path,
+            outcome=outcome,
+            account=(account.acct or account.url or account.id) if account else None,
+            remote=upload.remote,
+            files=[len(data) for _, data in upload.files],
+            **facts,
+        )
+
+    async def _forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """The body as received, with the headers the passthrough forwards."""
+        session = self.passthrough.session
+        response: web.StreamResponse | None = None
+        try:
+            async with session.request(
+                request.method,
+                URL(self.base + request.raw_path, encoded=True),
+                headers=_forwarded(request),
+                data=body,
+                allow_redirects=False,
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for name, value in _end_to_end(upstream.headers):
+                    response.headers.add(name, value)
+                if upstream.headers.get("Content-Length") is not None:
+                    response.content_length = int(upstream.headers["Content-Length"])
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if response is not None and response.prepared:
+                raise
+            return _unreachable(request, exc)
+
+
+def _is_file(part: Part, fields: tuple[str, ...]) -> bool:
+    return part.filename is not None or part.name in fields
+
+
+def _reason(verdict: Verdict, upload: _Upload) -> str:
+    if any(s.kind == "match" for s in verdict.signals) and verdict.rule.startswith("rule["):
+        return KNOWN if verdict.disposition != Disposition.REVIEW else REVIEW
+    if verdict.rule == "media.over_budget":
+        return BUSY
+    if verdict.rule == "upload.on_error":
+        return UNREADABLE if upload.undecodable else UNCHECKED
+    if verdict.disposition == Disposition.REVIEW:
+        return REVIEW
+    return "This file cannot be uploaded: this server's rules do not accept it."
