@@ -247,7 +247,8 @@ class CertificateAuthority:
             raise CaError(f"the CA under {cert_path.parent} is not readable PEM: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CaError(f"{key_path} is not an EC key: run sluice ca init --force")
-        if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
             raise CaError(f"{cert_path} and {key_path} do not belong together")
         return cls(certificate, key, cert_path=cert_path, **kwargs)
 
