@@ -280,15 +280,17 @@ class UploadDoor:
     async def guard(self, request: web.Request) -> web.StreamResponse:
         family, fields = ROUTES[(request.method, request.path)]
         upload = self._upload(request, family)
+        # Asked of the instance while the body is read.
         account = asyncio.ensure_future(self._account(request, family))
         try:
             body = await self._body(request, upload)
-        finally:
-            if not account.done():
-                await asyncio.wait([account])
-        upload.account = account.result()
+        except BaseException:
+            account.cancel()
+            raise
         if isinstance(body, web.StreamResponse):
+            account.cancel()
             return body
+        upload.account = await account
         separator = boundary(request.headers.get("Content-Type", ""))
         if separator is not None:
             try:
