@@ -32,6 +32,7 @@ from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher
 from relay.metrics import Metrics
 from relay.network import JsonDocument, NetworkPolicy, client_session, fetch_json_document
+from relay.outbound.proxy import ForwardProxy
 from relay.outbox import Outbox
 from relay.policy import Policy
 from relay.signature import KeyCache
@@ -59,6 +60,8 @@ class Sluice:
     admin_url: str | None = None  # the admin listener, once it listens
     outbox: Outbox | None = None  # effects of verdicts (notify…), run at least once
     upload: UploadDoor | None = None  # local uploads: pict-rs's hook, the upload APIs
+    outbound: ForwardProxy | None = None  # the instance's forward proxy, when [outbound] listen
+    outbound_url: str | None = None  # its address, once it listens
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -197,7 +200,14 @@ def build_app(
                 backoff_max=config.outbox.backoff_max_seconds,
                 lease=config.delivery.lease_seconds,
             )
-            outbox.register(NOTIFY, Notify(webhook_session, timeout=config.notify.timeout_seconds))
+            outbox.register(
+                NOTIFY,
+                Notify(
+                    webhook_session,
+                    timeout=config.notify.timeout_seconds,
+                    secret=config.notify.secret,
+                ),
+            )
             opened.push_async_callback(outbox.stop)  # safe before start too
             Retention(store, outbox).schedule()  # one process prunes, each minute
             flow = Flow(
@@ -288,12 +298,16 @@ def build_app(
             admin = await _start_admin(config.admin.listen, admin_door)
             if admin is not None:
                 opened.push_async_callback(admin.cleanup)
+            parts.outbound = await _start_outbound(config, policy, parts)
+            if parts.outbound is not None:
+                opened.push_async_callback(parts.outbound.close)
             flow.start()
             await outbox.start()
             log.info(
                 "started",
                 listen=config.server.listen,
                 admin=parts.admin_url,
+                outbound=parts.outbound_url,
                 upstream=config.upstream.url,
                 owner=store.owner,
                 embedded_database=database.embedded is not None,
@@ -329,3 +343,33 @@ async def _start_admin(listen: str, door: AdminDoor) -> web.AppRunner | None:
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     door.parts.admin_url = f"http://{shown}:{bound_port}"
     return runner
+
+
+async def _start_outbound(
+    config: Config, policy: NetworkPolicy, parts: Sluice
+) -> ForwardProxy | None:
+    """The outbound door ([outbound] listen): the forward proxy, minting from Sluice's CA."""
+    listen = config.outbound.listen
+    if not listen:
+        return None
+    from relay.outbound.ca import CertificateAuthority
+
+    trust = config.outbound.trust_file
+    proxy = ForwardProxy(
+        CertificateAuthority.load(config.storage.data_dir),  # names `sluice ca init` if absent
+        policy,
+        tunnel=config.outbound.tunnel,
+        cafile=str(trust) if trust is not None else None,
+        connect_timeout=config.network.connect_timeout_seconds,
+        read_timeout=config.outbound.read_timeout_seconds,
+        max_connections=config.outbound.max_connections,
+    )
+    host, _, port = listen.rpartition(":")
+    try:
+        bound_host, bound_port = await proxy.start(host.strip("[]"), int(port))
+    except BaseException:
+        await proxy.close()
+        raise
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    parts.outbound_url = f"http://{shown}:{bound_port}"
+    return proxy

@@ -76,6 +76,7 @@ __all__ = [
     "MediaConfig",
     "NetworkConfig",
     "NotifyConfig",
+    "OutboundConfig",
     "OutboxConfig",
     "RuleConfig",
     "ServerConfig",
@@ -213,6 +214,9 @@ class NotifyConfig:
     on: tuple[str, ...]
     timeout_seconds: float
     admin_url: str
+    secret_file: Path | None = None
+    # The contents of secret_file: each message's HMAC-SHA256 key; None: unsigned.
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,15 @@ class UploadConfig:
     on_error: str
     max_bytes: int
     timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    listen: str
+    tunnel: tuple[str, ...]
+    trust_file: Path | None
+    read_timeout_seconds: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -279,9 +292,18 @@ class Config:
     notify: NotifyConfig
     outbox: OutboxConfig
     upload: UploadConfig
+    outbound: OutboundConfig
     bank: tuple[BankConfig, ...]
     rule: tuple[RuleConfig, ...]
     source: str  # the file read, or "<defaults>"
+
+
+def tunnel_host(value: str) -> str | None:
+    """A host passed through the outbound door untouched: a name, or ``*.name`` for below it."""
+    bare = value[2:] if value.startswith("*.") else value
+    if ":" in bare or host_name(bare) is not None:
+        return f"`{value}` is not a host name like lemmy.example or *.lemmy.example (no port)"
+    return None
 
 
 def bank_name(value: str) -> str | None:
@@ -306,18 +328,28 @@ def _admin_token(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
     if token:
         values["token"] = token
         return []
-    path: Path | None = values["token_file"]
+    return _secret(values, "token_file", "token")
+
+
+def _notify_secret(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+    values["secret"] = None
+    return _secret(values, "secret_file", "secret")
+
+
+def _secret(values: dict[str, Any], key: str, into: str) -> list[tuple[str, str]]:
+    """The text of the file at ``values[key]`` (if one is set) into ``values[into]``."""
+    path: Path | None = values[key]
     if path is None:
         return []
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        return [("token_file", f"cannot read {path}: {exc.strerror or exc}")]
+        return [(key, f"cannot read {path}: {exc.strerror or exc}")]
     except UnicodeDecodeError:
-        return [("token_file", f"{path} is not UTF-8 text")]
-    if not token:
-        return [("token_file", f"{path} is empty")]
-    values["token"] = token
+        return [(key, f"{path} is not UTF-8 text")]
+    if not text:
+        return [(key, f"{path} is empty")]
+    values[into] = text
     return []
 
 
@@ -502,7 +534,9 @@ SCHEMA: tuple[Section, ...] = (
         Field("admin_url", STRING, "",
               "base URL of links in messages; empty: the admin listener's",
               check=optional_http_url),
-    ), "Telling the admins about verdicts."),
+        Field("secret_file", OPTIONAL_PATH, "",
+              "file with the key each message is signed with (HMAC-SHA256)"),
+    ), "Telling the admins about verdicts.", finish=_notify_secret),
     Section("outbox", OutboxConfig, (
         Field("max_attempts", INTEGER, 10, "tries of an effect before it is a dead letter",
               check=positive),
@@ -522,6 +556,21 @@ SCHEMA: tuple[Section, ...] = (
               "the longest checking one upload may take; then on_error decides",
               check=positive),
     ), "Checking what local users upload (pict-rs's hook and the upload APIs)."),
+    Section("outbound", OutboundConfig, (
+        Field("listen", STRING, "",
+              "HOST:PORT of the forward proxy the instance sends its HTTP(S) through; "
+              "empty: none", check=admin_listen),
+        Field("tunnel", STRINGS, (),
+              "hosts passed through untouched, not intercepted (names, or *.name)",
+              each=tunnel_host),
+        Field("trust_file", OPTIONAL_PATH, "",
+              "PEM CA certificates trusted for remote servers besides the system store"),
+        Field("read_timeout_seconds", NUMBER, 60.0,
+              "the longest a remote server may leave a proxied request without a byte",
+              check=positive),
+        Field("max_connections", INTEGER, 512,
+              "connections from the instance at once; more get 503", check=positive),
+    ), "The outbound door: Sluice as the instance's forward proxy (deploy/outbound.md)."),
     Section("bank", BankConfig, (
         Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",
               check=bank_name),
@@ -703,6 +752,7 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
     secrets = (
         ("evidence", "key_file", config.evidence.key_file),
         ("admin", "token_file", config.admin.token_file),
+        ("notify", "secret_file", config.notify.secret_file),
     )
     for section, key, file in secrets:
         with contextlib.suppress(OSError):

@@ -8,119 +8,26 @@ through an interception, and one that trusts only the test CA only through a tun
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import aiohttp
-import pytest
 import yarl
 from aiohttp import web
 from cryptography import x509
 
 from relay.network import NetworkPolicy
-from relay.outbound.ca import CertificateAuthority, create_ca
+from relay.outbound.ca import CertificateAuthority
 from relay.outbound.proxy import ForwardProxy, tunnelled
-
-LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8", "::1/128"], allow_http=True)
-BODY = os.urandom(300_000)
-SEEN = web.AppKey("seen", list)
-
-
-@pytest.fixture
-def sluice_ca(tmp_path: Path) -> CertificateAuthority:
-    create_ca(tmp_path / "sluice", label="social.example")
-    return CertificateAuthority.load(tmp_path / "sluice")
-
-
-@pytest.fixture
-def public_ca(tmp_path: Path) -> CertificateAuthority:
-    """Stands for the public roots: it signs the origin's certificate."""
-    create_ca(tmp_path / "public", label="a public root")
-    return CertificateAuthority.load(tmp_path / "public")
-
-
-async def _origin_app() -> web.Application:
-    seen: list[dict[str, Any]] = []
-
-    async def media(request: web.Request) -> web.Response:
-        return web.Response(body=BODY, content_type="image/png")
-
-    async def inbox(request: web.Request) -> web.Response:
-        body = await request.read()
-        seen.append(
-            {
-                "target": request.raw_path,
-                "headers": dict(request.headers),
-                "body": body,
-                "chunked": "Transfer-Encoding" in request.headers,
-            }
-        )
-        return web.Response(status=202, text=hashlib.sha256(body).hexdigest())
-
-    app = web.Application()
-    app[SEEN] = seen
-    app.router.add_get("/media/cat.png", media)
-    app.router.add_post("/users/bob/inbox", inbox)
-    return app
-
-
-@pytest.fixture
-async def origin(public_ca: CertificateAuthority) -> AsyncIterator[tuple[int, web.Application]]:
-    """An HTTPS origin on 127.0.0.1 whose certificate names localhost, from the test CA."""
-    app = await _origin_app()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=public_ca.context("localhost"))
-    await site.start()
-    port = runner.addresses[0][1]
-    yield port, app
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def proxy_factory(
-    sluice_ca: CertificateAuthority, public_ca: CertificateAuthority
-) -> AsyncIterator[Callable[..., Awaitable[int]]]:
-    proxies: list[ForwardProxy] = []
-
-    async def start(policy: NetworkPolicy = LOOPBACK, **kwargs: Any) -> int:
-        proxy = ForwardProxy(sluice_ca, policy, cafile=str(public_ca.cert_path), **kwargs)
-        proxies.append(proxy)
-        _, port = await proxy.start("127.0.0.1", 0)
-        return port
-
-    yield start
-    for proxy in proxies:
-        await proxy.close()
-
-
-async def connect(
-    proxy_port: int, authority: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    """CONNECT through the proxy; the reader, writer and the proxy's answer head."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
-    writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    return reader, writer, head
-
-
-def trusting(ca: CertificateAuthority) -> ssl.SSLContext:
-    """A client context whose only trust anchor is ``ca``."""
-    return ssl.create_default_context(cafile=ca.cert_path)
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
-    return lines[0].encode(), headers, body
+from tests.outbound.support import (
+    BODY,
+    LOOPBACK,
+    SEEN,
+    connect,
+    origin_app,
+    read_response,
+    trusting,
+)
 
 
 async def test_an_intercepted_https_get_returns_the_origins_bytes_under_a_minted_certificate(
@@ -259,7 +166,7 @@ async def test_a_private_destination_is_refused(
 
 
 async def test_plain_http_is_proxied(proxy_factory: Callable[..., Awaitable[int]]) -> None:
-    app = await _origin_app()
+    app = await origin_app()
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
