@@ -15,6 +15,7 @@ from aiohttp import web
 from relay.doors.multipart import MultipartError, boundary, parts
 from relay.doors.passthrough import Passthrough
 from relay.doors.upload import UploadDoor
+from relay.errors import ConfigError
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
 from relay.media.media import Media
@@ -122,3 +123,10 @@ def test_parts_are_split_exactly() -> None:
     assert boundary('multipart/form-data; boundary="quoted b"') == "quoted b"
     with pytest.raises(MultipartError):
         parts(b"no delimiter at all", separator)
+
+
+def test_check_config_knows_the_upload_section(make_config: Callable[..., object]) -> None:
+    with pytest.raises(ConfigError, match="on_error"):
+        make_config(upload={"on_error": "maybe"})
+    with pytest.raises(ConfigError, match="max_bytes"):
+        make_config(upload={"max_bytes": 0})
