@@ -205,7 +205,7 @@ def build_app(
                 Notify(
                     webhook_session,
                     timeout=config.notify.timeout_seconds,
-                    secret=config.notify.secret,
+                    secret=config.notify.key,
                 ),
             )
             opened.push_async_callback(outbox.stop)  # safe before start too

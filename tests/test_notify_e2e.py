@@ -5,6 +5,8 @@ answers 5xx, and delivered once across a kill -9 between the verdict and the eff
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -35,13 +37,15 @@ async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
+    secret = evidence_key.parent / "webhook.secret"
+    secret.write_text("shared-with-the-receiver\n")
     async with serving() as hook:
         hook.script = [503, 502]
         sluice: Running = await sluice_factory(
             evidence={"key_file": str(evidence_key)},
             bank=[{"name": "test-known", "category": "test"}],
             rule=[{"match": "category:test", "action": "quarantine", "effects": ["notify"]}],
-            notify={"webhooks": [hook.url], "on": []},
+            notify={"webhooks": [hook.url], "on": [], "key_file": str(secret)},
             outbox=FAST_OUTBOX,
         )
         store = BankStore(sluice.parts.pool)
@@ -64,6 +68,10 @@ async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(
         assert len(keys) == 1
         bodies = {r.body for r in hook.requests}
         assert len(bodies) == 1
+        # Signed: the receiver recomputes the HMAC of the body under the shared secret.
+        [body] = bodies
+        mac = hmac.new(b"shared-with-the-receiver", body, hashlib.sha256).hexdigest()
+        assert {r.headers["X-Sluice-Signature-256"] for r in hook.requests} == {f"sha256={mac}"}
         message = json.loads(bodies.pop())
         assert message["disposition"] == "quarantine"
         assert message["rule"] == "rule[0] category:test -> quarantine"

@@ -214,9 +214,9 @@ class NotifyConfig:
     on: tuple[str, ...]
     timeout_seconds: float
     admin_url: str
-    secret_file: Path | None = None
-    # The contents of secret_file: each message's HMAC-SHA256 key; None: unsigned.
-    secret: str | None = field(default=None, repr=False)
+    key_file: Path | None = None
+    # The contents of key_file: each message's HMAC-SHA256 key; None: unsigned.
+    key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -331,9 +331,9 @@ def _admin_token(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
     return _secret(values, "token_file", "token")
 
 
-def _notify_secret(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
-    values["secret"] = None
-    return _secret(values, "secret_file", "secret")
+def _notify_key(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+    values["key"] = None
+    return _secret(values, "key_file", "key")
 
 
 def _secret(values: dict[str, Any], key: str, into: str) -> list[tuple[str, str]]:
@@ -534,9 +534,9 @@ SCHEMA: tuple[Section, ...] = (
         Field("admin_url", STRING, "",
               "base URL of links in messages; empty: the admin listener's",
               check=optional_http_url),
-        Field("secret_file", OPTIONAL_PATH, "",
+        Field("key_file", OPTIONAL_PATH, "",
               "file with the key each message is signed with (HMAC-SHA256)"),
-    ), "Telling the admins about verdicts.", finish=_notify_secret),
+    ), "Telling the admins about verdicts.", finish=_notify_key),
     Section("outbox", OutboxConfig, (
         Field("max_attempts", INTEGER, 10, "tries of an effect before it is a dead letter",
               check=positive),
@@ -752,7 +752,7 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
     secrets = (
         ("evidence", "key_file", config.evidence.key_file),
         ("admin", "token_file", config.admin.token_file),
-        ("notify", "secret_file", config.notify.secret_file),
+        ("notify", "key_file", config.notify.key_file),
     )
     for section, key, file in secrets:
         with contextlib.suppress(OSError):

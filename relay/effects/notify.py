@@ -6,7 +6,9 @@ attempt. Delivery is at least once (a Sluice killed mid-POST sends it again), so
 receiver drops a key it has seen. A 2xx answer is delivered; 5xx, 408, 429, timeouts
 and connection errors are retried with backoff; any other answer (a 4xx, a redirect,
 which is never followed) makes the effect a dead letter at once, listed with the
-status by ``sluice effects list --state dead``.
+status by ``sluice effects list --state dead``. With ``[notify] secret_file`` each POST
+also carries ``X-Sluice-Signature-256: sha256=<hex>``, the HMAC-SHA256 of the body
+under that secret: a receiver recomputes it and compares in constant time.
 
 The body (the admin's integration contract)::
 
@@ -33,6 +35,9 @@ not apply to them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +49,16 @@ from relay.network import DEFAULT_USER_AGENT
 from relay.outbox import Pending
 from relay.signal import Signal
 
-__all__ = ["KIND", "Notify", "message", "notifications", "outline", "planner"]
+__all__ = [
+    "KIND",
+    "SIGNATURE_HEADER",
+    "Notify",
+    "message",
+    "notifications",
+    "outline",
+    "planner",
+    "signature",
+]
 
 #: The outbox kind of a notification.
 KIND = "notify"
@@ -59,23 +73,31 @@ class Notify:
     name = KIND
     irreversible = False
 
-    def __init__(self, session: aiohttp.ClientSession, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, timeout: float = 10.0, secret: str | None = None
+    ) -> None:
+        """``secret``: the key each message's body is signed with (``[notify]
+        secret_file``), so that a receiver can tell Sluice's messages from forgeries."""
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.secret = secret.encode() if secret else None
 
     async def run(self, payload: dict[str, Any]) -> None:
         try:
             url, body, key = payload["url"], payload["message"], payload["key"]
         except KeyError as exc:
             raise EffectFailed(f"notify payload lacks {exc.args[0]!r}", permanent=True) from None
+        data = json.dumps(body, ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": str(key),
             "User-Agent": DEFAULT_USER_AGENT,
         }
+        if self.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self.secret, data)
         try:
             async with self.session.post(
-                url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
                 status = response.status
                 reason = response.reason or ""
@@ -91,6 +113,16 @@ class Notify:
         if 300 <= status < 400:
             said += " (redirects are not followed)"
         raise EffectFailed(said, permanent=True)
+
+
+#: The header a signed message carries: ``sha256=`` and the body's HMAC in hex.
+SIGNATURE_HEADER = "X-Sluice-Signature-256"
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The value of ``SIGNATURE_HEADER`` for ``body`` (what a receiver recomputes and
+    compares in constant time)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def outline(signal: Signal) -> dict[str, Any]:
