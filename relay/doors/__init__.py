@@ -2,14 +2,18 @@
 
 A door is a route set: ``routes()`` returns aiohttp route definitions whose handlers
 are the door's own methods, and a listener mounts them in order. The public listener
-mounts the admin door's ``public_routes()`` (``/healthz``), the inbound door
-(``POST`` on any path: it checks what is an inbox POST and hands any other POST to the
-passthrough) and the passthrough (any method, any path). The admin door is a sub-app
-of its own (``AdminDoor.app()``) on the admin listener, its API behind an
-authentication middleware.
+mounts the admin door's ``public_routes()`` (``/healthz``), the upload door (pict-rs's
+validation hook and the upload APIs), the inbound door (``POST`` on any path: it
+checks what is an inbox POST and hands any other POST to the passthrough) and the
+passthrough (any method, any path). The admin door is a sub-app of its own
+(``AdminDoor.app()``) on the admin listener, its API behind an authentication
+middleware.
 
-A door decides nothing and stores nothing itself: what it accepts goes through
-``Flow.accept``, the only way in, and it answers with what that returns.
+An activity door decides nothing and stores nothing itself: what it accepts goes
+through ``Flow.accept``, the only way in, and it answers with what that returns. The
+upload door cannot hold what it is given (the uploader waits for the answer): it
+judges each file at once on the same path as the hold, ``Inspector.inspect`` then the
+hold's ``Policy``, and keeps evidence and effects as a verdict does.
 """
 
 from __future__ import annotations
