@@ -28,6 +28,7 @@ asyncio protocol reads each connection's first request head and decides; TLS is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -304,15 +305,18 @@ class _Head(asyncio.Protocol):
 class _Pipe(asyncio.Protocol):
     """One direction of a tunnel: what arrives here is written to ``peer``."""
 
-    def __init__(self, peer: asyncio.Transport | None, gone: asyncio.Future[None]) -> None:
+    def __init__(
+        self, peer: asyncio.Transport | None, gone: asyncio.Future[None], seen: list[float]
+    ) -> None:
         self.peer = peer
         self._gone = gone
-        self._eof = False
+        self._seen = seen  # when bytes last passed either way, shared by both directions
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self._seen[0] = asyncio.get_running_loop().time()
         if self.peer is not None:
             self.peer.write(data)
 
@@ -413,7 +417,8 @@ class ForwardProxy:
         return True
 
     def _release(self, transport: asyncio.Transport | None) -> None:
-        self._connections.discard(transport)  # type: ignore[arg-type]
+        if transport is not None:
+            self._connections.discard(transport)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -471,13 +476,14 @@ class ForwardProxy:
             return
         loop = asyncio.get_running_loop()
         gone: asyncio.Future[None] = loop.create_future()
+        seen = [loop.time()]
         upstream: asyncio.Transport | None = None
         failure = "no address"
         for address in addresses:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     upstream, _ = await loop.create_connection(
-                        lambda: _Pipe(client, gone), address["host"], address["port"]
+                        lambda: _Pipe(client, gone, seen), address["host"], address["port"]
                     )
                 break
             except (OSError, TimeoutError) as exc:
@@ -489,13 +495,19 @@ class ForwardProxy:
         client.write(_ESTABLISHED)
         if rest:
             upstream.write(rest)
-        back = _Pipe(upstream, gone)
+        back = _Pipe(upstream, gone, seen)
         client.set_protocol(back)
         back.connection_made(client)
         client.resume_reading()
         self._connections.add(upstream)
         try:
-            await gone
+            # A tunnel ends when either side closes, or when nothing passed for a while.
+            while not gone.done():
+                idle = loop.time() - seen[0]
+                if idle >= self._idle_timeout:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(gone), self._idle_timeout - idle)
         finally:
             self._connections.discard(upstream)
             upstream.close()

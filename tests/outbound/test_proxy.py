@@ -8,10 +8,13 @@ through an interception, and one that trusts only the test CA only through a tun
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ssl
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 import yarl
 from aiohttp import web
 from cryptography import x509
@@ -215,3 +218,31 @@ async def test_an_origin_whose_certificate_the_system_store_refuses_gets_502(
     finally:
         await proxy.close()
     assert app[SEEN] == []
+
+
+async def test_a_client_that_does_not_trust_sluices_ca_cannot_be_intercepted_silently(
+    proxy_factory: Callable[..., Awaitable[int]],
+    origin: tuple[int, web.Application],
+    public_ca: CertificateAuthority,
+) -> None:
+    """Interception shows: a client trusting only the public roots refuses the minted cert."""
+    port, app = origin
+    proxy_port = await proxy_factory()
+    _, writer, head = await connect(proxy_port, f"localhost:{port}")
+    assert head.startswith(b"HTTP/1.1 200")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await writer.start_tls(trusting(public_ca), server_hostname="localhost")
+    writer.close()
+    assert app[SEEN] == []
+
+
+async def test_an_idle_tunnel_is_closed(
+    proxy_factory: Callable[..., Awaitable[int]], origin: tuple[int, web.Application]
+) -> None:
+    port, _ = origin
+    proxy_port = await proxy_factory(tunnel=["localhost"], idle_timeout=0.2)
+    reader, writer, head = await connect(proxy_port, f"localhost:{port}")
+    assert head.startswith(b"HTTP/1.1 200")
+    # Nothing sent: Sluice ends the tunnel (the bound is generous; this is no timing claim).
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
