@@ -270,6 +270,7 @@ def build_app(
                 on_error=config.upload.on_error,
                 max_bytes=config.upload.max_bytes,
                 timeout=config.upload.timeout_seconds,
+                concurrency=config.upload.concurrency,
             )
             parts = Sluice(
                 config,

@@ -333,7 +333,7 @@ CASES = [
         'listen = "0.0.0.0:80"\n',
         1,
         "listen",
-        "unknown key `listen`; it belongs in [server] or [admin]",
+        "unknown key `listen`; it belongs in [server] or [admin] or [outbound]",
     ),
     ("[server.tls]\ncert = 1\n", 1, "server.tls", "unknown table `tls`"),
     ("server = 5\n", 1, "server", "expected a table, got an integer"),

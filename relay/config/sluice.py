@@ -231,6 +231,7 @@ class UploadConfig:
     on_error: str
     max_bytes: int
     timeout_seconds: float
+    concurrency: int = 4
 
 
 @dataclass(frozen=True)
@@ -554,6 +555,9 @@ SCHEMA: tuple[Section, ...] = (
               check=positive),
         Field("timeout_seconds", NUMBER, 20.0,
               "the longest checking one upload may take; then on_error decides",
+              check=positive),
+        Field("concurrency", INTEGER, 4,
+              "uploads read and checked at once (each up to max_bytes in memory)",
               check=positive),
     ), "Checking what local users upload (pict-rs's hook and the upload APIs)."),
     Section("outbound", OutboundConfig, (

@@ -38,8 +38,9 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from relay.doors import Handler
 from relay.doors.multipart import MultipartError, Part, boundary, parts
-from relay.doors.passthrough import Passthrough, _end_to_end, _forwarded, _unreachable
+from relay.doors.passthrough import Passthrough, end_to_end, forwarded, unreachable
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import message, notifications
 from relay.envelope import Proxies
@@ -241,7 +242,10 @@ class UploadDoor:
         on_error: str = "refuse",
         max_bytes: int = 41_943_040,
         timeout: float = 20.0,
+        concurrency: int = 4,
     ) -> None:
+        """At most ``concurrency`` uploads are read and judged at once, each of at most
+        ``max_bytes``: the memory uploads may take is bounded by their product."""
         if on_error not in ("accept", "refuse"):
             raise ValueError(f"on_error must be accept or refuse, not {on_error!r}")
         self.base = upstream_url.rstrip("/")
@@ -258,12 +262,22 @@ class UploadDoor:
         self.on_error = on_error
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self._turns = asyncio.Semaphore(concurrency)
 
     def routes(self) -> list[web.RouteDef]:
         # Mounted before the inbound door: these POSTs are no inbox's.
-        found = [web.post(VALIDATE_PATH, self.validate)]
-        found += [web.route(method, path, self.guard) for method, path in ROUTES]
+        found = [web.post(VALIDATE_PATH, self._in_turn(self.validate))]
+        found += [web.route(method, path, self._in_turn(self.guard)) for method, path in ROUTES]
         return found
+
+    def _in_turn(self, handler: Handler) -> Handler:
+        """``handler`` once one of the ``concurrency`` turns is free."""
+
+        async def bounded(request: web.Request) -> web.StreamResponse:
+            async with self._turns:
+                return await handler(request)
+
+        return bounded
 
     # -- the two ways in ----------------------------------------------------------
 
@@ -492,12 +506,12 @@ class UploadDoor:
             async with session.request(
                 request.method,
                 URL(self.base + request.raw_path, encoded=True),
-                headers=_forwarded(request),
+                headers=forwarded(request),
                 data=body,
                 allow_redirects=False,
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in _end_to_end(upstream.headers):
+                for name, value in end_to_end(upstream.headers):
                     response.headers.add(name, value)
                 if upstream.headers.get("Content-Length") is not None:
                     response.content_length = int(upstream.headers["Content-Length"])
@@ -509,7 +523,7 @@ class UploadDoor:
         except (aiohttp.ClientError, TimeoutError) as exc:
             if response is not None and response.prepared:
                 raise
-            return _unreachable(request, exc)
+            return unreachable(request, exc)
 
 
 def _is_file(part: Part, fields: tuple[str, ...]) -> bool:
