@@ -260,8 +260,11 @@ class Outbox:
             except Exception as exc:  # a database gone: try again at the next poll
                 log.warning("outbox_poll_failed", error=f"{type(exc).__name__}: {exc}")
             self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+            # that arrives as the event is set, and stop() would wait on this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def _enqueue_scheduled(self) -> None:
         now = time.time()

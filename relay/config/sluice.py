@@ -91,6 +91,7 @@ __all__ = [
     "main_check_config",
     "parse",
     "startup_problems",
+    "tunnel_host",
 ]
 
 DATABASE_URL_ENV = "SLUICE_DATABASE_URL"

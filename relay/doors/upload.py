@@ -55,7 +55,20 @@ from relay.policy import OVER_BUDGET, Policy
 from relay.signal import Signal
 from relay.verdict import Disposition, Verdict
 
-__all__ = ["VALIDATE_PATH", "Accounts", "UploadDoor"]
+__all__ = [
+    "BUSY",
+    "KNOWN",
+    "MALFORMED",
+    "REVIEW",
+    "ROUTES",
+    "UNCHECKED",
+    "UNREADABLE",
+    "VALIDATE_PATH",
+    "Account",
+    "Accounts",
+    "Family",
+    "UploadDoor",
+]
 
 log = structlog.get_logger(__name__)
 

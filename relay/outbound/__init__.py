@@ -6,3 +6,5 @@ certificates minted by the CA) and plain-HTTP proxy requests, applying the
 ``[network]`` rules to every destination and handing each intercepted request to
 one ``Handler``, which by default forwards it.
 """
+
+__all__: list[str] = []

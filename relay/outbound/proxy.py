@@ -506,8 +506,10 @@ class ForwardProxy:
                 idle = loop.time() - seen[0]
                 if idle >= self._idle_timeout:
                     break
+                # asyncio.timeout, not wait_for, which can lose a cancellation in 3.11.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(gone), self._idle_timeout - idle)
+                    async with asyncio.timeout(self._idle_timeout - idle):
+                        await asyncio.shield(gone)
         finally:
             self._connections.discard(upstream)
             upstream.close()

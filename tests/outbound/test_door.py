@@ -18,10 +18,12 @@ from tests.outbound.support import BODY, connect, read_response, trusting
 
 async def test_serve_starts_the_proxy_that_intercepts_with_the_instances_ca(
     tmp_path: Path,
-    sluice_factory: Callable[..., Awaitable[Any]],
     public_ca: CertificateAuthority,
     origin: tuple[int, web.Application],
+    sluice_factory: Callable[..., Awaitable[Any]],
 ) -> None:
+    """(The origin is set up first, so that Sluice, holding a keep-alive connection to
+    it, is stopped before it.)"""
     create_ca(tmp_path / "data")  # what `sluice ca init` makes under [storage] data_dir
     ca = CertificateAuthority.load(tmp_path / "data")
     running = await sluice_factory(
@@ -39,6 +41,7 @@ async def test_serve_starts_the_proxy_that_intercepts_with_the_instances_ca(
     assert status.startswith(b"HTTP/1.1 200")
     assert body == BODY
     writer.close()
+    await writer.wait_closed()
 
 
 async def test_serve_without_a_ca_says_how_to_make_one(
