@@ -1,0 +1,332 @@
+"""What the outbound door's forward proxy costs: added latency for deliveries, and
+throughput for 1 MB media fetches, against a direct connection.
+
+Runs, in one go and on this machine, each in its own process:
+
+- an HTTPS origin on 127.0.0.1 (aiohttp), its certificate for ``localhost`` from a
+  throwaway "public" CA (relay.outbound.ca.create_ca), answering ``POST /inbox``
+  with 202 and ``GET /media/{n}`` with ``--media-bytes`` of random bytes;
+- Sluice's forward proxy (relay.outbound.proxy.ForwardProxy, built through its
+  public constructor with Sluice's own CA for interception, a ``[network]`` policy
+  allowing loopback, the public CA as its ``cafile``, and the default handler: the
+  forwarding core, ``Forwarder``; no checking handler exists yet);
+- the instance, here: aiohttp clients that trust the public CA (direct) or Sluice's CA
+  (through the proxy, ``proxy=``: CONNECT, then TLS to Sluice inside the tunnel).
+
+Both clients keep their connections alive, as does the proxy towards the origin; the
+connections each side opened are counted (aiohttp tracing) and printed.
+
+Deliveries: ``--deliveries`` signed POSTs (draft-cavage rsa-sha256, about 2 KB of JSON,
+signed before timing starts), one at a time, alternating direct and via the proxy so
+that the machine's drift hits both alike; each timed from the POST to the 202 read.
+Media: ``--fetches`` GETs of the body at ``--concurrency``, direct then via the proxy,
+``--rounds`` times alternating; MB/s over the whole of each path's rounds.
+
+    python bench/outbound.py [--deliveries 1000] [--fetches 64] [--concurrency 8]
+        [--rounds 2] [--media-bytes 1000000] [--profile FILE]
+
+``--profile FILE`` runs the proxy under cProfile and writes its stats to FILE (then
+``python -m pstats FILE``); the figures it prints are then not the proxy's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.inbound import _peak_rss_mib, free_port, pct, signing_key
+from relay.network import NetworkPolicy
+from relay.outbound.ca import CertificateAuthority, create_ca
+from relay.outbound.proxy import ForwardProxy
+from relay.signature import sign_cavage
+
+HOST = "localhost"  # resolves to 127.0.0.1 alone here; the proxy resolves it too
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+ACTOR = "https://sender.example/users/bench"
+
+
+def serve_origin(port: int, public_dir: str, media_bytes: int) -> None:
+    """Child process: the HTTPS origin (an instance's inbox, a media server)."""
+    body = os.urandom(media_bytes)  # incompressible, and no image: nothing to decode
+
+    async def inbox(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=202)
+
+    async def media(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_post("/inbox", inbox)
+    app.router.add_get("/media/{n}", media)
+    tls = CertificateAuthority.load(Path(public_dir)).context(HOST)
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=tls, print=None, access_log=None)
+
+
+def serve_proxy(port: int, sluice_dir: str, public_cafile: str, profile: str | None) -> None:
+    """Child process: Sluice's forward proxy, as `sluice serve` would build it."""
+
+    async def run() -> None:
+        ca = CertificateAuthority.load(Path(sluice_dir))
+        policy = NetworkPolicy.from_strings(LOOPBACK, allow_http=False)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with ForwardProxy(ca, policy, cafile=public_cafile) as proxy:
+            await proxy.start("127.0.0.1", port)
+            await stop.wait()
+
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
+    asyncio.run(run())
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far (/proc, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_listening(port: int, what: str) -> None:
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise SystemExit(f"the {what} on port {port} did not start")
+
+
+def delivery(actor: str, n: int) -> bytes:
+    """A Create activity of about 2 KB, as an instance delivers it."""
+    return json.dumps(
+        {
+            "@context": "https://www.w3.org/ns/activitystreams",
+            "id": f"{actor}/activities/{n}",
+            "type": "Create",
+            "actor": actor,
+            "to": ["https://www.w3.org/ns/activitystreams#Public"],
+            "object": {
+                "id": f"{actor}/notes/{n}",
+                "type": "Note",
+                "attributedTo": actor,
+                "content": "<p>" + "a delivery of a note, about two kilobytes. " * 40 + "</p>",
+                "to": ["https://www.w3.org/ns/activitystreams#Public"],
+            },
+        }
+    ).encode()
+
+
+def deliveries(key, actor: str, url: str, count: int) -> list[tuple[bytes, dict[str, str]]]:
+    """``count`` deliveries to ``url``, signed (draft-cavage rsa-sha256) ahead of timing."""
+    out = []
+    for n in range(count):
+        body = delivery(actor, n)
+        headers = sign_cavage(
+            "POST",
+            url,
+            body,
+            key,
+            actor + "#main-key",
+            headers={"Content-Type": "application/activity+json"},
+        )
+        headers["Content-Type"] = "application/activity+json"
+        out.append((body, headers))
+    return out
+
+
+class Client:
+    """One side's session: direct to the origin, or through the proxy."""
+
+    def __init__(self, tls: ssl.SSLContext, limit: int, proxy: str | None) -> None:
+        self.proxy = proxy
+        self.connections = 0
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(self._counted)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls, limit=limit, family=socket.AF_INET),
+            trace_configs=[trace],
+        )
+
+    async def _counted(self, session, context, params) -> None:
+        self.connections += 1
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> float:
+        started = time.perf_counter()
+        async with self.session.post(url, data=body, headers=headers, proxy=self.proxy) as r:
+            await r.read()
+            elapsed = time.perf_counter() - started
+            if r.status != 202:
+                raise SystemExit(f"delivery answered {r.status}: {await r.text()}")
+        return elapsed
+
+    async def fetch(self, url: str, expected: int) -> int:
+        async with self.session.get(url, proxy=self.proxy) as r:
+            got = 0
+            async for chunk in r.content.iter_chunked(64 * 1024):
+                got += len(chunk)
+            if r.status != 200 or got != expected:
+                raise SystemExit(f"media answered {r.status} with {got} bytes")
+        return got
+
+    async def media(self, base: str, count: int, concurrency: int, size: int) -> tuple[int, float]:
+        """``count`` fetches, ``concurrency`` at a time; bytes and seconds."""
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(n: int) -> int:
+            async with semaphore:
+                return await self.fetch(f"{base}/media/{n}", size)
+
+        started = time.perf_counter()
+        sizes = await asyncio.gather(*(one(n) for n in range(count)))
+        return sum(sizes), time.perf_counter() - started
+
+
+async def measure(args: argparse.Namespace, origin_port: int, proxy_pid: int, proxy_port: int, cas):
+    public, sluice = cas
+    base = f"https://{HOST}:{origin_port}"
+    inbox = base + "/inbox"
+    key, _ = signing_key()
+    actor = ACTOR
+    limit = max(args.concurrency, 1)
+    direct = Client(ssl.create_default_context(cafile=public), limit, None)
+    via = Client(ssl.create_default_context(cafile=sluice), limit, f"http://127.0.0.1:{proxy_port}")
+    out = SimpleNamespace()
+    try:
+        # Warm up: connections both ways, Sluice's leaf for localhost, caches.
+        for body, headers in deliveries(key, actor, inbox, 20):
+            await direct.post(inbox, body, headers)
+            await via.post(inbox, body, headers)
+        await direct.media(base, limit, limit, args.media_bytes)
+        await via.media(base, limit, limit, args.media_bytes)
+        warm = direct.connections, via.connections
+
+        batch = deliveries(key, actor, inbox, args.deliveries)
+        out.direct_latency, out.via_latency = [], []
+        cpu = cpu_seconds(proxy_pid)
+        for body, headers in batch:
+            out.direct_latency.append(await direct.post(inbox, body, headers))
+            out.via_latency.append(await via.post(inbox, body, headers))
+        out.proxy_cpu_delivery = (cpu_seconds(proxy_pid) - cpu) / args.deliveries
+
+        totals = {"direct": [0, 0.0], "via": [0, 0.0]}
+        cpu_media = 0.0
+        for _ in range(args.rounds):
+            got, seconds = await direct.media(
+                base, args.fetches, args.concurrency, args.media_bytes
+            )
+            totals["direct"][0] += got
+            totals["direct"][1] += seconds
+            cpu = cpu_seconds(proxy_pid)
+            got, seconds = await via.media(base, args.fetches, args.concurrency, args.media_bytes)
+            cpu_media += cpu_seconds(proxy_pid) - cpu
+            totals["via"][0] += got
+            totals["via"][1] += seconds
+        out.direct_rate = totals["direct"][0] / totals["direct"][1] / 1e6
+        out.via_rate = totals["via"][0] / totals["via"][1] / 1e6
+        out.proxy_cpu_mb = cpu_media / (totals["via"][0] / 1e6)
+        out.new_connections = direct.connections - warm[0], via.connections - warm[1]
+        out.warm_connections = warm
+    finally:
+        await direct.session.close()
+        await via.session.close()
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-outbound-"))
+    create_ca(workdir / "public", label="a public root")
+    create_ca(workdir / "sluice", label="bench.example")
+    public_cafile = str(CertificateAuthority.load(workdir / "public").cert_path)
+    sluice_cafile = str(CertificateAuthority.load(workdir / "sluice").cert_path)
+    origin_port, proxy_port = free_port(), free_port()
+    spawn = multiprocessing.get_context("spawn")
+    origin = spawn.Process(
+        target=serve_origin,
+        args=(origin_port, str(workdir / "public"), args.media_bytes),
+        daemon=True,
+    )
+    proxy = spawn.Process(
+        target=serve_proxy,
+        args=(proxy_port, str(workdir / "sluice"), public_cafile, args.profile),
+        daemon=True,
+    )
+    origin.start()
+    proxy.start()
+    try:
+        await wait_listening(origin_port, "origin")
+        await wait_listening(proxy_port, "proxy")
+        r = await measure(args, origin_port, proxy.pid, proxy_port, (public_cafile, sluice_cafile))
+        peak_rss = _peak_rss_mib(proxy.pid)
+    finally:
+        proxy.terminate()  # SIGTERM: the proxy closes, and writes its profile if asked
+        proxy.join(30)
+        origin.terminate()
+        origin.join(10)
+
+    ms = 1000.0
+    d, v = r.direct_latency, r.via_latency
+    print(
+        f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}, aiohttp "
+        f"{aiohttp.__version__}, {ssl.OPENSSL_VERSION}; origin, proxy and clients in "
+        "three processes on loopback; handler: the default Forwarder (no checks)"
+        + ("; PROFILED (figures not the proxy's own)" if args.profile else "")
+    )
+    print(
+        f"deliveries: {args.deliveries} sequential signed POSTs of {len(delivery(ACTOR, 0))} "
+        "bytes, alternating direct / via the proxy (CONNECT + Sluice's TLS, keep-alive)"
+    )
+    print(f"latency direct    p50 {pct(d, 50) * ms:7.2f} ms  p99 {pct(d, 99) * ms:7.2f} ms")
+    print(f"latency via proxy p50 {pct(v, 50) * ms:7.2f} ms  p99 {pct(v, 99) * ms:7.2f} ms")
+    print(f"proxy CPU per delivery {r.proxy_cpu_delivery * ms:.2f} ms")
+    print(
+        f"media: {args.rounds} x {args.fetches} GETs of {args.media_bytes} bytes at "
+        f"concurrency {args.concurrency}, alternating direct / via the proxy"
+    )
+    print(f"throughput direct    {r.direct_rate:8.1f} MB/s")
+    print(f"throughput via proxy {r.via_rate:8.1f} MB/s")
+    print(f"proxy CPU per MB {r.proxy_cpu_mb * ms:.2f} ms")
+    print(
+        f"client connections opened while timed: direct {r.new_connections[0]}, via "
+        f"{r.new_connections[1]} (in warm-up: {r.warm_connections[0]}, {r.warm_connections[1]})"
+    )
+    print(f"proxy peak RSS {peak_rss:.0f} MiB (VmHWM)")
+    if args.profile:
+        print(f"profile of the proxy: python -m pstats {args.profile}")
+    added50 = (pct(v, 50) - pct(d, 50)) * ms
+    added99 = (pct(v, 99) - pct(d, 99)) * ms
+    print(f"added latency p50 {added50:6.2f} ms  p99 {added99:6.2f} ms (target p50 <= 5 ms)")
+    print(f"ratio via/direct: media throughput x{r.via_rate / r.direct_rate:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=1000)
+    parser.add_argument("--fetches", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--media-bytes", type=int, default=1_000_000)
+    parser.add_argument("--profile", metavar="FILE", default=None)
+    asyncio.run(main(parser.parse_args()))
