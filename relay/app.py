@@ -365,6 +365,21 @@ async def _start_outbound(
         read_timeout=config.outbound.read_timeout_seconds,
         max_connections=config.outbound.max_connections,
     )
+    if parts.upload is not None:  # remote media meets what uploads meet, then is served
+        from relay.outbound.media import MediaGuard
+
+        checked = parts.upload
+        proxy.handler = MediaGuard(
+            proxy.forwarder,
+            inspector=checked.inspector,
+            policy=checked.policy,
+            hasher=checked.hasher,
+            evidence=checked.evidence,
+            outbox=checked.outbox,
+            webhooks=checked.webhooks,
+            admin_url=checked.admin_url,
+            max_bytes=config.media.max_bytes,
+        )
     host, _, port = listen.rpartition(":")
     try:
         bound_host, bound_port = await proxy.start(host.strip("[]"), int(port))

@@ -45,13 +45,15 @@ from relay.errors import BlockedAddress
 from relay.network import GuardedResolver, NetworkPolicy
 from relay.outbound.ca import CaError, CertificateAuthority
 
-__all__ = ["ForwardProxy", "Forwarder", "Handler", "tunnelled"]
+__all__ = ["Answer", "ForwardProxy", "Forwarder", "Handler", "end_to_end", "stream", "tunnelled"]
 
 log = logging.getLogger(__name__)
 
 #: What the proxy hands each intercepted or plain-HTTP request to, with the URL the
 #: instance meant; it answers (forwarding, refusing, or serving a checked copy).
 Handler = Callable[[web.BaseRequest, yarl.URL], Awaitable[web.StreamResponse]]
+#: What ``Forwarder.exchange`` hands the origin's response to, to answer the instance.
+Answer = Callable[[web.BaseRequest, aiohttp.ClientResponse], Awaitable[web.StreamResponse]]
 
 _CHUNK = 64 * 1024
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -182,6 +184,14 @@ class Forwarder:
             self._session = None
 
     async def __call__(self, request: web.BaseRequest, url: yarl.URL) -> web.StreamResponse:
+        return await self.exchange(request, url, stream)
+
+    async def exchange(
+        self, request: web.BaseRequest, url: yarl.URL, answer: Answer
+    ) -> web.StreamResponse:
+        """Send the request on as it came; ``answer`` turns the origin's response into
+        the instance's (``stream``: as it came). Refusals and failures to reach the
+        origin are answered here (403, 502, 504)."""
         try:
             self._policy.check_url(url)
         except BlockedAddress as exc:
@@ -199,15 +209,7 @@ class Forwarder:
                 allow_redirects=False,
                 # A proxy passes compressed bodies and redirects on, as they came.
             ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in upstream.headers.items():
-                    if name.lower() not in _HOP_BY_HOP:
-                        response.headers.add(name, value)
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(_CHUNK):
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
+                return await answer(request, upstream)
         except BlockedAddress as exc:  # from GuardedResolver: a name led somewhere refused
             return _refusal(exc)
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -220,6 +222,28 @@ class Forwarder:
             return _bad_gateway(url, f"cannot connect: {exc.os_error.strerror or exc.os_error}")
         except aiohttp.ClientError as exc:
             return _bad_gateway(url, type(exc).__name__)
+
+
+async def stream(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, prefix: bytes = b""
+) -> web.StreamResponse:
+    """The origin's answer as it came (less hop-by-hop fields), ``prefix`` being the
+    first bytes of its body already read."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for name, value in end_to_end(upstream.headers):
+        response.headers.add(name, value)
+    await response.prepare(request)
+    if prefix:
+        await response.write(prefix)
+    async for chunk in upstream.content.iter_chunked(_CHUNK):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def end_to_end(headers: Any) -> list[tuple[str, str]]:
+    """An answer's fields less the hop-by-hop ones."""
+    return [(name, value) for name, value in headers.items() if name.lower() not in _HOP_BY_HOP]
 
 
 def _bad_gateway(url: yarl.URL, why: str) -> web.Response:

@@ -1,0 +1,70 @@
+"""Judging bytes a door holds in memory: the spine's one inspect path for a file that
+cannot wait for the hold (an upload, a fetch through the outbound proxy).
+
+The bytes are decoded on the hold's ``MediaHasher`` (charged to ``sender``), met by the
+hold's ``Inspector``, and what could not be decoded becomes a signal beside ``hashed``,
+as the hold's media check puts it, so the same ``Policy`` decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from relay.errors import DecodeError
+from relay.media.hasher import MediaHasher, OverBudget
+from relay.media.inspect import Inspector
+from relay.media.media import Media
+from relay.media.refs import MediaRef
+from relay.policy import OVER_BUDGET, Policy
+from relay.signal import Signal
+from relay.verdict import Disposition, Verdict
+
+__all__ = ["Inspected", "decide", "inspect_bytes"]
+
+
+@dataclass(frozen=True)
+class Inspected:
+    signals: list[Signal]
+    undecodable: bool = False
+    """A picture that did not decode: its exact hashes met the banks, nothing else."""
+
+
+async def inspect_bytes(
+    data: bytes,
+    ref: MediaRef,
+    *,
+    inspector: Inspector,
+    hasher: MediaHasher,
+    sender: str,
+    source: str,
+) -> Inspected:
+    """The signals about ``data``; ``source`` names the door in problem signals."""
+    where = {"url": ref.url, "where": ref.where, "role": ref.role}
+    problem: Signal | None = None
+    undecodable = False
+    try:
+        media = Media.of(data, await hasher.hash(data, sender=sender), ref=ref)
+    except OverBudget as exc:
+        media = Media.of(data, ref=ref)
+        problem = Signal(OVER_BUDGET, source, {**where, "error": str(exc)})
+    except DecodeError as exc:
+        # Not decoded: the exact hashes still meet the banks; on_error decides the rest.
+        media = Media.of(data, ref=ref)
+        undecodable = True
+        problem = Signal("error", source, {**where, "stage": "decode", "error": str(exc)})
+    signals = await inspector.inspect(media)
+    if problem is not None:
+        signals = [*signals[:1], problem, *signals[1:]]
+    return Inspected(signals, undecodable)
+
+
+def decide(
+    policy: Policy, signals: Iterable[Signal], *, on_error: Disposition, rule: str
+) -> Verdict:
+    """``policy``'s verdict, with what cannot be decided the door's ``on_error``
+    (named ``rule``) rather than the hold's: a door cannot hold a file for later."""
+    verdict = replace(policy, on_error=on_error).decide(list(signals))
+    if verdict.rule == "hold.on_error":
+        verdict = replace(verdict, rule=rule)
+    return verdict
