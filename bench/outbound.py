@@ -9,7 +9,7 @@ Runs, in one go and on this machine, each in its own process:
 - Sluice's forward proxy (relay.outbound.proxy.ForwardProxy, built through its
   public constructor with Sluice's own CA for interception, a ``[network]`` policy
   allowing loopback, the public CA as its ``cafile``, and the default handler: the
-  forwarding core, ``Forwarder``; no checking handler exists yet);
+  forwarding core, ``Forwarder``; no checking handler is measured);
 - the instance, here: aiohttp clients that trust the public CA (direct) or Sluice's CA
   (through the proxy, ``proxy=``: CONNECT, then TLS to Sluice inside the tunnel).
 
@@ -20,7 +20,10 @@ Deliveries: ``--deliveries`` signed POSTs (draft-cavage rsa-sha256, about 2 KB o
 signed before timing starts), one at a time, alternating direct and via the proxy so
 that the machine's drift hits both alike; each timed from the POST to the 202 read.
 Media: ``--fetches`` GETs of the body at ``--concurrency``, direct then via the proxy,
-``--rounds`` times alternating; MB/s over the whole of each path's rounds.
+``--rounds`` times alternating; MB/s over the whole of each path's rounds. The CPU time
+each process spent per MB (/proc) says where the time goes: all three share the cores
+here, so their sum bounds the ratio, and the proxy's own share gives its ceiling on a
+core of its own.
 
     python bench/outbound.py [--deliveries 1000] [--fetches 64] [--concurrency 8]
         [--rounds 2] [--media-bytes 1000000] [--profile FILE]
@@ -204,49 +207,60 @@ class Client:
         return sum(sizes), time.perf_counter() - started
 
 
-async def measure(args: argparse.Namespace, origin_port: int, proxy_pid: int, proxy_port: int, cas):
+class Cpu:
+    """CPU seconds spent by the client (this process), the origin and the proxy."""
+
+    def __init__(self, origin_pid: int, proxy_pid: int) -> None:
+        self.pids = origin_pid, proxy_pid
+
+    def now(self) -> tuple[float, float, float]:
+        return (time.process_time(), *(cpu_seconds(pid) for pid in self.pids))
+
+    def since(self, then: tuple[float, float, float]) -> list[float]:
+        return [b - a for a, b in zip(then, self.now(), strict=True)]
+
+
+async def measure(args: argparse.Namespace, ports: tuple[int, int], cpu: Cpu, cas):
     public, sluice = cas
+    origin_port, proxy_port = ports
     base = f"https://{HOST}:{origin_port}"
     inbox = base + "/inbox"
     key, _ = signing_key()
-    actor = ACTOR
     limit = max(args.concurrency, 1)
     direct = Client(ssl.create_default_context(cafile=public), limit, None)
     via = Client(ssl.create_default_context(cafile=sluice), limit, f"http://127.0.0.1:{proxy_port}")
     out = SimpleNamespace()
     try:
         # Warm up: connections both ways, Sluice's leaf for localhost, caches.
-        for body, headers in deliveries(key, actor, inbox, 20):
+        for body, headers in deliveries(key, ACTOR, inbox, 20):
             await direct.post(inbox, body, headers)
             await via.post(inbox, body, headers)
         await direct.media(base, limit, limit, args.media_bytes)
         await via.media(base, limit, limit, args.media_bytes)
         warm = direct.connections, via.connections
 
-        batch = deliveries(key, actor, inbox, args.deliveries)
+        batch = deliveries(key, ACTOR, inbox, args.deliveries)
         out.direct_latency, out.via_latency = [], []
-        cpu = cpu_seconds(proxy_pid)
+        started = cpu.now()
         for body, headers in batch:
             out.direct_latency.append(await direct.post(inbox, body, headers))
             out.via_latency.append(await via.post(inbox, body, headers))
-        out.proxy_cpu_delivery = (cpu_seconds(proxy_pid) - cpu) / args.deliveries
+        out.proxy_cpu_delivery = cpu.since(started)[2] / args.deliveries
 
-        totals = {"direct": [0, 0.0], "via": [0, 0.0]}
-        cpu_media = 0.0
+        moved = {"direct": 0, "via": 0}
+        seconds = {"direct": 0.0, "via": 0.0}
+        spent = {"direct": [0.0, 0.0, 0.0], "via": [0.0, 0.0, 0.0]}
         for _ in range(args.rounds):
-            got, seconds = await direct.media(
-                base, args.fetches, args.concurrency, args.media_bytes
-            )
-            totals["direct"][0] += got
-            totals["direct"][1] += seconds
-            cpu = cpu_seconds(proxy_pid)
-            got, seconds = await via.media(base, args.fetches, args.concurrency, args.media_bytes)
-            cpu_media += cpu_seconds(proxy_pid) - cpu
-            totals["via"][0] += got
-            totals["via"][1] += seconds
-        out.direct_rate = totals["direct"][0] / totals["direct"][1] / 1e6
-        out.via_rate = totals["via"][0] / totals["via"][1] / 1e6
-        out.proxy_cpu_mb = cpu_media / (totals["via"][0] / 1e6)
+            for name, client in (("direct", direct), ("via", via)):
+                started = cpu.now()
+                got, took = await client.media(base, args.fetches, limit, args.media_bytes)
+                spent[name] = [a + b for a, b in zip(spent[name], cpu.since(started), strict=True)]
+                moved[name] += got
+                seconds[name] += took
+        out.direct_rate = moved["direct"] / seconds["direct"] / 1e6
+        out.via_rate = moved["via"] / seconds["via"] / 1e6
+        # CPU milliseconds per MB moved: client, origin, proxy.
+        out.cpu_mb = {name: [1e3 * c / (moved[name] / 1e6) for c in spent[name]] for name in spent}
         out.new_connections = direct.connections - warm[0], via.connections - warm[1]
         out.warm_connections = warm
     finally:
@@ -278,7 +292,9 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await wait_listening(origin_port, "origin")
         await wait_listening(proxy_port, "proxy")
-        r = await measure(args, origin_port, proxy.pid, proxy_port, (public_cafile, sluice_cafile))
+        cpu = Cpu(origin.pid, proxy.pid)
+        cas = public_cafile, sluice_cafile
+        r = await measure(args, (origin_port, proxy_port), cpu, cas)
         peak_rss = _peak_rss_mib(proxy.pid)
     finally:
         proxy.terminate()  # SIGTERM: the proxy closes, and writes its profile if asked
@@ -307,18 +323,31 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"throughput direct    {r.direct_rate:8.1f} MB/s")
     print(f"throughput via proxy {r.via_rate:8.1f} MB/s")
-    print(f"proxy CPU per MB {r.proxy_cpu_mb * ms:.2f} ms")
+    for name, label in (("direct", "direct   "), ("via", "via proxy")):
+        client, origin_cpu, proxy_cpu = r.cpu_mb[name]
+        print(
+            f"CPU per MB {label} {client + origin_cpu + proxy_cpu:5.2f} ms: client {client:5.2f}, "
+            f"origin {origin_cpu:5.2f}, proxy {proxy_cpu:5.2f}"
+        )
     print(
         f"client connections opened while timed: direct {r.new_connections[0]}, via "
         f"{r.new_connections[1]} (in warm-up: {r.warm_connections[0]}, {r.warm_connections[1]})"
     )
     print(f"proxy peak RSS {peak_rss:.0f} MiB (VmHWM)")
+    print(
+        f"proxy's own ceiling on one core {1e3 / max(r.cpu_mb['via'][2], 1e-9):6.0f} MB/s "
+        "(1 / its CPU per MB)"
+    )
     if args.profile:
         print(f"profile of the proxy: python -m pstats {args.profile}")
     added50 = (pct(v, 50) - pct(d, 50)) * ms
     added99 = (pct(v, 99) - pct(d, 99)) * ms
     print(f"added latency p50 {added50:6.2f} ms  p99 {added99:6.2f} ms (target p50 <= 5 ms)")
-    print(f"ratio via/direct: media throughput x{r.via_rate / r.direct_rate:.2f} (target >= 0.8)")
+    direct_cpu, via_cpu = sum(r.cpu_mb["direct"]), sum(r.cpu_mb["via"])
+    print(
+        f"ratio via/direct: media throughput x{r.via_rate / r.direct_rate:.2f} (target >= 0.8); "
+        f"CPU per MB x{direct_cpu / via_cpu:.2f} (the bound when all three share the cores)"
+    )
 
 
 if __name__ == "__main__":
