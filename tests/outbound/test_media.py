@@ -14,7 +14,7 @@ from relay.banks import BankStore
 from relay.evidence import EvidenceKey
 from relay.media.hashes import hash_media
 from relay.outbound.ca import CertificateAuthority, create_ca
-from relay.outbound.media import KNOWN, is_media
+from relay.outbound.media import KNOWN, UNCHECKED, is_media
 from tests.conftest import Running, wait_for
 from tests.outbound.support import connect, read_response, trusting
 
@@ -40,6 +40,8 @@ async def _origin_app() -> web.Application:
             return web.Response(body=BRIDGE, content_type="image/jpeg")
         if name == "bridge.html":  # the type lies; the bytes do not
             return web.Response(body=BRIDGE, content_type="text/html")
+        if name == "broken.png":  # sniffed as a picture, never decoded
+            return web.Response(body=PEN[:300], content_type="image/png")
         if name == "actor":
             return web.Response(body=ACTOR, content_type="application/activity+json")
         if name in ("big.png", "big-chunked.png"):
@@ -185,6 +187,15 @@ async def test_an_over_large_media_answer_is_refused_never_passed_unchecked(
     assert status.startswith(b"HTTP/1.1 502")
     assert str(MAX_BYTES) in body.decode()
     assert PEN[:64] not in body
+
+
+async def test_an_image_that_cannot_be_checked_is_refused_by_default(
+    proxied: tuple[Running, Fetch],
+) -> None:
+    _, fetch = proxied
+    status, _, body = await fetch("broken.png")
+    assert status.startswith(b"HTTP/1.1 403")
+    assert body.decode().strip() == UNCHECKED
 
 
 def test_media_is_told_by_its_type_or_its_bytes() -> None:
