@@ -380,6 +380,23 @@ async def _start_outbound(
             admin_url=checked.admin_url,
             max_bytes=config.media.max_bytes,
         )
+    # The instance's deliveries are held and checked, then sent on by the flow.
+    from relay.deliver import RemoteUpstream
+    from relay.outbound.deliveries import Deliveries
+
+    parts.flow.remote = RemoteUpstream(
+        policy,
+        cafile=str(trust) if trust is not None else None,
+        connect_timeout=config.network.connect_timeout_seconds,
+        timeout=config.upstream.timeout_seconds,
+    )
+    proxy.handler = Deliveries(
+        parts.flow,
+        proxy.handler,
+        policy,
+        max_age=config.outbound.delivery_max_age_seconds,
+        max_bytes=config.server.max_body_bytes,
+    )
     host, _, port = listen.rpartition(":")
     try:
         bound_host, bound_port = await proxy.start(host.strip("[]"), int(port))

@@ -3,11 +3,14 @@
 The instance verifies the sender's signature itself, so nothing the signature
 covers may change: same path, same body, same Host, Date, Digest/Content-Digest,
 Signature/Signature-Input. ``Upstream`` is the seam (one method, like httpx's
-transports) so tests and other deliverers can stand in.
+transports) so tests and other deliverers can stand in. ``RemoteUpstream`` sends the
+instance's own deliveries (taken in by the outbound door) on to remote inboxes, the
+same way: the remote verifies the instance's signature.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +18,10 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-__all__ = ["Delivery", "HttpUpstream", "Upstream", "is_retryable"]
+from relay.errors import BlockedAddress
+from relay.network import GuardedResolver, NetworkPolicy
+
+__all__ = ["Delivery", "HttpUpstream", "RemoteUpstream", "Upstream", "is_retryable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +90,86 @@ class HttpUpstream(Upstream):
 
     async def close(self) -> None:
         await self.session.close()
+
+
+class RemoteUpstream(Upstream):
+    """Posts to the full URL it is given (a remote inbox), reaching only addresses the
+    ``[network]`` rules allow (checked after resolution, as the forward proxy does) and
+    verifying certificates against the system store plus ``cafile``. No redirect is
+    followed: the signature covers the path it was made for."""
+
+    def __init__(
+        self,
+        policy: NetworkPolicy,
+        *,
+        cafile: str | None = None,
+        connect_timeout: float = 10.0,
+        timeout: float = 30.0,
+        limit: int = 64,
+        limit_per_host: int = 4,
+    ) -> None:
+        self.policy = policy
+        self._cafile = cafile
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made in the running loop, on first use
+            tls = ssl.create_default_context()
+            if self._cafile:
+                tls.load_verify_locations(cafile=self._cafile)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    resolver=GuardedResolver(self.policy),
+                    ssl=tls,
+                    limit=self._limit,
+                    limit_per_host=self._limit_per_host,
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=self._timeout, sock_connect=self._connect_timeout
+                ),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
+
+    async def deliver(
+        self, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> Delivery:
+        started = time.perf_counter()
+        url = URL(target, encoded=True)
+        try:
+            self.policy.check_url(url)
+            async with self._client().post(
+                url, data=body, headers=list(headers), allow_redirects=False
+            ) as response:
+                status = response.status
+                error = None
+                if status >= 300:
+                    snippet = (await response.content.read(200)).decode("utf-8", "replace")
+                    error = f"{url.host} answered {status}: {snippet}"
+                else:  # a little, so the connection may serve the next delivery
+                    await response.content.read(65_536)
+        except BlockedAddress as exc:  # final: no retry reaches it
+            return Delivery(403, f"Sluice refused this destination: {exc}", _since(started))
+        except TimeoutError:
+            return Delivery(None, f"{url.host} timed out", _since(started))
+        except aiohttp.ClientError as exc:
+            return Delivery(None, f"{url.host} unreachable: {exc}", _since(started))
+        except Exception as exc:  # never let a delivery fault strand the row
+            return Delivery(None, f"delivery failed: {exc!r}", _since(started))
+        return Delivery(status, error, _since(started))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

@@ -55,12 +55,16 @@ class Flow:
         evidence: EvidenceStore | None = None,
         outbox: Outbox | None = None,
         plans: Mapping[str, Plan] | None = None,
+        remote: Upstream | None = None,
     ) -> None:
         """``plans``: per effect a rule may name, how a recorded verdict becomes its
-        outbox rows (``relay.effects.Plan``); ``outbox`` runs them."""
+        outbox rows (``relay.effects.Plan``); ``outbox`` runs them. ``remote``: what
+        sends the instance's own deliveries to remote inboxes (the outbound door's);
+        the flow closes it when it stops, once deliveries in flight have ended."""
         self.store = store
         self.hold = hold
         self.upstream = upstream
+        self.remote = remote
         self.metrics = metrics
         self.concurrency = concurrency
         self.backoff_initial = backoff_initial
@@ -111,11 +115,23 @@ class Flow:
             item = self.queue.get_nowait()
             await self.store.release(item.id)
             self.held.discard(item.id)
+        if self.remote is not None:
+            await self.remote.close()
 
     async def accept(
-        self, envelope: Envelope, activity: Activity, verified: Verified | None
+        self,
+        envelope: Envelope,
+        activity: Activity,
+        verified: Verified | None,
+        *,
+        destination: str | None = None,
+        deadline: float | None = None,
     ) -> Stored | None:
         """The only way in: commit the activity, then hand it on. None: a duplicate.
+
+        ``destination``: one of the instance's own deliveries, to that remote inbox
+        (full URL), not to the instance; ``deadline`` (epoch seconds): no retry after
+        it (its signature expires), however long ``[delivery] max_age`` is.
 
         A row claimed as it was stored goes to this process's workers in memory (no
         polling delay); one stored behind another about the same object waits for the
@@ -125,7 +141,13 @@ class Flow:
         signer = verified.signer if verified else None
         key_id = verified.key_id if verified else None
         stored = await self.store.insert(
-            envelope, activity, signer=signer, key_id=key_id, claim=self.has_room()
+            envelope,
+            activity,
+            signer=signer,
+            key_id=key_id,
+            claim=self.has_room(),
+            destination=destination,
+            deadline=deadline,
         )
         if stored is None:
             return None
@@ -144,6 +166,7 @@ class Flow:
                     signer=signer,
                     key_id=key_id,
                     remote=envelope.remote,
+                    destination=destination,
                     _activity=activity,
                 )
             )
@@ -337,6 +360,7 @@ class Flow:
             "key_id": item.key_id,
             "remote": item.remote,
             "target": item.target,
+            **({"destination": item.destination} if item.destination else {}),
             "headers": item.headers,
             # The exact bytes as sent (the document above is parsed): what a release
             # delivers, under the sender's signature.
@@ -420,13 +444,20 @@ class Flow:
     async def _deliver(self, item: Item) -> None:
         self._delivering += 1
         try:
-            result = await self.upstream.deliver(item.target, item.headers, item.body)
+            if item.destination is None:
+                result = await self.upstream.deliver(item.target, item.headers, item.body)
+            else:  # one of the instance's own, to a remote inbox: the same bytes
+                if self.remote is None:
+                    raise RuntimeError("a delivery to a remote inbox, but no remote upstream")
+                result = await self.remote.deliver(item.destination, item.headers, item.body)
         finally:
             self._delivering -= 1
         self.metrics.upstream_seconds.observe(result.seconds)
         fields = dict(
             row=item.id, activity_id=item.ap_id, status=result.status, attempt=item.attempts + 1
         )
+        if item.destination is not None:
+            fields["destination"] = item.destination
         if result.ok:
             assert result.status is not None
             await self.store.delivered(item.id, result.status)

@@ -242,6 +242,7 @@ class OutboundConfig:
     trust_file: Path | None
     read_timeout_seconds: float
     max_connections: int
+    delivery_max_age_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -575,6 +576,9 @@ SCHEMA: tuple[Section, ...] = (
               check=positive),
         Field("max_connections", INTEGER, 512,
               "connections from the instance at once; more get 503", check=positive),
+        Field("delivery_max_age_seconds", NUMBER, 3600.0,
+              "the longest after signing that the instance's delivery is still sent; "
+              "then it is dead-lettered (remotes refuse old signatures)", check=positive),
     ), "The outbound door: Sluice as the instance's forward proxy (deploy/outbound.md)."),
     Section("bank", BankConfig, (
         Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",

@@ -84,24 +84,27 @@ WITH fresh AS (
       AND state IN ({sql_list(HELD)}) AND actor = $6
       AND (($4 = 'Delete' AND object_id = $8 AND type IN ('Create', 'Update'))
            OR ($4 = 'Undo' AND ap_id = $8))
+      AND destination IS NOT DISTINCT FROM $19::text
       AND EXISTS (SELECT 1 FROM fresh)
     RETURNING id
 ), blocked AS (
     SELECT EXISTS (
         SELECT 1 FROM activity
         WHERE $8::text IS NOT NULL AND (object_id = $8 OR ap_id = $8) AND actor = $6
-          AND state IN ({sql_list(PENDING)})
+          AND state IN ({sql_list(PENDING)}) AND destination IS NOT DISTINCT FROM $19::text
           AND id NOT IN (SELECT id FROM cancelled)
     ) AS b
 )
 INSERT INTO activity (ap_id, type, actor, signer, key_id, object_id, target, headers, body,
-                      remote, received_at, deadline, owner, locked_until)
+                      remote, received_at, deadline, owner, locked_until, destination)
 SELECT $3::text, $4::text, $6::text, $7::text, $9::text, $8::text, $10::text, $11::jsonb,
        $12::bytea, $13::text, to_timestamp($14::float8),
-       to_timestamp($14::float8) + make_interval(secs => $15::float8),
+       least(to_timestamp($14::float8) + make_interval(secs => $15::float8),
+             to_timestamp($20::float8)),
        CASE WHEN blocked.b OR NOT $18 THEN NULL ELSE $16::text END,
        CASE WHEN blocked.b OR NOT $18 THEN NULL
-            ELSE now() + make_interval(secs => $17::float8) END
+            ELSE now() + make_interval(secs => $17::float8) END,
+       $19::text
 FROM fresh, blocked
 RETURNING id, owner IS NOT NULL AS claimed, (SELECT count(*) FROM cancelled) AS cancelled
 """
@@ -137,6 +140,7 @@ WITH c AS (
           SELECT 1 FROM activity p
           WHERE a.object_id IS NOT NULL AND p.id < a.id
             AND (p.object_id = a.object_id OR p.ap_id = a.object_id) AND p.actor = a.actor
+            AND p.destination IS NOT DISTINCT FROM a.destination
             AND p.state IN ({sql_list(PENDING)}))
     ORDER BY a.next_attempt_at, a.id
     LIMIT $2
@@ -146,7 +150,7 @@ UPDATE activity SET owner = $1, locked_until = now() + make_interval(secs => $3)
 FROM c WHERE activity.id = c.id
 RETURNING activity.id, activity.state, activity.target, activity.headers, activity.body,
           activity.attempts, activity.ap_id, activity.actor, activity.signer,
-          activity.key_id, activity.remote,
+          activity.key_id, activity.remote, activity.destination,
           extract(epoch FROM activity.received_at)::float8 AS received_at
 """
 
@@ -209,6 +213,8 @@ class Item:
     signer: str | None = None
     key_id: str | None = None
     remote: str | None = None
+    #: The remote inbox (full URL) of one of the instance's deliveries; None: inbound.
+    destination: str | None = None
     _activity: Activity | None = field(default=None, repr=False)
 
     @property
@@ -261,15 +267,23 @@ class ActivityStore:
         signer: str | None,
         key_id: str | None,
         claim: bool = True,
+        destination: str | None = None,
+        deadline: float | None = None,
     ) -> Stored | None:
         """Commit the activity; None when it is a duplicate within the window.
 
         With ``claim`` the row is leased to this worker at once (the fast path);
-        without, the poller of any process takes it. Raises StoreUnavailable when the
-        database cannot be reached or written: then nothing was stored.
+        without, the poller of any process takes it. ``destination``: a delivery's
+        remote inbox (one activity goes to many, each a row of its own); ``deadline``
+        (epoch seconds): retries end sooner than ``max_age`` (a delivery's signature
+        expires). Raises StoreUnavailable when the database cannot be reached or
+        written: then nothing was stored.
         """
+        key = activity.dedup_key
+        if destination is not None:
+            key = f"{key} to {destination}"
         arguments = (
-            activity.dedup_key,
+            key,
             self.dedup_window,
             activity.id,
             activity.type,
@@ -287,6 +301,8 @@ class ActivityStore:
             self.owner,
             self.lease,
             claim,
+            destination,
+            deadline,
         )
         with translated():
             async with self.pool.acquire() as conn, conn.transaction():
@@ -314,6 +330,7 @@ class ActivityStore:
                 signer=r["signer"],
                 key_id=r["key_id"],
                 remote=r["remote"],
+                destination=r["destination"],
             )
             for r in rows
         ]
@@ -555,8 +572,8 @@ class ActivityStore:
     @translating
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT id, ap_id, type, actor, target, attempts, last_status, last_error, "
-            "received_at, finished_at FROM activity "
+            "SELECT id, ap_id, type, actor, target, destination, attempts, last_status, "
+            "last_error, received_at, finished_at FROM activity "
             f"WHERE state = {sql_list(State.DEAD)} ORDER BY id LIMIT $1",
             limit,
         )
@@ -583,8 +600,9 @@ class ActivityStore:
         """One activity's record, by row id or activity id, for "why was this held?"."""
         column = "id" if isinstance(key, int) else "ap_id"
         row = await self.pool.fetchrow(
-            "SELECT id, ap_id, type, actor, signer, key_id, object_id, state, target, remote, "
-            "received_at, decided_at, finished_at, attempts, last_status, last_error, verdict, "
+            "SELECT id, ap_id, type, actor, signer, key_id, object_id, state, target, "
+            "destination, remote, received_at, decided_at, finished_at, attempts, last_status, "
+            "last_error, verdict, "
             f"evidence_id FROM activity WHERE {column} = $1 ORDER BY id DESC LIMIT 1",
             key,
         )
