@@ -22,8 +22,8 @@ that the machine's drift hits both alike; each timed from the POST to the 202 re
 Media: ``--fetches`` GETs of the body at ``--concurrency``, direct then via the proxy,
 ``--rounds`` times alternating; MB/s over the whole of each path's rounds. The CPU time
 each process spent per MB (/proc) says where the time goes: all three share the cores
-here, so their sum bounds the ratio, and the proxy's own share gives its ceiling on a
-core of its own.
+here, so their sums set the ratio when CPU-bound, and the proxy's own share gives its
+ceiling on a core of its own.
 
     python bench/outbound.py [--deliveries 1000] [--fetches 64] [--concurrency 8]
         [--rounds 2] [--media-bytes 1000000] [--profile FILE]
@@ -346,7 +346,7 @@ async def main(args: argparse.Namespace) -> None:
     direct_cpu, via_cpu = sum(r.cpu_mb["direct"]), sum(r.cpu_mb["via"])
     print(
         f"ratio via/direct: media throughput x{r.via_rate / r.direct_rate:.2f} (target >= 0.8); "
-        f"CPU per MB x{direct_cpu / via_cpu:.2f} (the bound when all three share the cores)"
+        f"CPU per MB x{direct_cpu / via_cpu:.2f} (a CPU-bound run on shared cores would show it)"
     )
 
 
