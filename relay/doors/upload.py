@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import aiohttp
@@ -44,14 +44,13 @@ from relay.doors.passthrough import Passthrough, end_to_end, forwarded, unreacha
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import message, notifications
 from relay.envelope import Proxies
-from relay.errors import DecodeError
 from relay.evidence import EvidenceStore, MediaItem
-from relay.media.hasher import MediaHasher, OverBudget
+from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
-from relay.media.media import Media
+from relay.media.judge import decide, inspect_bytes
 from relay.media.refs import MediaRef
 from relay.outbox import Outbox, Pending
-from relay.policy import OVER_BUDGET, Policy
+from relay.policy import Policy
 from relay.signal import Signal
 from relay.verdict import Disposition, Verdict
 
@@ -405,32 +404,20 @@ class UploadDoor:
 
     async def _decide(self, upload: _Upload) -> Verdict:
         for label, data in upload.files:
-            upload.signals += await self._inspect(upload, label, data)
+            ref = MediaRef(f"upload:{upload.path}#{label}", label, "upload", None, None)
+            inspected = await inspect_bytes(
+                data,
+                ref,
+                inspector=self.inspector,
+                hasher=self.hasher,
+                sender=upload.uploader,
+                source="upload",
+            )
+            upload.signals += inspected.signals
+            upload.undecodable = upload.undecodable or inspected.undecodable
         # What cannot be decided is [upload] on_error's, not the hold's.
         chosen = Disposition.REJECT if self.on_error == "refuse" else Disposition.DELIVER
-        verdict = replace(self.policy(), on_error=chosen).decide(upload.signals)
-        if verdict.rule == "hold.on_error":
-            verdict = replace(verdict, rule="upload.on_error")
-        return verdict
-
-    async def _inspect(self, upload: _Upload, label: str, data: bytes) -> list[Signal]:
-        ref = MediaRef(f"upload:{upload.path}#{label}", label, "upload", None, None)
-        problem: Signal | None = None
-        where = {"url": ref.url, "where": label, "role": "upload"}
-        try:
-            media = Media.of(data, await self.hasher.hash(data, sender=upload.uploader), ref=ref)
-        except OverBudget as exc:
-            media = Media.of(data, ref=ref)
-            problem = Signal(OVER_BUDGET, "upload", {**where, "error": str(exc)})
-        except DecodeError as exc:
-            # Not decoded: the exact hashes still meet the banks; on_error decides the rest.
-            media = Media.of(data, ref=ref)
-            upload.undecodable = True
-            problem = Signal("error", "upload", {**where, "stage": "decode", "error": str(exc)})
-        signals = await self.inspector.inspect(media)
-        if problem is not None:  # beside ``hashed``, as the hold's media check puts it
-            signals = [*signals[:1], problem, *signals[1:]]
-        return signals
+        return decide(self.policy(), upload.signals, on_error=chosen, rule="upload.on_error")
 
     async def _preserve(self, upload: _Upload, verdict: Verdict) -> int | None:
         """A refused match keeps its evidence (when a key is set): the facts and the files."""
