@@ -28,8 +28,14 @@ ceiling on a core of its own.
     python bench/outbound.py [--deliveries 1000] [--fetches 64] [--concurrency 8]
         [--rounds 2] [--media-bytes 1000000] [--profile FILE]
 
-``--profile FILE`` runs the proxy under cProfile and writes its stats to FILE (then
-``python -m pstats FILE``); the figures it prints are then not the proxy's own.
+``--sluice`` measures a whole ``relay serve`` as the proxy instead, with the checks it
+wires on its outbound door: a delivery is stored and judged, and answered 202 by Sluice
+(the origin gets it later, from the flow); media are decoded and judged, so the body
+is a noise JPEG. Its CPU figures count Sluice's main process alone (not PostgreSQL's,
+nor any worker process's).
+
+``--profile FILE`` (not with ``--sluice``) runs the proxy under cProfile and writes its
+stats to FILE (then ``python -m pstats FILE``); its figures are then not the proxy's own.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import io
 import json
 import multiprocessing
 import os
@@ -51,6 +58,7 @@ from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import web
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -65,16 +73,15 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 ACTOR = "https://sender.example/users/bench"
 
 
-def serve_origin(port: int, public_dir: str, media_bytes: int) -> None:
+def serve_origin(port: int, public_dir: str, body: bytes, content_type: str) -> None:
     """Child process: the HTTPS origin (an instance's inbox, a media server)."""
-    body = os.urandom(media_bytes)  # incompressible, and no image: nothing to decode
 
     async def inbox(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(status=202)
 
     async def media(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/octet-stream")
+        return web.Response(body=body, content_type=content_type)
 
     app = web.Application()
     app.router.add_post("/inbox", inbox)
@@ -102,6 +109,33 @@ def serve_proxy(port: int, sluice_dir: str, public_cafile: str, profile: str | N
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(profile)
+
+
+def media_body(size: int, picture: bool) -> tuple[bytes, str]:
+    """``size`` random bytes; or, for Sluice's media check, a JPEG of noise about that
+    big (benign, and it decodes: the check reads every file whole)."""
+    if not picture:
+        return os.urandom(size), "application/octet-stream"
+    side = max(16, int((size / 0.9) ** 0.5))  # noise at quality 90: ~0.9 bytes a pixel
+    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue(), "image/jpeg"
+
+
+def sluice_config(workdir: Path, proxy_port: int, origin_port: int, public_cafile: str) -> Path:
+    """A whole Sluice whose outbound door is the proxy, every check it wires on."""
+    config = workdir / "sluice.toml"
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[upstream]\nurl = "https://{HOST}:{origin_port}"\n'
+        f'[storage]\ndata_dir = "{workdir / "sluice"}"\n'
+        '[network]\nallow = ["127.0.0.0/8", "::1/128"]\n'
+        '[log]\nlevel = "warning"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[outbound]\nlisten = "127.0.0.1:{proxy_port}"\ntrust_file = "{public_cafile}"\n'
+    )
+    return config
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,6 +200,7 @@ class Client:
     def __init__(self, tls: ssl.SSLContext, limit: int, proxy: str | None) -> None:
         self.proxy = proxy
         self.connections = 0
+        self.refused: dict[int, int] = {}  # status: count, for files Sluice's check refused
         trace = aiohttp.TraceConfig()
         trace.on_connection_create_end.append(self._counted)
         self.session = aiohttp.ClientSession(
@@ -190,7 +225,10 @@ class Client:
             got = 0
             async for chunk in r.content.iter_chunked(64 * 1024):
                 got += len(chunk)
-            if r.status != 200 or got != expected:
+            if r.status != 200:
+                self.refused[r.status] = self.refused.get(r.status, 0) + 1
+                return 0
+            if got != expected:
                 raise SystemExit(f"media answered {r.status} with {got} bytes")
         return got
 
@@ -263,6 +301,7 @@ async def measure(args: argparse.Namespace, ports: tuple[int, int], cpu: Cpu, ca
         out.cpu_mb = {name: [1e3 * c / (moved[name] / 1e6) for c in spent[name]] for name in spent}
         out.new_connections = direct.connections - warm[0], via.connections - warm[1]
         out.warm_connections = warm
+        out.refused = via.refused
     finally:
         await direct.session.close()
         await via.session.close()
@@ -276,29 +315,49 @@ async def main(args: argparse.Namespace) -> None:
     public_cafile = str(CertificateAuthority.load(workdir / "public").cert_path)
     sluice_cafile = str(CertificateAuthority.load(workdir / "sluice").cert_path)
     origin_port, proxy_port = free_port(), free_port()
+    body, content_type = media_body(args.media_bytes, picture=args.sluice)
+    args.media_bytes = len(body)
     spawn = multiprocessing.get_context("spawn")
     origin = spawn.Process(
         target=serve_origin,
-        args=(origin_port, str(workdir / "public"), args.media_bytes),
-        daemon=True,
-    )
-    proxy = spawn.Process(
-        target=serve_proxy,
-        args=(proxy_port, str(workdir / "sluice"), public_cafile, args.profile),
+        args=(origin_port, str(workdir / "public"), body, content_type),
         daemon=True,
     )
     origin.start()
-    proxy.start()
+    if args.sluice:
+        config = sluice_config(workdir, proxy_port, origin_port, public_cafile)
+        proxy = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--config",
+            str(config),
+            stderr=(workdir / "sluice.log").open("wb"),
+        )
+        proxy_pid = proxy.pid
+    else:
+        process = spawn.Process(
+            target=serve_proxy,
+            args=(proxy_port, str(workdir / "sluice"), public_cafile, args.profile),
+            daemon=True,
+        )
+        process.start()
+        proxy_pid = process.pid
     try:
         await wait_listening(origin_port, "origin")
         await wait_listening(proxy_port, "proxy")
-        cpu = Cpu(origin.pid, proxy.pid)
+        cpu = Cpu(origin.pid, proxy_pid)
         cas = public_cafile, sluice_cafile
         r = await measure(args, (origin_port, proxy_port), cpu, cas)
-        peak_rss = _peak_rss_mib(proxy.pid)
+        peak_rss = _peak_rss_mib(proxy_pid)
     finally:
-        proxy.terminate()  # SIGTERM: the proxy closes, and writes its profile if asked
-        proxy.join(30)
+        if args.sluice:
+            proxy.terminate()
+            await proxy.wait()
+        else:
+            process.terminate()  # SIGTERM: the proxy closes, and writes its profile if asked
+            process.join(30)
         origin.terminate()
         origin.join(10)
 
@@ -307,7 +366,12 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}, aiohttp "
         f"{aiohttp.__version__}, {ssl.OPENSSL_VERSION}; origin, proxy and clients in "
-        "three processes on loopback; handler: the default Forwarder (no checks)"
+        "three processes on loopback; "
+        + (
+            "the proxy: a whole `relay serve`, its outbound door with the checks it wires"
+            if args.sluice
+            else "handler: the default Forwarder (no checks)"
+        )
         + ("; PROFILED (figures not the proxy's own)" if args.profile else "")
     )
     print(
@@ -323,6 +387,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"throughput direct    {r.direct_rate:8.1f} MB/s")
     print(f"throughput via proxy {r.via_rate:8.1f} MB/s")
+    if r.refused:
+        print(f"refused via the proxy (status: count), not counted in MB/s: {r.refused}")
     for name, label in (("direct", "direct   "), ("via", "via proxy")):
         client, origin_cpu, proxy_cpu = r.cpu_mb[name]
         print(
@@ -358,4 +424,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--media-bytes", type=int, default=1_000_000)
     parser.add_argument("--profile", metavar="FILE", default=None)
+    parser.add_argument(
+        "--sluice",
+        action="store_true",
+        help="measure a whole `relay serve` as the proxy: deliveries stored and judged "
+        "(202 from Sluice), media decoded and judged (a noise JPEG instead of random bytes)",
+    )
     asyncio.run(main(parser.parse_args()))
