@@ -89,6 +89,8 @@ class Deliveries:
             return _answer(403, f"Sluice refused this destination: {exc}")
         if request.content_length is not None and request.content_length > self.max_bytes:
             return _answer(413, f"a delivery may be at most {self.max_bytes} bytes")
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await self._read(request)
         if body is None:
             return _answer(413, f"a delivery may be at most {self.max_bytes} bytes")
@@ -102,7 +104,10 @@ class Deliveries:
         envelope = Envelope(
             method=request.method,
             target=url.raw_path_qs,
-            headers=tuple(forwardable_headers(request.headers)),
+            # Expect was for Sluice (answered above), not for the remote.
+            headers=tuple(
+                (k, v) for k, v in forwardable_headers(request.headers) if k.lower() != "expect"
+            ),
             body=body,
             remote=request.remote,
             received_at=now,

@@ -28,6 +28,7 @@ from tests.signature_support import Keys
 PDQ = Path(__file__).resolve().parent.parent / "fixtures" / "pdq"
 BRIDGE = (PDQ / "bridge-mods" / "aaa-orig.jpg").read_bytes()
 INBOX = "/users/bob/inbox"
+OTHER_INBOX = "/users/carol/inbox"
 
 
 @dataclass
@@ -62,6 +63,7 @@ async def remote(public_ca: CertificateAuthority) -> AsyncIterator[Remote]:
     inbox = Remote()
     app = web.Application()
     app.router.add_post(INBOX, inbox.handle)
+    app.router.add_post(OTHER_INBOX, inbox.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=public_ca.context("localhost"))
@@ -183,6 +185,23 @@ async def test_rfc9421_signed_delivery_arrives_unchanged(
     arrived = remote.seen[0]
     verified = await verify_request("POST", INBOX, arrived["headers"], arrived["body"], keys)
     assert verified.signer == alice.id
+    await wait_for(lambda: _state(sluice, alice, body, "delivered"))  # held on the way
+
+
+async def test_one_activity_to_two_inboxes_reaches_both(
+    tmp_path: Path, remote: Remote, fediverse: Fediverse, start: Start
+) -> None:
+    """Duplicates are told apart per destination: the same activity goes to many."""
+    sluice = await start()
+    alice = fediverse.actor("alice")
+    document = alice.activity()
+    other = remote.inbox.replace(INBOX, OTHER_INBOX)
+    for url in (remote.inbox, other):
+        body = json.dumps(document).encode()
+        status, _ = await deliver(sluice, tmp_path, url, alice.sign(url, body), body)
+        assert status.startswith(b"HTTP/1.1 202")
+    await wait_for(lambda: len(remote.seen) == 2, timeout=10)
+    assert sorted(s["target"] for s in remote.seen) == sorted([INBOX, OTHER_INBOX])
 
 
 async def test_a_delivery_with_known_media_never_reaches_the_remote(
@@ -252,6 +271,33 @@ async def test_a_malformed_delivery_is_refused_as_a_remote_would(
     assert answer
     await asyncio.sleep(0.3)
     assert remote.seen == []
+
+
+async def test_a_delivery_expecting_100_continue_gets_it_and_expect_stays_here(
+    tmp_path: Path, remote: Remote, fediverse: Fediverse, start: Start
+) -> None:
+    sluice = await start()
+    alice = fediverse.actor("alice")
+    headers, body = signed(alice, remote, alice.activity())
+    assert sluice.parts.outbound_url is not None
+    proxy_port = int(sluice.parts.outbound_url.rsplit(":", 1)[1])
+    reader, writer, _ = await connect(proxy_port, f"localhost:{remote.port}")
+    await writer.start_tls(
+        trusting(CertificateAuthority.load(tmp_path / "data")), server_hostname="localhost"
+    )
+    lines = [f"POST {INBOX} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    lines += [f"Content-Length: {len(body)}", "Expect: 100-continue"]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim.startswith(b"HTTP/1.1 100")
+    writer.write(body)
+    status, _, _ = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 202")
+    writer.close()
+    await writer.wait_closed()
+    await wait_for(lambda: remote.seen, timeout=10)
+    assert remote.seen[0]["body"] == body
+    assert "Expect" not in remote.seen[0]["headers"]
 
 
 async def _state(sluice: Running, actor: Actor, body: bytes, state: str) -> Any:
