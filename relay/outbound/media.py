@@ -55,7 +55,7 @@ REVIEW = "Sluice refused this file: it needs a moderator's review, and a fetch c
 UNCHECKED = "Sluice refused this file: it could not be checked."
 BUSY = "Sluice refused this file: too many files from this host are being checked; retry later."
 TOO_LARGE = "Sluice refused this file: it is larger than the {} bytes Sluice checks."
-OTHER = "Sluice refused this file: this server's rules do not accept it."
+_OTHER = "Sluice refused this file: this server's rules do not accept it."
 
 _MEDIA_TYPES = ("image/", "video/", "audio/")
 _PEEK = 512  # enough for relay.media.sniff (an MPEG transport stream needs 377)
@@ -280,4 +280,4 @@ def _reason(verdict: Verdict) -> str:
         return UNCHECKED
     if verdict.disposition == Disposition.REVIEW:
         return REVIEW
-    return OTHER
+    return _OTHER
