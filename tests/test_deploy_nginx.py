@@ -315,9 +315,11 @@ async def test_body_limit_is_1_mib_on_inboxes_only(setup: Setup):
             assert resp.status == 413
         assert len(setup.sluice.seen) == 1
 
-        # Elsewhere (media uploads) the server's own limit applies, not Sluice's 1 MiB.
+        # Elsewhere the server's own limit applies, not Sluice's 1 MiB. (Not an upload path:
+        # those go to Sluice's upload door, under a limit of their own; see
+        # tests/test_deploy_nginx_upload.py.)
         upload = b"z" * (2 * MIB)
-        media = setup.url("/api/v1/media")
+        media = setup.url("/api/v1/statuses")
         async with http.post(media, data=io.BytesIO(upload), headers=host) as r:
             assert r.status == 200
         assert setup.instance.seen[-1].body == upload
