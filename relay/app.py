@@ -220,6 +220,7 @@ def build_app(
                 backoff_max=config.delivery.backoff_max_seconds,
                 evidence=EvidenceStore.from_config(pool, config),
                 outbox=outbox,
+                lazy=config.hold.lazy,
                 plans={
                     NOTIFY: planner(
                         config.notify.webhooks,

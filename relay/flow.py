@@ -31,13 +31,16 @@ from relay.retry import backoff
 from relay.signal import Signal
 from relay.signature import Verified
 from relay.state import State
-from relay.store.activities import ActivityStore, Item, Stored, outline
+from relay.store.activities import ActivityStore, Item, Stored, outline, pointer_verdict
 from relay.store.db import Connection
 from relay.verdict import Disposition, Verdict
 
 __all__ = ["Flow"]
 
 log = structlog.get_logger(__name__)
+
+#: The rule of the verdict a lazily checked activity is delivered on, before its check.
+LAZY = "lazy: delivered before its check"
 
 
 class Flow:
@@ -56,11 +59,15 @@ class Flow:
         outbox: Outbox | None = None,
         plans: Mapping[str, Plan] | None = None,
         remote: Upstream | None = None,
+        lazy: bool = False,
     ) -> None:
         """``plans``: per effect a rule may name, how a recorded verdict becomes its
         outbox rows (``relay.effects.Plan``); ``outbox`` runs them. ``remote``: what
         sends the instance's own deliveries to remote inboxes (the outbound door's);
-        the flow closes it when it stops, once deliveries in flight have ended."""
+        the flow closes it when it stops, once deliveries in flight have ended.
+        ``lazy``: deliver inbound activities at once and check them after (``[hold]
+        lazy``); a hit then runs its effects and seals its evidence, but cannot hold
+        what the instance already has."""
         self.store = store
         self.hold = hold
         self.upstream = upstream
@@ -73,6 +80,7 @@ class Flow:
         self.evidence = evidence
         self.outbox = outbox
         self.plans: Mapping[str, Plan] = plans or {}
+        self.lazy = lazy
         #: Seconds between refreshes of the per-state gauges. (Pruning is a periodic
         #: job of the outbox, run by one process: ``relay.effects.retention``.)
         self.tidy_interval = 60.0
@@ -256,6 +264,9 @@ class Flow:
     # -- one activity ----------------------------------------------------------
 
     async def process(self, item: Item) -> None:
+        if item.state == State.RECEIVED and self.lazy and item.destination is None:
+            await self._lazily(item)
+            return
         if item.state == State.RECEIVED:
             verdict = await self._decide(item)
             verdict, decided = await self._record(item, verdict)
@@ -285,6 +296,76 @@ class Flow:
                 return
             item.state = State.QUEUED
         await self._deliver(item)
+
+    async def _lazily(self, item: Item) -> None:
+        """Lazy checking: deliver first, then judge with the same hold and record the
+        verdict on the row beside its delivery, its evidence and effects as a held
+        activity's. The check runs whatever the delivery's outcome (a retry, a refusal):
+        the sender sent it either way."""
+        if not await self.store.decide(item.id, Verdict(Disposition.DELIVER, LAZY)):
+            log.info("left_hold_meanwhile", row=item.id, activity_id=item.ap_id)
+            return
+        item.state = State.QUEUED
+        failed: Exception | None = None
+        try:
+            await self._deliver(item)
+        except Exception as exc:  # the worker gives the row back; check it all the same
+            failed = exc
+        verdict = await self._decide(item)
+        verdict, recorded = await self._record_after(item, verdict)
+        if recorded:
+            self.metrics.verdicts.labels(verdict.disposition.value).inc()
+            log.info(
+                "checked_after",
+                row=item.id,
+                activity_id=item.ap_id,
+                actor=item.actor,
+                signer=item.signer,
+                verdict=verdict.disposition.value,
+                rule=verdict.rule,
+                signals=outline(verdict.signals),
+                effects=verdict.effects,
+                timings=verdict.timings,
+            )
+        if failed is not None:
+            raise failed
+
+    async def _record_after(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
+        """Record a lazy check's verdict on the delivered row with its effects; a hit
+        the hold would have quarantined seals the media matched (for review: the media
+        judged), so the admin has exactly what the instance was sent."""
+        quarantine = verdict.disposition == Disposition.QUARANTINE
+        sealed: Sealed | None = None
+        if quarantine or (verdict.disposition == Disposition.REVIEW and self._can_seal(verdict)):
+            media = _judged(verdict.signals, matched_only=quarantine)
+            try:
+                if self.evidence is None:
+                    raise EvidenceError("no evidence store configured")
+                sealed = await self.evidence.seal(facts=self._facts(item, verdict), media=media)
+            except Exception as exc:
+                log.error("evidence_failed", row=item.id, activity_id=item.ap_id, error=str(exc))
+                signal = Signal("error", "evidence", {"error": f"evidence not preserved: {exc}"})
+                verdict = replace(verdict, signals=(*verdict.signals, signal))
+            else:
+                signal = Signal(
+                    "evidence", "evidence", {"evidence_id": sealed.id, "media": len(media)}
+                )
+                verdict = replace(verdict, signals=(*verdict.signals, signal))
+        evidence_id = sealed.id if sealed is not None else None
+        if quarantine and evidence_id is not None:
+            stored = pointer_verdict(verdict, evidence_id)
+        else:
+            stored = verdict.as_json()
+        async with self.store.transaction() as conn:
+            if sealed is not None:
+                assert self.evidence is not None
+                await self.evidence.record(sealed, activity_row=item.id, conn=conn)
+            recorded = await self.store.checked_after(
+                item.id, stored, conn=conn, evidence_id=evidence_id
+            )
+            if recorded:
+                await self._enqueue(self._plan(item, verdict, evidence_id), conn)
+        return verdict, recorded
 
     async def _decide(self, item: Item) -> Verdict:
         try:

@@ -183,6 +183,7 @@ class HoldConfig:
     max_seconds: float
     on_timeout: str
     on_error: str
+    lazy: bool = False
 
 
 @dataclass(frozen=True)
@@ -472,6 +473,8 @@ SCHEMA: tuple[Section, ...] = (
         Field("on_error", STRING, "review",
               "what happens when media cannot be fetched or decoded after retries",
               check=one_of("deliver", "review", "reject")),
+        Field("lazy", BOOLEAN, False,
+              "deliver at once and check after: a hit runs its effects but is not held"),
     ), "Holding activities until their checks are done."),
     Section("admin", AdminConfig, (
         Field("listen", STRING, "127.0.0.1:9090",

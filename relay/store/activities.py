@@ -423,6 +423,29 @@ class ActivityStore:
         return state == State.QUARANTINED.value
 
     @translating
+    async def checked_after(
+        self,
+        item_id: int,
+        verdict: dict[str, Any],
+        *,
+        conn: Connection | None = None,
+        evidence_id: int | None = None,
+    ) -> bool:
+        """Record the verdict of a lazy check on a row already handed on: no state
+        changes (the instance has it), so any state goes. ``verdict``: as stored (the
+        whole verdict, or ``pointer_verdict`` for a quarantine-grade hit). False when
+        the row was checked after already (its effects were planned then)."""
+        result: str = await (conn or self.lazy).execute(
+            "UPDATE activity SET checked_after = $2::jsonb, "
+            "evidence_id = coalesce($3, evidence_id) "
+            "WHERE id = $1 AND checked_after IS NULL",
+            item_id,
+            json.dumps(verdict),
+            evidence_id,
+        )
+        return result.endswith(" 1")
+
+    @translating
     async def delivered(self, item_id: int, status: int) -> None:
         await change(
             self.lazy,
@@ -602,7 +625,7 @@ class ActivityStore:
         row = await self.pool.fetchrow(
             "SELECT id, ap_id, type, actor, signer, key_id, object_id, state, target, "
             "destination, remote, received_at, decided_at, finished_at, attempts, last_status, "
-            "last_error, verdict, "
+            "last_error, verdict, checked_after, "
             f"evidence_id FROM activity WHERE {column} = $1 ORDER BY id DESC LIMIT 1",
             key,
         )
@@ -658,8 +681,9 @@ PRUNABLE = (
 
 def _record(row: asyncpg.Record) -> dict[str, Any]:
     record = _jsonable(dict(row))
-    if record.get("verdict") is not None:
-        record["verdict"] = json.loads(record["verdict"])
+    for column in ("verdict", "checked_after"):
+        if record.get(column) is not None:
+            record[column] = json.loads(record[column])
     return record
 
 

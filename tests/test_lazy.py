@@ -1,0 +1,151 @@
+"""Lazy checking ([hold] lazy = true), end to end: an activity reaches the instance
+before its media is even fetched, then the same hold judges it; the verdict is
+recorded on the delivered row, a quarantine-grade hit seals its evidence and the
+rule's effects run (the admin's webhook is told once). With lazy off, the known
+image is held and never delivered: tests/doors/test_media_hold.py's
+test_known_image_is_quarantined_never_delivered_and_evidence_kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from relay.banks import BankStore
+from relay.media.hashes import hash_media
+from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
+from tests.doors import test_media_hold as media_hold
+from tests.doors.test_media_hold import BRIDGE, PEN, read_evidence, with_media
+from tests.webhook_support import Webhook, serving
+
+evidence_key = media_hold.evidence_key
+
+SLOW = 0.5  # seconds the origin takes to answer each fetch
+
+
+class SlowOrigin:
+    """Hosts media and answers slowly; ``served`` lists each fetch once it is answered."""
+
+    def __init__(self) -> None:
+        self.files = {"bridge.jpg": (BRIDGE, "image/jpeg"), "pen.png": (PEN, "image/png")}
+        self.fetched: list[str] = []
+        self.served: list[str] = []
+        self.base = ""
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/media/{name}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.fetched.append(name)
+        await asyncio.sleep(SLOW)
+        data, content_type = self.files[name]
+        self.served.append(name)
+        return web.Response(body=data, content_type=content_type)
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[SlowOrigin]:
+    media = SlowOrigin()
+    app = web.Application()
+    app.router.add_get("/media/{name}", media.handle)
+    server = await start_server(app)
+    media.base = str(server.make_url("")).rstrip("/")
+    yield media
+    await server.close()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Webhook]:
+    async with serving() as webhook:
+        yield webhook
+
+
+@pytest.fixture
+async def lazy(sluice_factory: Any, evidence_key: Path, hook: Webhook) -> Running:
+    sluice: Running = await sluice_factory(
+        evidence={"key_file": str(evidence_key)},
+        hold={"max_seconds": 10.0, "on_error": "reject", "lazy": True},
+        bank=[{"name": "test-known", "category": "test"}],
+        rule=[{"match": "category:test", "action": "quarantine", "effects": ["notify"]}],
+        notify={"webhooks": [hook.url], "on": []},
+        outbox={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2},
+    )
+    store = BankStore(sluice.parts.pool)
+    await store.ensure("test-known", category="test")
+    await store.add("test-known", [("md5", hash_media(BRIDGE).md5, "bridge photo")])
+    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
+    return sluice
+
+
+async def _checked(sluice: Running, ap_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        record = await sluice.parts.store.get(ap_id)
+        return record if record and record.get("checked_after") is not None else None
+
+    return await wait_for(done, timeout=15)
+
+
+async def test_a_known_image_is_delivered_first_then_caught_sealed_and_notified(
+    lazy: Running,
+    fediverse: Fediverse,
+    upstream: Upstream,
+    origin: SlowOrigin,
+    hook: Webhook,
+    evidence_key: Path,
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url("bridge.jpg"))
+    assert (await lazy.post(alice, activity))[0] == 202
+
+    await wait_for(lambda: activity["id"] in upstream.ids(), timeout=10)
+    assert origin.served == []  # the instance had it before the media check could finish
+
+    record = await _checked(lazy, activity["id"])
+    assert record["state"] == "delivered"  # the verdict does not move a delivered row
+    assert record["verdict"]["action"] == "deliver"
+    checked = record["checked_after"]
+    assert checked["action"] == "quarantine"
+    assert checked["rule"] == "rule[0] category:test -> quarantine"  # the rule that would hold
+    assert checked["effects"] == ["notify"]
+    [evidence] = [s for s in checked["signals"] if s["kind"] == "evidence"]
+    assert record["evidence_id"] == evidence["detail"]["evidence_id"]
+    facts, media = await read_evidence(lazy, evidence_key, record["evidence_id"])
+    assert media == [BRIDGE]
+    assert facts.facts["verdict"]["rule"] == "rule[0] category:test -> quarantine"
+    assert origin.served == ["bridge.jpg"]
+
+    await wait_for(lambda: len(hook.requests) >= 1, timeout=10)
+    await asyncio.sleep(0.5)  # once
+    [request] = hook.requests
+    message = json.loads(request.body)
+    assert message["disposition"] == "quarantine"
+    assert message["activity"]["id"] == activity["id"]
+    assert upstream.ids() == [activity["id"]]
+
+
+async def test_a_clean_activity_is_delivered_and_its_check_recorded(
+    lazy: Running,
+    fediverse: Fediverse,
+    upstream: Upstream,
+    origin: SlowOrigin,
+    hook: Webhook,
+) -> None:
+    bob = fediverse.actor("bob")
+    activity = with_media(bob, origin.url("pen.png"), media_type="image/png")
+    assert (await lazy.post(bob, activity))[0] == 202
+
+    await wait_for(lambda: activity["id"] in upstream.ids(), timeout=10)
+    assert origin.served == []
+    record = await _checked(lazy, activity["id"])
+    assert record["state"] == "delivered"
+    assert record["checked_after"]["action"] == "deliver"
+    assert record["evidence_id"] is None
+    assert origin.served == ["pen.png"]
+    await asyncio.sleep(0.3)
+    assert hook.requests == []
