@@ -10,6 +10,7 @@ No nginx installed: the tests skip, unless SLUICE_REQUIRE_ALL=1, where they fail
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -219,3 +220,27 @@ async def test_misskey_and_lemmy_uploads_are_refused_in_their_shape(
     assert status == 400, answer
     assert answer["error"] == "pictrs_invalid_image_upload"
     assert instance.requests == []
+
+
+async def test_a_stalled_upload_does_not_hold_sluices_turn(
+    nginx_for: Any,
+    instance: Instance,  # noqa: F811
+) -> None:
+    """nginx reads each upload whole before Sluice sees it (proxy_request_buffering on): a
+    client that stops halfway ties up nginx, never one of Sluice's [upload] turns."""
+    port = await nginx_for("mastodon", upload={"concurrency": 1})
+    body, content_type = multipart(("file", "pen.png", PEN))
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = (
+            f"POST /api/v2/media HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[: len(body) // 2])  # and then nothing more
+        await writer.drain()
+        # The one turn is free: another user's upload goes through meanwhile.
+        status, answer = await asyncio.wait_for(post(port, "/api/v2/media", body, content_type), 30)
+        assert status == 200, answer
+        assert [r.body for r in instance.at("/api/v2/media")] == [body]
+    finally:
+        writer.close()
