@@ -15,6 +15,7 @@ from aiohttp import web
 from relay.banks import BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
+from relay.doors import Handler
 from relay.doors.admin import AdminDoor
 from relay.doors.inbound import InboundDoor
 from relay.doors.passthrough import Passthrough
@@ -74,11 +75,21 @@ def build_app(
 
     ``checks`` run in the hold beside the media check (tests add their own).
     """
+
     # Bodies as sent: signatures cover the bytes on the wire, the door refuses a
     # Content-Encoding (415) and the passthrough forwards it untouched.
+    @web.middleware
+    async def uploads(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The upload door's APIs under every spelling, before a route is chosen.
+        door = app[SLUICE].upload
+        if door is None:
+            return await handler(request)
+        return await door.middleware(request, handler)
+
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         handler_args={"auto_decompress": False},
+        middlewares=[uploads],
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -272,6 +283,7 @@ def build_app(
                 max_bytes=config.upload.max_bytes,
                 timeout=config.upload.timeout_seconds,
                 concurrency=config.upload.concurrency,
+                lazy=config.upload.lazy,
             )
             parts = Sluice(
                 config,

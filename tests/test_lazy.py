@@ -3,7 +3,10 @@ before its media is even fetched, then the same hold judges it; the verdict is
 recorded on the delivered row, a quarantine-grade hit seals its evidence and the
 rule's effects run (the admin's webhook is told once). With lazy off, the known
 image is held and never delivered: tests/doors/test_media_hold.py's
-test_known_image_is_quarantined_never_delivered_and_evidence_kept."""
+test_known_image_is_quarantined_never_delivered_and_evidence_kept. Uploads ([upload]
+lazy = true) reach the instance, then are judged: a known image is told to the admins;
+with lazy off it is refused (tests/doors/test_upload.py's
+test_mastodon_upload_of_a_known_image_never_reaches_the_instance)."""
 
 from __future__ import annotations
 
@@ -20,10 +23,14 @@ from relay.banks import BankStore
 from relay.media.hashes import hash_media
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors import test_media_hold as media_hold
+from tests.doors import test_upload as upload_door
 from tests.doors.test_media_hold import BRIDGE, PEN, read_evidence, with_media
+from tests.doors.test_upload import Instance, Start, multipart, send
 from tests.webhook_support import Webhook, serving
 
 evidence_key = media_hold.evidence_key
+instance, start = upload_door.instance, upload_door.start
+FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
 
 SLOW = 0.5  # seconds the origin takes to answer each fetch
 
@@ -74,7 +81,7 @@ async def lazy(sluice_factory: Any, evidence_key: Path, hook: Webhook) -> Runnin
         bank=[{"name": "test-known", "category": "test"}],
         rule=[{"match": "category:test", "action": "quarantine", "effects": ["notify"]}],
         notify={"webhooks": [hook.url], "on": []},
-        outbox={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2},
+        outbox=FAST_OUTBOX,
     )
     store = BankStore(sluice.parts.pool)
     await store.ensure("test-known", category="test")
@@ -149,3 +156,34 @@ async def test_a_clean_activity_is_delivered_and_its_check_recorded(
     assert origin.served == ["pen.png"]
     await asyncio.sleep(0.3)
     assert hook.requests == []
+
+
+# -- uploads ([upload] lazy) ---------------------------------------------------------
+
+
+async def test_a_known_upload_reaches_the_instance_then_the_admins_are_told(
+    start: Start, instance: Instance, hook: Webhook
+) -> None:
+    sluice = await start(upload={"lazy": True}, notify={"webhooks": [hook.url]}, outbox=FAST_OUTBOX)
+    body, content_type = multipart(("file", "b.jpg", BRIDGE))
+    status, answer = await send(sluice, "POST", "/api/v2/media", body, content_type)
+    assert status == 200 and answer == {"id": "1", "type": "image"}  # the instance's answer
+    assert [r.body for r in instance.at("/api/v2/media")] == [body]
+
+    await wait_for(lambda: len(hook.requests) >= 1, timeout=10)
+    await asyncio.sleep(0.3)  # once
+    [request] = hook.requests
+    told = json.loads(request.body)
+    assert told["event"] == "upload" and told["disposition"] == "quarantine"
+    assert told["upload"]["checked_after"] is True
+    evidence = sluice.parts.flow.evidence
+    assert evidence is not None
+    record, media = await evidence.read(told["evidence_id"], who="test", why="lazy upload")
+    assert media == [BRIDGE]
+    assert record.facts["verdict"]["rule"] == "rule[0] category:test -> quarantine"
+
+    # pict-rs's hook: accepted at once, then judged and told the same way.
+    status, answer = await send(sluice, "POST", "/_sluice/validate", BRIDGE, "image/jpeg")
+    assert status == 200
+    await wait_for(lambda: len(hook.requests) >= 2, timeout=10)
+    assert json.loads(hook.requests[1].body)["disposition"] == "quarantine"

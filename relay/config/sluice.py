@@ -234,6 +234,7 @@ class UploadConfig:
     max_bytes: int
     timeout_seconds: float
     concurrency: int = 4
+    lazy: bool = False
 
 
 @dataclass(frozen=True)
@@ -564,6 +565,8 @@ SCHEMA: tuple[Section, ...] = (
         Field("concurrency", INTEGER, 4,
               "uploads read and checked at once (each up to max_bytes in memory)",
               check=positive),
+        Field("lazy", BOOLEAN, False,
+              "pass uploads on at once and check after: a hit runs its effects, refuses nothing"),
     ), "Checking what local users upload (pict-rs's hook and the upload APIs)."),
     Section("outbound", OutboundConfig, (
         Field("listen", STRING, "",

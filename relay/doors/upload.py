@@ -20,6 +20,10 @@ Sluice cannot decide (an image that does not decode, a failed matcher, no answer
 within ``timeout``) is ``on_error``'s to decide: ``"refuse"`` fails closed,
 ``"accept"`` fails open as pictrs-safety does. A refused match keeps its evidence
 (when an evidence key is set) and the verdict's effects go through the outbox.
+
+With ``lazy`` (``[upload] lazy``), an upload goes to the instance at once and is judged
+after its answer has been sent: a hit keeps its evidence and runs its effects (the
+admins are told) but cannot take back what the instance stored.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ __all__ = [
     "Accounts",
     "Family",
     "UploadDoor",
+    "upload_route",
 ]
 
 log = structlog.get_logger(__name__)
@@ -83,10 +88,24 @@ ROUTES: Mapping[tuple[str, str], tuple[Family, tuple[str, ...]]] = {
     ("POST", "/api/v1/media"): ("mastodon", ("file", "thumbnail")),
     ("POST", "/api/v2/media"): ("mastodon", ("file", "thumbnail")),
     ("PATCH", "/api/v1/accounts/update_credentials"): ("mastodon", ("avatar", "header")),
+    ("PUT", "/api/v1/accounts/update_credentials"): ("mastodon", ("avatar", "header")),
     ("POST", "/api/drive/files/create"): ("misskey", ("file",)),
     ("POST", "/pictrs/image"): ("lemmy-0.19", ("images[]",)),
     ("POST", "/api/v4/image"): ("lemmy-1.0", ("images[]",)),
 }
+
+
+def upload_route(method: str, path: str) -> tuple[Family, tuple[str, ...]] | None:
+    """The upload API ``method`` ``path`` is, as its server would route it: any case, a
+    trailing ``/`` or a ``.json`` format suffix (Rails routes all of them to the same
+    action); None for any other request."""
+    if method not in _METHODS:
+        return None
+    normal = path.lower().rstrip("/").removesuffix(".json")
+    return ROUTES.get((method, normal))
+
+
+_METHODS = frozenset(method for method, _ in ROUTES)
 
 # What a refused uploader reads: why, in words, never a hash value nor a bank's name.
 KNOWN = "This file cannot be uploaded: it matches material this server does not accept."
@@ -255,9 +274,11 @@ class UploadDoor:
         max_bytes: int = 41_943_040,
         timeout: float = 20.0,
         concurrency: int = 4,
+        lazy: bool = False,
     ) -> None:
         """At most ``concurrency`` uploads are read and judged at once, each of at most
-        ``max_bytes``: the memory uploads may take is bounded by their product."""
+        ``max_bytes``: the memory uploads may take is bounded by their product (a lazy
+        check holds its turn until it ends)."""
         if on_error not in ("accept", "refuse"):
             raise ValueError(f"on_error must be accept or refuse, not {on_error!r}")
         self.base = upstream_url.rstrip("/")
@@ -275,12 +296,22 @@ class UploadDoor:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self._turns = asyncio.Semaphore(concurrency)
+        self._guard = self._in_turn(self.guard)
+        self.lazy = lazy
 
     def routes(self) -> list[web.RouteDef]:
-        # Mounted before the inbound door: these POSTs are no inbox's.
-        found = [web.post(VALIDATE_PATH, self._in_turn(self.validate))]
-        found += [web.route(method, path, self._in_turn(self.guard)) for method, path in ROUTES]
-        return found
+        # Mounted before the inbound door: pict-rs's POSTs are no inbox's. The upload
+        # APIs are found by ``middleware``, under every spelling the servers accept.
+        return [web.post(VALIDATE_PATH, self._in_turn(self.validate))]
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Uploads, whatever their spelling (``/api/v2/media/``, ``.json``, another case:
+        the servers route them all to their upload action), go to ``guard``; every other
+        request to its route. On the public app, before any route is chosen."""
+        if upload_route(request.method, request.path) is None:
+            return await handler(request)
+        return await self._guard(request)
 
     def _in_turn(self, handler: Handler) -> Handler:
         """``handler`` once one of the ``concurrency`` turns is free."""
@@ -300,11 +331,16 @@ class UploadDoor:
         if isinstance(body, web.StreamResponse):
             return body
         upload.files.append(("file", body))
+        if self.lazy:
+            accepted = web.json_response({"ok": True}, status=200)
+            return await self._after(request, accepted, upload, len(body))
         refused = await self._judge(upload, len(body))
         return refused or web.json_response({"ok": True}, status=200)
 
     async def guard(self, request: web.Request) -> web.StreamResponse:
-        family, fields = ROUTES[(request.method, request.path)]
+        route = upload_route(request.method, request.path)
+        assert route is not None  # the middleware sends only uploads here
+        family, fields = route
         upload = self._upload(request, family)
         # Asked of the instance while the body is read.
         account = asyncio.ensure_future(self._account(request, family))
@@ -329,6 +365,9 @@ class UploadDoor:
                 for i, p in enumerate(found)
                 if _is_file(p, fields)
             ]
+        if upload.files and self.lazy:
+            forwarded = await self._forward(request, body)
+            return await self._after(request, forwarded, upload, len(body))
         if upload.files:
             refused = await self._judge(upload, len(body))
             if refused is not None:
@@ -376,6 +415,18 @@ class UploadDoor:
             return web.json_response({"ok": True, "unchecked": "too large"}, status=200)
         return _refusal(upload.family, reason, status=413)
 
+    async def _after(
+        self, request: web.Request, response: web.StreamResponse, upload: _Upload, size: int
+    ) -> web.StreamResponse:
+        """Lazy: the uploader has its answer (the instance's) before the bytes are judged;
+        what the judgement would refuse is only recorded, with its evidence and effects."""
+        if not response.prepared:
+            await response.prepare(request)
+            await response.write_eof()
+        # The answer is sent: a client gone now must not cut the check short.
+        await asyncio.shield(self._judge(upload, size))
+        return response
+
     async def _judge(self, upload: _Upload, size: int) -> web.StreamResponse | None:
         """None when the upload may go on; otherwise the refusal to answer with."""
         started = time.perf_counter()
@@ -397,6 +448,7 @@ class UploadDoor:
             size=size,
             evidence=evidence_id,
             seconds=time.perf_counter() - started,
+            **({"checked_after": True} if self.lazy else {}),
         )
         if verdict.disposition == Disposition.DELIVER:
             return None
@@ -473,6 +525,8 @@ class UploadDoor:
                 "path": upload.path,
                 "account": account.as_json() if account else None,
                 "remote": upload.remote,
+                # Lazy: the instance already has it; the verdict could not hold it back.
+                **({"checked_after": True} if self.lazy else {}),
             }
             key = f"upload:{uuid.uuid4()}"
             pending += notifications(key=key, message=body, webhooks=self.webhooks)
