@@ -35,7 +35,7 @@ from relay.store.activities import ActivityStore, Item, Stored, outline, pointer
 from relay.store.db import Connection
 from relay.verdict import Disposition, Verdict
 
-__all__ = ["Flow"]
+__all__ = ["LAZY", "Flow"]
 
 log = structlog.get_logger(__name__)
 
