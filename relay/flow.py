@@ -364,7 +364,7 @@ class Flow:
                 item.id, stored, conn=conn, evidence_id=evidence_id
             )
             if recorded:
-                await self._enqueue(self._plan(item, verdict, evidence_id), conn)
+                await self._enqueue(self._plan(item, verdict, evidence_id, after=True), conn)
         return verdict, recorded
 
     async def _decide(self, item: Item) -> Verdict:
@@ -392,9 +392,16 @@ class Flow:
                 await self._enqueue(pending, conn)
         return verdict, decided
 
-    def _plan(self, item: Item, verdict: Verdict, evidence_id: int | None = None) -> list[Pending]:
+    def _plan(
+        self,
+        item: Item,
+        verdict: Verdict,
+        evidence_id: int | None = None,
+        *,
+        after: bool = False,
+    ) -> list[Pending]:
         """The outbox rows of the verdict's effects, keyed by the row: a verdict recorded
-        again adds none."""
+        again adds none. ``after``: a lazy check's, on an activity already delivered."""
         if not verdict.effects:
             return []
         decided = Decided(
@@ -407,6 +414,7 @@ class Flow:
             },
             verdict,
             evidence_id,
+            after=after,
         )
         pending: list[Pending] = []
         for name in verdict.effects:

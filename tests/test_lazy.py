@@ -132,6 +132,7 @@ async def test_a_known_image_is_delivered_first_then_caught_sealed_and_notified(
     [request] = hook.requests
     message = json.loads(request.body)
     assert message["disposition"] == "quarantine"
+    assert message["checked_after"] is True  # delivered already: what Sluice would have done
     assert message["activity"]["id"] == activity["id"]
     assert upstream.ids() == [activity["id"]]
 

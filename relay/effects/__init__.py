@@ -57,6 +57,8 @@ class Decided:
     activity: dict[str, Any]  # id, type, actor, signer
     verdict: Verdict
     evidence_id: int | None = None
+    #: A lazy check's verdict: the activity was delivered before it ([hold] lazy).
+    after: bool = False
 
     @property
     def key(self) -> str:

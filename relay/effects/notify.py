@@ -28,6 +28,10 @@ The body (the admin's integration contract)::
       "at": "2026-12-03T10:00:00+00:00"     # ISO 8601, UTC
     }
 
+With ``[hold] lazy`` (or ``[upload] lazy``) the activity or upload went through before
+it was checked: the message then also says ``"checked_after": true`` (uploads: in its
+``upload`` object), and the disposition is what Sluice would have done.
+
 Outline fields a signal does not have are null. Webhook URLs come from the admin's own
 configuration, so they may be on loopback: the SSRF policy for fediverse fetches does
 not apply to them.
@@ -198,6 +202,8 @@ def planner(webhooks: Sequence[str], admin_url: Callable[[], str | None]) -> Pla
             admin_url=admin_url() or "",
             evidence_id=decided.evidence_id,
         )
+        if decided.after:  # the disposition is what the hold would have done
+            body["checked_after"] = True
         return notifications(key=decided.key, message=body, webhooks=webhooks)
 
     return plan

@@ -192,6 +192,28 @@ async def test_mastodon_upload_of_a_known_image_never_reaches_the_instance(
     assert instance.at("/api/v2/media") == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v2/media/"),
+        ("POST", "/api/v2/media.json"),
+        ("POST", "/API/V1/Media"),
+        ("PUT", "/api/v1/accounts/update_credentials"),
+        ("PATCH", "/api/v1/accounts/update_credentials.json"),
+    ],
+)
+async def test_every_spelling_of_an_upload_api_is_checked(
+    start: Start, instance: Instance, method: str, path: str
+) -> None:
+    """The servers route these to their upload actions too (nginx's snippets send them
+    here): none may pass unchecked."""
+    sluice = await start()
+    body, content_type = multipart(("file", "b.jpg", BRIDGE), ("avatar", "b.jpg", BRIDGE))
+    status, answer = await send(sluice, method, path, body, content_type)
+    assert status == 422 and "cannot be uploaded" in answer["error"]
+    assert instance.requests == []
+
+
 async def test_mastodon_clean_upload_reaches_the_instance_byte_identical(
     start: Start, instance: Instance
 ) -> None:

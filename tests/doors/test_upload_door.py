@@ -63,7 +63,7 @@ async def serve(instance: Instance) -> AsyncIterator[Serve]:
             passthrough=passthrough,
             **options,
         )
-        app = web.Application()
+        app = web.Application(middlewares=[door.middleware])
         app.router.add_routes(door.routes())
         server = await start_server(app)
         session = aiohttp.ClientSession()
