@@ -33,14 +33,13 @@ from relay.signature import Verified
 from relay.state import State
 from relay.store.activities import ActivityStore, Item, Stored, outline, pointer_verdict
 from relay.store.db import Connection
-from relay.verdict import Disposition, Verdict
+from relay.verdict import LAZY, Disposition, Verdict
 
-__all__ = ["LAZY", "Flow"]
+__all__ = ["Flow"]
 
 log = structlog.get_logger(__name__)
 
 #: The rule of the verdict a lazily checked activity is delivered on, before its check.
-LAZY = "lazy: delivered before its check"
 
 
 class Flow:
@@ -329,6 +328,24 @@ class Flow:
             )
         if failed is not None:
             raise failed
+
+    async def check_overdue(self, older_than: float = 600.0, limit: int = 100) -> int:
+        """Check the rows handed on lazily whose check a stopped process never recorded
+        (``older_than`` seconds after they were handed on); how many. A periodic job:
+        no lazily delivered activity goes unchecked for good."""
+        items = await self.store.unchecked(older_than, limit)
+        for item in items:
+            verdict, recorded = await self._record_after(item, await self._decide(item))
+            if recorded:
+                log.info(
+                    "checked_after",
+                    row=item.id,
+                    activity_id=item.ap_id,
+                    verdict=verdict.disposition.value,
+                    rule=verdict.rule,
+                    overdue=True,
+                )
+        return len(items)
 
     async def _record_after(self, item: Item, verdict: Verdict) -> tuple[Verdict, bool]:
         """Record a lazy check's verdict on the delivered row with its effects; a hit

@@ -19,7 +19,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +87,19 @@ _COLUMNS = (
 )
 
 
+class _Job:
+    """A periodic job as an effect: its payload is nothing, its run the callable's."""
+
+    irreversible = False
+
+    def __init__(self, name: str, job: Callable[[], Awaitable[object]]) -> None:
+        self.name = name
+        self._job = job
+
+    async def run(self, payload: dict[str, Any]) -> None:
+        await self._job()
+
+
 class Outbox:
     """Effects in PostgreSQL and the runner that carries them out."""
 
@@ -118,6 +131,12 @@ class Outbox:
     def register(self, kind: str, handler: Effect) -> None:
         """Run effects of ``kind`` with ``handler``; a runner claims only kinds it has."""
         self._handlers[kind] = handler
+
+    def every(self, name: str, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        """Run ``job`` every ``seconds``, in one process of those sharing the database
+        (a periodic job with no payload: a sweep, a purge)."""
+        self.register(name, _Job(name, job))
+        self.schedule(name, seconds, name, {})
 
     def schedule(self, name: str, every_seconds: float, kind: str, payload: dict[str, Any]) -> None:
         """A periodic job: every ``every_seconds`` (one slot of wall-clock time), one

@@ -17,7 +17,12 @@ from typing import Any
 from relay.signal import Signal
 from relay.state import State
 
-__all__ = ["Disposition", "Verdict"]
+__all__ = ["LAZY", "Disposition", "Verdict"]
+
+
+#: The rule of the verdict that hands an activity on before its check ([hold] lazy);
+#: the check's own verdict is recorded beside it, as ``checked_after``.
+LAZY = "lazy: delivered before its check"
 
 
 class Disposition(StrEnum):

@@ -188,3 +188,31 @@ async def test_a_known_upload_reaches_the_instance_then_the_admins_are_told(
     assert status == 200
     await wait_for(lambda: len(hook.requests) >= 2, timeout=10)
     assert json.loads(hook.requests[1].body)["disposition"] == "quarantine"
+
+
+async def test_a_check_a_stopped_process_never_recorded_is_made_by_the_sweep(
+    lazy: Running, fediverse: Fediverse, origin: SlowOrigin, upstream: Upstream
+) -> None:
+    """Handed on, then the process stopped before the check was recorded: the periodic
+    sweep (scheduled on the outbox in lazy mode) checks the row all the same."""
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url("bridge.jpg"))
+    assert (await lazy.post(alice, activity))[0] == 202
+    record = await _checked(lazy, activity["id"])
+    pool = lazy.parts.pool
+    # As a process stopped between the two would have left it: handed on, never checked.
+    await pool.execute(
+        "UPDATE activity SET checked_after = NULL, evidence_id = NULL, "
+        "decided_at = now() - interval '1 hour' WHERE id = $1",
+        record["id"],
+    )
+    assert await pool.fetchval("SELECT count(*) FROM effect WHERE kind = 'lazy-checks'"), (
+        "the sweep is a periodic job of the outbox"
+    )
+    assert await lazy.parts.flow.check_overdue() == 1
+    again = await lazy.parts.store.get(activity["id"])
+    assert again is not None
+    assert again["checked_after"]["action"] == "quarantine"
+    assert again["evidence_id"] is not None
+    assert await lazy.parts.flow.check_overdue() == 0  # recorded: nothing left
+    assert upstream.ids() == [activity["id"]]  # checked, not delivered again
