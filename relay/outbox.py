@@ -30,7 +30,7 @@ from relay.effects import Effect, EffectFailed
 from relay.retry import backoff
 from relay.store.db import Connection, translated, translating
 
-__all__ = ["STATES", "Outbox", "Pending"]
+__all__ = ["STATES", "Outbox", "Pending", "enqueue_now"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,21 @@ _COLUMNS = (
     "id, key, kind, payload::text AS payload, state, attempts, last_error, "
     "next_at, created_at, done_at"
 )
+
+
+async def enqueue_now(outbox: Outbox | None, pending: list[Pending], **context: object) -> None:
+    """Enqueue the effects of a verdict a door gave at once (an upload, a fetch: no row
+    to record it with). A failure is logged with ``context``, never the door's answer's
+    business: the refusal stands either way."""
+    if not pending:
+        return
+    if outbox is None:
+        log.error("no_outbox", effects=[p.kind for p in pending], **context)
+        return
+    try:
+        await outbox.enqueue(pending)
+    except Exception as exc:
+        log.error("effects_not_enqueued", error=str(exc), **context)
 
 
 class _Job:

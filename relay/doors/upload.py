@@ -53,7 +53,7 @@ from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
 from relay.media.judge import decide, inspect_bytes
 from relay.media.refs import MediaRef
-from relay.outbox import Outbox, Pending
+from relay.outbox import Outbox, Pending, enqueue_now
 from relay.policy import Policy
 from relay.signal import Signal
 from relay.verdict import Disposition, Verdict
@@ -530,15 +530,7 @@ class UploadDoor:
             }
             key = f"upload:{uuid.uuid4()}"
             pending += notifications(key=key, message=body, webhooks=self.webhooks)
-        if not pending:
-            return
-        if self.outbox is None:
-            log.error("no_outbox", effects=[p.kind for p in pending])
-            return
-        try:
-            await self.outbox.enqueue(pending)
-        except Exception as exc:
-            log.error("upload_effects_failed", path=upload.path, error=str(exc))
+        await enqueue_now(self.outbox, pending, path=upload.path)
 
     def _log(self, upload: _Upload, outcome: str, **facts: object) -> None:
         account = upload.account

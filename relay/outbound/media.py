@@ -42,7 +42,7 @@ from relay.media.judge import decide, inspect_bytes
 from relay.media.refs import MediaRef
 from relay.media.sniff import sniff
 from relay.outbound.proxy import Forwarder, end_to_end, stream
-from relay.outbox import Outbox, Pending
+from relay.outbox import Outbox, Pending, enqueue_now
 from relay.policy import Policy
 from relay.verdict import Disposition, Verdict
 
@@ -245,15 +245,7 @@ class MediaGuard:
             body["fetch"] = {"url": str(url), "destination": url.host}
             key = f"fetch:{uuid.uuid4()}"
             pending += notifications(key=key, message=body, webhooks=self.webhooks)
-        if not pending:
-            return
-        if self.outbox is None:
-            log.error("no_outbox", effects=[p.kind for p in pending])
-            return
-        try:
-            await self.outbox.enqueue(pending)
-        except Exception as exc:
-            log.error("outbound_effects_failed", host=url.host, error=str(exc))
+        await enqueue_now(self.outbox, pending, host=url.host)
 
 
 async def _read_up_to(content: aiohttp.StreamReader, size: int) -> bytes:

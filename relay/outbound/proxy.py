@@ -41,6 +41,7 @@ import yarl
 from aiohttp import web
 from multidict import CIMultiDict
 
+from relay.envelope import HOP_BY_HOP
 from relay.errors import BlockedAddress
 from relay.network import GuardedResolver, NetworkPolicy
 from relay.outbound.ca import CaError, CertificateAuthority
@@ -57,21 +58,9 @@ Answer = Callable[[web.BaseRequest, aiohttp.ClientResponse], Awaitable[web.Strea
 
 _CHUNK = 64 * 1024
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the proxy's own; Expect is answered here.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-    }
-)
+# RFC 9110 §7.6.1 hop-by-hop fields (relay.envelope's), Expect answered here; the
+# length passes on with the body it measures, as the proxy streams it unchanged.
+_HOP_BY_HOP = (HOP_BY_HOP - {"content-length"}) | {"expect"}
 
 
 def tunnelled(host: str, tunnel: Iterable[str]) -> bool:
