@@ -51,6 +51,9 @@ UPLOADS = {
         ("POST", "/api/v2/media/"),
         ("POST", "/api/v2/media.json"),
         ("POST", "/api/v2/media?x=1"),
+        # Rails routes PUT to update_credentials too; PUT /api/v1/media/<id> takes a thumbnail
+        ("PUT", "/api/v1/accounts/update_credentials"),
+        ("PUT", "/api/v1/media/1234"),
     ],
     "gotosocial": [
         ("POST", "/api/v1/media"),
@@ -102,6 +105,8 @@ async def test_uploads_reach_sluice_unchanged(setup: Setup) -> None:  # noqa: F8
 async def test_other_requests_on_upload_paths_reach_the_instance(setup: Setup) -> None:  # noqa: F811
     async with aiohttp.ClientSession() as http:
         for method, path in NOT_UPLOADS:
+            if (method, path) in UPLOADS[setup.software]:
+                continue  # an upload there (Mastodon's thumbnail PUT)
             data = b"{}" if method in ("POST", "PUT") else None
             headers = {"Host": HOST}
             async with http.request(method, setup.url(path), data=data, headers=headers) as r:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -97,15 +98,20 @@ ROUTES: Mapping[tuple[str, str], tuple[Family, tuple[str, ...]]] = {
 
 def upload_route(method: str, path: str) -> tuple[Family, tuple[str, ...]] | None:
     """The upload API ``method`` ``path`` is, as its server would route it: any case, a
-    trailing ``/`` or a ``.json`` format suffix (Rails routes all of them to the same
-    action); None for any other request."""
+    trailing ``/``, a format suffix (``.json``: Rails routes all of them to the same
+    action), and Mastodon's ``PUT /api/v1/media/ID`` (a new thumbnail); None for any
+    other request."""
     if method not in _METHODS:
         return None
-    normal = path.lower().rstrip("/").removesuffix(".json")
+    normal = _FORMAT.sub("", path.lower().rstrip("/"))
+    if method == "PUT" and _MEDIA_ID.fullmatch(normal):
+        return "mastodon", ("thumbnail", "file")
     return ROUTES.get((method, normal))
 
 
 _METHODS = frozenset(method for method, _ in ROUTES)
+_FORMAT = re.compile(r"\.[^/.]+$")
+_MEDIA_ID = re.compile(r"/api/v1/media/[^/]+")
 
 # What a refused uploader reads: why, in words, never a hash value nor a bank's name.
 KNOWN = "This file cannot be uploaded: it matches material this server does not accept."

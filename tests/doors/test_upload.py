@@ -200,6 +200,8 @@ async def test_mastodon_upload_of_a_known_image_never_reaches_the_instance(
         ("POST", "/API/V1/Media"),
         ("PUT", "/api/v1/accounts/update_credentials"),
         ("PATCH", "/api/v1/accounts/update_credentials.json"),
+        ("POST", "/api/v1/media.xml/"),
+        ("PUT", "/api/v1/media/109347"),
     ],
 )
 async def test_every_spelling_of_an_upload_api_is_checked(
