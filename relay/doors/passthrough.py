@@ -18,7 +18,7 @@ from yarl import URL
 
 from relay.envelope import HOP_BY_HOP, METHOD_OVERRIDES
 
-__all__ = ["Passthrough", "end_to_end", "forwarded", "unreachable"]
+__all__ = ["Passthrough", "forwarded"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ _HANDSHAKE = frozenset(
 )
 
 
-def end_to_end(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+def _end_to_end(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     """Headers without the hop-by-hop ones, including those the Connection header names
     (but never one of ``_KEPT``)."""
     named = {
@@ -86,7 +86,16 @@ class Passthrough:
         headers = forwarded(request)
         if request.content_length is not None:  # keep it: some servers refuse chunked uploads
             headers.append(("Content-Length", str(request.content_length)))
-        body = request.content if request.body_exists else None
+        return await self.send(request, headers, request.content if request.body_exists else None)
+
+    async def send(
+        self,
+        request: web.Request,
+        headers: list[tuple[str, str]],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> web.StreamResponse:
+        """``request`` to the instance with ``headers`` and ``body`` (the body as
+        received, or bytes a door already read), its answer streamed back as it comes."""
         response: web.StreamResponse | None = None
         try:
             async with self.session.request(
@@ -97,7 +106,7 @@ class Passthrough:
                 allow_redirects=False,
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in end_to_end(upstream.headers):
+                for name, value in _end_to_end(upstream.headers):
                     response.headers.add(name, value)
                 if upstream.headers.get("Content-Length") is not None:
                     response.content_length = int(upstream.headers["Content-Length"])
@@ -111,7 +120,7 @@ class Passthrough:
                 # Part of the answer is out: a second one would corrupt the stream.
                 # Raising makes aiohttp drop the connection, so the client sees the cut.
                 raise
-            return unreachable(request, exc)
+            return _unreachable(request, exc)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """Open the same WebSocket to the instance, then pass messages both ways until
@@ -132,7 +141,7 @@ class Passthrough:
                 status=exc.status if exc.status >= 400 else 502,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return unreachable(request, exc)
+            return _unreachable(request, exc)
         async with upstream:
             client = web.WebSocketResponse(
                 protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0
@@ -167,7 +176,7 @@ class Passthrough:
         await self.session.close()
 
 
-def unreachable(request: web.Request, exc: BaseException) -> web.Response:
+def _unreachable(request: web.Request, exc: BaseException) -> web.Response:
     """502 that names no address and no error text (they reach any client); the log has them."""
     reason = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
     log.warning(
@@ -183,7 +192,7 @@ def forwarded(request: web.Request) -> list[tuple[str, str]]:
     """The request's end-to-end headers, less method overrides, with the client's
     address appended to X-Forwarded-For: appended, never trusted, so that a client
     talking to Sluice directly does not choose the address the instance rate-limits by."""
-    headers = [(k, v) for k, v in end_to_end(request.headers) if k.lower() not in METHOD_OVERRIDES]
+    headers = [(k, v) for k, v in _end_to_end(request.headers) if k.lower() not in METHOD_OVERRIDES]
     forwarded = request.headers.get("X-Forwarded-For")
     if request.remote:
         headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]

@@ -41,18 +41,17 @@ from typing import Literal
 import aiohttp
 import structlog
 from aiohttp import web
-from yarl import URL
 
 from relay.doors import Handler
 from relay.doors.multipart import MultipartError, Part, boundary, parts
-from relay.doors.passthrough import Passthrough, end_to_end, forwarded, unreachable
+from relay.doors.passthrough import Passthrough, forwarded
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import message, notifications
 from relay.envelope import Proxies
 from relay.evidence import EvidenceStore, MediaItem
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
-from relay.media.judge import decide, inspect_bytes
+from relay.media.judge import decide, inspect_bytes, keep_evidence
 from relay.media.refs import MediaRef
 from relay.outbox import Outbox, Pending, enqueue_now
 from relay.policy import Policy
@@ -479,21 +478,11 @@ class UploadDoor:
 
     async def _preserve(self, upload: _Upload, verdict: Verdict) -> int | None:
         """A refused match keeps its evidence (when a key is set): the facts and the files."""
-        if (
-            verdict.disposition == Disposition.DELIVER
-            or self.evidence is None
-            or self.evidence.key is None
-            or not any(s.kind == "match" for s in verdict.signals)
-        ):
-            return None
         facts: dict[str, object] = {
             "upload": {"path": upload.path, "family": upload.family},
             "account": upload.account.as_json() if upload.account else None,
             "remote": upload.remote,
             "headers": upload.headers,
-            "received_at": time.time(),
-            "signals": [s.as_json() for s in verdict.signals],
-            "verdict": verdict.as_json(),
         }
         media = [
             MediaItem(
@@ -503,11 +492,7 @@ class UploadDoor:
             )
             for label, data in upload.files
         ]
-        try:
-            return await self.evidence.preserve(activity_row=None, facts=facts, media=media)
-        except Exception as exc:  # refused all the same; the admins must hear of it
-            log.error("upload_evidence_failed", path=upload.path, error=str(exc))
-            return None
+        return await keep_evidence(self.evidence, verdict, facts, media, path=upload.path)
 
     async def _effects(self, upload: _Upload, verdict: Verdict, evidence_id: int | None) -> None:
         pending: list[Pending] = []
@@ -552,30 +537,7 @@ class UploadDoor:
 
     async def _forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
         """The body as received, with the headers the passthrough forwards."""
-        session = self.passthrough.session
-        response: web.StreamResponse | None = None
-        try:
-            async with session.request(
-                request.method,
-                URL(self.base + request.raw_path, encoded=True),
-                headers=forwarded(request),
-                data=body,
-                allow_redirects=False,
-            ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in end_to_end(upstream.headers):
-                    response.headers.add(name, value)
-                if upstream.headers.get("Content-Length") is not None:
-                    response.content_length = int(upstream.headers["Content-Length"])
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(_CHUNK):
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if response is not None and response.prepared:
-                raise
-            return unreachable(request, exc)
+        return await self.passthrough.send(request, forwarded(request), body)
 
 
 def _is_file(part: Part, fields: tuple[str, ...]) -> bool:

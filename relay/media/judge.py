@@ -8,10 +8,15 @@ as the hold's media check puts it, so the same ``Policy`` decides.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
 
 from relay.errors import DecodeError
+from relay.evidence import EvidenceStore, MediaItem
 from relay.media.hasher import MediaHasher, OverBudget
 from relay.media.inspect import Inspector
 from relay.media.media import Media
@@ -20,7 +25,9 @@ from relay.policy import OVER_BUDGET, Policy
 from relay.signal import Signal
 from relay.verdict import Disposition, Verdict
 
-__all__ = ["Inspected", "decide", "inspect_bytes"]
+__all__ = ["Inspected", "decide", "inspect_bytes", "keep_evidence"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,3 +75,34 @@ def decide(
     if verdict.rule == "hold.on_error":
         verdict = replace(verdict, rule=rule)
     return verdict
+
+
+async def keep_evidence(
+    evidence: EvidenceStore | None,
+    verdict: Verdict,
+    facts: dict[str, Any],
+    media: Sequence[MediaItem],
+    **context: object,
+) -> int | None:
+    """A door's refusal of a match keeps its evidence (when a key is set): ``facts``
+    (what the door knows: the upload, the fetch), the time, the signals and the
+    verdict, and ``media``. The id, or None. A failure is logged with ``context``; the
+    refusal stands all the same."""
+    if (
+        verdict.disposition == Disposition.DELIVER
+        or evidence is None
+        or evidence.key is None
+        or not any(s.kind == "match" for s in verdict.signals)
+    ):
+        return None
+    facts = {
+        **facts,
+        "received_at": time.time(),
+        "signals": [s.as_json() for s in verdict.signals],
+        "verdict": verdict.as_json(),
+    }
+    try:
+        return await evidence.preserve(activity_row=None, facts=facts, media=media)
+    except Exception as exc:  # the admins must hear of it
+        log.error("evidence_failed", error=str(exc), **context)
+        return None

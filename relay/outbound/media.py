@@ -38,7 +38,7 @@ from relay.effects.notify import message, notifications
 from relay.evidence import EvidenceStore, MediaItem
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
-from relay.media.judge import decide, inspect_bytes
+from relay.media.judge import decide, inspect_bytes, keep_evidence
 from relay.media.refs import MediaRef
 from relay.media.sniff import sniff
 from relay.outbound.proxy import Forwarder, end_to_end, stream
@@ -204,26 +204,12 @@ class MediaGuard:
         self, url: yarl.URL, upstream: aiohttp.ClientResponse, data: bytes, verdict: Verdict
     ) -> int | None:
         """A refused match keeps its evidence (when a key is set): the facts and the file."""
-        if (
-            verdict.disposition == Disposition.DELIVER
-            or self.evidence is None
-            or self.evidence.key is None
-            or not any(s.kind == "match" for s in verdict.signals)
-        ):
-            return None
         facts: dict[str, object] = {
             "fetch": {"url": str(url), "destination": url.host, "status": upstream.status},
             "headers": dict(upstream.headers),
-            "received_at": time.time(),
-            "signals": [s.as_json() for s in verdict.signals],
-            "verdict": verdict.as_json(),
         }
         item = MediaItem(str(url), data, {"sha256": hashlib.sha256(data).hexdigest()})
-        try:
-            return await self.evidence.preserve(activity_row=None, facts=facts, media=[item])
-        except Exception as exc:  # refused all the same; the admins must hear of it
-            log.error("outbound_evidence_failed", host=url.host, error=str(exc))
-            return None
+        return await keep_evidence(self.evidence, verdict, facts, [item], host=url.host)
 
     async def _effects(self, url: yarl.URL, verdict: Verdict, evidence_id: int | None) -> None:
         pending: list[Pending] = []
