@@ -32,7 +32,6 @@ import asyncio
 import hashlib
 import re
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,15 +44,14 @@ from aiohttp import web
 from relay.doors import Handler
 from relay.doors.multipart import MultipartError, Part, boundary, parts
 from relay.doors.passthrough import Passthrough, forwarded
-from relay.effects.notify import KIND as NOTIFY
-from relay.effects.notify import message, notifications
+from relay.effects.notify import right_away
 from relay.envelope import Proxies
 from relay.evidence import EvidenceStore, MediaItem
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
 from relay.media.judge import decide, inspect_bytes, keep_evidence
 from relay.media.refs import MediaRef
-from relay.outbox import Outbox, Pending, enqueue_now
+from relay.outbox import Outbox, enqueue_now
 from relay.policy import Policy
 from relay.signal import Signal
 from relay.verdict import Disposition, Verdict
@@ -495,32 +493,22 @@ class UploadDoor:
         return await keep_evidence(self.evidence, verdict, facts, media, path=upload.path)
 
     async def _effects(self, upload: _Upload, verdict: Verdict, evidence_id: int | None) -> None:
-        pending: list[Pending] = []
-        for effect in verdict.effects:
-            if effect != NOTIFY:
-                log.error("upload_effect_unsupported", effect=effect, path=upload.path)
-                continue
-            if not self.webhooks:
-                continue
-            account = upload.account
-            body = message(
-                disposition=verdict.disposition.value,
-                rule=verdict.rule,
-                activity={"type": "Upload", "actor": account.url if account else None},
-                signals=verdict.signals,
-                admin_url=self.admin_url() or "",
-                evidence_id=evidence_id,
-                event="upload",
-            )
-            body["upload"] = {
+        account = upload.account
+        pending = right_away(
+            verdict,
+            event="upload",
+            activity={"type": "Upload", "actor": account.url if account else None},
+            about={
                 "path": upload.path,
                 "account": account.as_json() if account else None,
                 "remote": upload.remote,
                 # Lazy: the instance already has it; the verdict could not hold it back.
                 **({"checked_after": True} if self.lazy else {}),
-            }
-            key = f"upload:{uuid.uuid4()}"
-            pending += notifications(key=key, message=body, webhooks=self.webhooks)
+            },
+            webhooks=self.webhooks,
+            admin_url=self.admin_url() or "",
+            evidence_id=evidence_id,
+        )
         await enqueue_now(self.outbox, pending, path=upload.path)
 
     def _log(self, upload: _Upload, outcome: str, **facts: object) -> None:

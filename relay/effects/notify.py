@@ -42,16 +42,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import structlog
 
 from relay.effects import Decided, EffectFailed, Plan
 from relay.network import DEFAULT_USER_AGENT
 from relay.outbox import Pending
 from relay.signal import Signal
+from relay.verdict import Verdict
 
 __all__ = [
     "KIND",
@@ -61,8 +64,11 @@ __all__ = [
     "notifications",
     "outline",
     "planner",
+    "right_away",
     "signature",
 ]
+
+log = structlog.get_logger(__name__)
 
 #: The outbox kind of a notification.
 KIND = "notify"
@@ -207,3 +213,38 @@ def planner(webhooks: Sequence[str], admin_url: Callable[[], str | None]) -> Pla
         return notifications(key=decided.key, message=body, webhooks=webhooks)
 
     return plan
+
+
+def right_away(
+    verdict: Verdict,
+    *,
+    event: str,
+    activity: dict[str, Any],
+    about: dict[str, Any],
+    webhooks: Sequence[str],
+    admin_url: str,
+    evidence_id: int | None = None,
+) -> list[Pending]:
+    """The notifications of a verdict a door gave at once, with no row to key it by (an
+    upload, a proxied fetch): ``about`` goes into the message under ``event``'s name,
+    and each verdict gets a key of its own. Notify is the only effect such a verdict
+    can run yet; the others are logged and skipped."""
+    pending: list[Pending] = []
+    for effect in verdict.effects:
+        if effect != KIND:
+            log.error("effect_unsupported", effect=effect, event=event)
+            continue
+        if not webhooks:
+            continue
+        body = message(
+            disposition=verdict.disposition.value,
+            rule=verdict.rule,
+            activity=activity,
+            signals=verdict.signals,
+            admin_url=admin_url,
+            evidence_id=evidence_id,
+            event=event,
+        )
+        body[event] = about
+        pending += notifications(key=f"{event}:{uuid.uuid4()}", message=body, webhooks=webhooks)
+    return pending

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 import aiohttp
@@ -33,8 +32,7 @@ import structlog
 import yarl
 from aiohttp import web
 
-from relay.effects.notify import KIND as NOTIFY
-from relay.effects.notify import message, notifications
+from relay.effects.notify import right_away
 from relay.evidence import EvidenceStore, MediaItem
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
@@ -42,7 +40,7 @@ from relay.media.judge import decide, inspect_bytes, keep_evidence
 from relay.media.refs import MediaRef
 from relay.media.sniff import sniff
 from relay.outbound.proxy import Forwarder, end_to_end, stream
-from relay.outbox import Outbox, Pending, enqueue_now
+from relay.outbox import Outbox, enqueue_now
 from relay.policy import Policy
 from relay.verdict import Disposition, Verdict
 
@@ -212,25 +210,15 @@ class MediaGuard:
         return await keep_evidence(self.evidence, verdict, facts, [item], host=url.host)
 
     async def _effects(self, url: yarl.URL, verdict: Verdict, evidence_id: int | None) -> None:
-        pending: list[Pending] = []
-        for effect in verdict.effects:
-            if effect != NOTIFY:
-                log.error("outbound_effect_unsupported", effect=effect, host=url.host)
-                continue
-            if not self.webhooks:
-                continue
-            body = message(
-                disposition=verdict.disposition.value,
-                rule=verdict.rule,
-                activity={"type": "Fetch", "id": str(url)},
-                signals=verdict.signals,
-                admin_url=self.admin_url() or "",
-                evidence_id=evidence_id,
-                event="fetch",
-            )
-            body["fetch"] = {"url": str(url), "destination": url.host}
-            key = f"fetch:{uuid.uuid4()}"
-            pending += notifications(key=key, message=body, webhooks=self.webhooks)
+        pending = right_away(
+            verdict,
+            event="fetch",
+            activity={"type": "Fetch", "id": str(url)},
+            about={"url": str(url), "destination": url.host},
+            webhooks=self.webhooks,
+            admin_url=self.admin_url() or "",
+            evidence_id=evidence_id,
+        )
         await enqueue_now(self.outbox, pending, host=url.host)
 
 
