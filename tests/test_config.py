@@ -951,3 +951,68 @@ def test_check_config_refuses_a_data_dir_too_long_for_the_embedded_socket(tmp_pa
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"{path}: storage.data_dir: the embedded PostgreSQL's socket would be")
+
+
+# --- Sluice's actor, receipts and trust ---------------------------------------
+
+
+def test_actor_receipts_and_trust_are_read(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [actor]
+        base_url = "https://sluice.example.org"
+        [receipts]
+        jurisdictions = ["DE", "EU"]
+        accept_follows = "listed"
+        follow_domains = ["peer.example"]
+        [[trust]]
+        peer = "peer.example"
+        categories = ["STATEMENT_CATEGORY_PROTECTION_OF_MINORS"]
+        """,
+    )
+    config = load_config(path, environ={})
+    assert config.actor.base_url == "https://sluice.example.org"
+    assert config.actor.name == "sluice"
+    assert config.receipts.jurisdictions == ("DE", "EU")
+    [trust] = config.trust
+    assert trust.peer == "peer.example"
+    assert trust.categories == ("STATEMENT_CATEGORY_PROTECTION_OF_MINORS",)
+    assert (trust.jurisdictions, trust.automated, trust.hashes) == (("*",), False, True)
+
+
+def test_actor_and_receipt_problems(tmp_path):
+    _file, problems = check(
+        tmp_path,
+        """
+        [actor]
+        name = "no spaces"
+        [[trust]]
+        peer = "https://peer.example/"
+        """,
+    )
+    assert [p.key for p in problems] == ["actor.name", "trust[0].peer"]
+    assert "a WebFinger user part" in problems[0].message
+    # Across tables (checked once every key is well formed):
+    _file, problems = check(
+        tmp_path,
+        """
+        [actor]
+        base_url = "https://sluice.example.org"
+        [receipts]
+        accept_follows = "listed"
+        """,
+    )
+    assert [p.key for p in problems] == ["receipts.jurisdictions", "receipts.follow_domains"]
+
+
+def test_a_jurisdiction_is_a_country_code_or_eu(tmp_path):
+    _file, problems = check(tmp_path, '[receipts]\njurisdictions = ["de", "EU", "Germany"]\n')
+    assert [p.key for p in problems] == ["receipts.jurisdictions[0]", "receipts.jurisdictions[2]"]
+
+
+def test_following_needs_the_actor(tmp_path):
+    _file, problems = check(tmp_path, '[receipts]\nfollow = ["https://peer.example/actor"]\n')
+    [problem] = problems
+    assert problem.key == "receipts.follow"
+    assert "[actor] base_url" in problem.message

@@ -248,6 +248,34 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class ActorConfig:
+    base_url: str
+    name: str
+    key_dir: Path | None
+
+
+@dataclass(frozen=True)
+class ReceiptsConfig:
+    flag: bool
+    flag_skip_categories: tuple[str, ...]
+    jurisdictions: tuple[str, ...]
+    legal_ground: str
+    appeal: str
+    accept_follows: str
+    follow_domains: tuple[str, ...]
+    follow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    peer: str
+    categories: tuple[str, ...]
+    jurisdictions: tuple[str, ...]
+    automated: bool
+    hashes: bool
+
+
+@dataclass(frozen=True)
 class BankConfig:
     name: str
     category: str
@@ -298,8 +326,11 @@ class Config:
     outbox: OutboxConfig
     upload: UploadConfig
     outbound: OutboundConfig
+    actor: ActorConfig
+    receipts: ReceiptsConfig
     bank: tuple[BankConfig, ...]
     rule: tuple[RuleConfig, ...]
+    trust: tuple[TrustConfig, ...]
     source: str  # the file read, or "<defaults>"
 
 
@@ -309,6 +340,27 @@ def tunnel_host(value: str) -> str | None:
     if ":" in bare or host_name(bare) is not None:
         return f"`{value}` is not a host name like lemmy.example or *.lemmy.example (no port)"
     return None
+
+
+_JURISDICTION = re.compile(r"[A-Z]{2}")
+_ACTOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def jurisdiction(value: str) -> str | None:
+    """An ISO 3166-1 alpha-2 code (upper case) or EU, as the DSA's database writes them."""
+    if _JURISDICTION.fullmatch(value):
+        return None
+    return f'must be a two-letter country code like "DE", or "EU"; got `{value}`'
+
+
+def actor_name(value: str) -> str | None:
+    if _ACTOR_NAME.fullmatch(value):
+        return None
+    return f"must be letters, digits, _ . or - (a WebFinger user part); got `{value}`"
+
+
+def trust_peer(value: str) -> str | None:
+    return None if value == "*" else host_name(value)
 
 
 def bank_name(value: str) -> str | None:
@@ -586,6 +638,36 @@ SCHEMA: tuple[Section, ...] = (
               "the longest after signing that the instance's delivery is still sent; "
               "then it is dead-lettered (remotes refuse old signatures)", check=positive),
     ), "The outbound door: Sluice as the instance's forward proxy (deploy/outbound.md)."),
+    Section("actor", ActorConfig, (
+        Field("base_url", STRING, "",
+              "public https URL of Sluice's own actor and receipts (its own host, or a path "
+              "the web server routes to Sluice); empty: Sluice has no actor, sends no "
+              "receipts and fetches unsigned", check=optional_http_url),
+        Field("name", STRING, "sluice", "the actor's preferredUsername (acct:NAME@HOST)",
+              check=actor_name),
+        Field("key_dir", OPTIONAL_PATH, "",
+              "where the actor's keys are kept (mode 0600); empty: DATA_DIR/actor"),
+    ), "Sluice's own ActivityPub actor, which signs its fetches, Flags and receipts."),
+    Section("receipts", ReceiptsConfig, (
+        Field("flag", BOOLEAN, True,
+              "tell the origin server what was quarantined: a Flag carrying the receipt"),
+        Field("flag_skip_categories", STRINGS, (),
+              "bank categories whose origin is never told (telling could tip off an offender)"),
+        Field("jurisdictions", STRINGS, (),
+              'where the decisions are taken under: ISO 3166-1 alpha-2 codes, or "EU"',
+              each=jurisdiction),
+        Field("legal_ground", STRING, "",
+              "the law the decisions rest on, as receipts say it; empty: by category"),
+        Field("appeal", STRING, "", "URL where a decision can be appealed; empty: none",
+              check=optional_http_url),
+        Field("accept_follows", STRING, "everyone",
+              "whose Follow of Sluice's actor is accepted (they get every receipt)",
+              check=one_of("everyone", "listed", "nobody")),
+        Field("follow_domains", STRINGS, (),
+              'the domains accepted when accept_follows = "listed"', each=host_name),
+        Field("follow", STRINGS, (), "actors of peers Sluice follows to receive their receipts",
+              each=http_url),
+    ), "Moderation receipts: what Sluice tells peers, and whom (fep/)."),
     Section("bank", BankConfig, (
         Field("name", STRING, REQUIRED, "the bank's name, as rules and `sluice bank` use it",
               check=bank_name),
@@ -612,6 +694,19 @@ SCHEMA: tuple[Section, ...] = (
         Field("irreversible_on_perceptual", BOOLEAN, False,
               "let perceptual-only matches trigger irreversible effects"),
     ), "The policy: the strongest action among the rules that fire wins.", array=True),
+    Section("trust", TrustConfig, (
+        Field("peer", STRING, REQUIRED, 'the peer\'s domain, or "*" for every peer',
+              check=trust_peer),
+        Field("categories", STRINGS, ("*",),
+              'DSA categories of receipts honoured (STATEMENT_CATEGORY_…), or ["*"]',
+              check=not_empty),
+        Field("jurisdictions", STRINGS, ("*",),
+              'jurisdictions of receipts honoured ("DE", "EU"…), or ["*"]', check=not_empty),
+        Field("automated", BOOLEAN, False,
+              "honour fully automated decisions too (else a human must have decided)"),
+        Field("hashes", BOOLEAN, True,
+              "put the receipt's hashes into the bank receipts:PEER, matched like any bank"),
+    ), "Peers whose moderation receipts Sluice honours.", array=True),
 )
 
 #: Rule targets that are not banks: signals the media checks raise themselves.
@@ -679,6 +774,21 @@ def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
                     ("rule", index, "action"),
                     "quarantine keeps encrypted evidence: set [evidence] key_file",
                 )
+    actor, receipts = built.get("actor"), built.get("receipts")
+    if actor is not None and receipts is not None:
+        if actor.base_url and not receipts.jurisdictions:
+            problem(
+                ("receipts", "jurisdictions"),
+                "Sluice's actor signs receipts that name where the decision was taken: "
+                'list them, like ["DE"] or ["EU"]',
+            )
+        if receipts.accept_follows == "listed" and not receipts.follow_domains:
+            problem(
+                ("receipts", "follow_domains"),
+                'accept_follows = "listed" accepts nobody: list domains here, or say "nobody"',
+            )
+        if not actor.base_url and receipts.follow:
+            problem(("receipts", "follow"), "following needs Sluice's actor: set [actor] base_url")
     return found
 
 
