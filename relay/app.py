@@ -393,7 +393,10 @@ async def _start_outbound(
             outbox=checked.outbox,
             webhooks=checked.webhooks,
             admin_url=checked.admin_url,
+            on_error=config.outbound.media_on_error,
             max_bytes=config.media.max_bytes,
+            timeout=config.outbound.media_timeout_seconds,
+            concurrency=config.outbound.media_concurrency,
         )
     # The instance's deliveries are held and checked, then sent on by the flow.
     from relay.deliver import RemoteUpstream

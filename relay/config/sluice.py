@@ -245,6 +245,9 @@ class OutboundConfig:
     read_timeout_seconds: float
     max_connections: int
     delivery_max_age_seconds: float = 3600.0
+    media_on_error: str = "refuse"
+    media_timeout_seconds: float = 20.0
+    media_concurrency: int = 4
 
 
 @dataclass(frozen=True)
@@ -637,6 +640,15 @@ SCHEMA: tuple[Section, ...] = (
         Field("delivery_max_age_seconds", NUMBER, 3600.0,
               "the longest after signing that the instance's delivery is still sent; "
               "then it is dead-lettered (remotes refuse old signatures)", check=positive),
+        Field("media_on_error", STRING, "refuse",
+              "remote media that cannot be checked: refuse (fail closed) or accept (fail open)",
+              check=one_of("refuse", "accept")),
+        Field("media_timeout_seconds", NUMBER, 20.0,
+              "the longest checking one fetched file may take; then media_on_error decides",
+              check=positive),
+        Field("media_concurrency", INTEGER, 4,
+              "fetched files checked at once (each up to [media] max_bytes in memory)",
+              check=positive),
     ), "The outbound door: Sluice as the instance's forward proxy (deploy/outbound.md)."),
     Section("actor", ActorConfig, (
         Field("base_url", STRING, "",

@@ -81,6 +81,7 @@ Fetch = Callable[[str], Awaitable[tuple[bytes, dict[str, str], bytes]]]
 
 @pytest.fixture
 async def proxied(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     public_ca: CertificateAuthority,
     media_origin: tuple[int, dict[str, int]],
@@ -88,14 +89,19 @@ async def proxied(
 ) -> tuple[Running, Fetch]:
     """A Sluice whose proxy checks media against a bank listing the bridge photo
     (quarantined, evidence kept); ``fetch(name)`` GETs the origin's file through it.
-    (The origin is set up before Sluice, so Sluice's connection to it closes first.)"""
+    (The origin is set up before Sluice, so Sluice's connection to it closes first.)
+    An indirect parameter adds [outbound] keys."""
     create_ca(tmp_path / "data")
     ca = CertificateAuthority.load(tmp_path / "data")
     key = tmp_path / "evidence.key"
     EvidenceKey.generate(key)
     sluice = await sluice_factory(
         network={"allow": ["127.0.0.0/8", "::1/128"]},
-        outbound={"listen": "127.0.0.1:0", "trust_file": str(public_ca.cert_path)},
+        outbound={
+            "listen": "127.0.0.1:0",
+            "trust_file": str(public_ca.cert_path),
+            **getattr(request, "param", {}),
+        },
         media={"max_bytes": MAX_BYTES},
         evidence={"key_file": str(key)},
         bank=[{"name": "test-known", "category": "test"}],
@@ -204,3 +210,12 @@ def test_media_is_told_by_its_type_or_its_bytes() -> None:
     assert is_media("text/html", BRIDGE[:512])
     assert not is_media("application/activity+json", ACTOR)
     assert not is_media(None, b"<html>")
+
+
+@pytest.mark.parametrize("proxied", [{"media_on_error": "accept"}], indirect=True)
+async def test_an_admin_can_let_unchecked_media_through(proxied: tuple[Running, Fetch]) -> None:
+    """[outbound] media_on_error = "accept" fails open (an admin's explicit choice)."""
+    _, fetch = proxied
+    status, _, body = await fetch("broken.png")
+    assert status.startswith(b"HTTP/1.1 200")
+    assert body == PEN[:300]
