@@ -58,6 +58,7 @@ _OTHER = "Sluice refused this file: this server's rules do not accept it."
 _MEDIA_TYPES = ("image/", "video/", "audio/")
 _PEEK = 512  # enough for relay.media.sniff (an MPEG transport stream needs 377)
 _CHUNK = 64 * 1024
+_WHOLE = ("Range", "If-Range", "Accept-Encoding")  # what would make a body partial or coded
 
 
 def is_media(content_type: str | None, head: bytes) -> bool:
@@ -114,7 +115,10 @@ class MediaGuard:
         ) -> web.StreamResponse:
             return await self._answer(request, url, upstream)
 
-        return await self.forwarder.exchange(request, url, answer)
+        # Media is checked whole and as it is: ask for all of it, uncompressed. A server
+        # may answer a Range with the whole file (RFC 9110 14.2), and the instance then
+        # gets that checked whole.
+        return await self.forwarder.exchange(request, url, answer, leave_out=_WHOLE)
 
     async def _answer(
         self, request: web.BaseRequest, url: yarl.URL, upstream: aiohttp.ClientResponse

@@ -176,16 +176,24 @@ class Forwarder:
         return await self.exchange(request, url, stream)
 
     async def exchange(
-        self, request: web.BaseRequest, url: yarl.URL, answer: Answer
+        self,
+        request: web.BaseRequest,
+        url: yarl.URL,
+        answer: Answer,
+        *,
+        leave_out: Iterable[str] = (),
     ) -> web.StreamResponse:
-        """Send the request on as it came; ``answer`` turns the origin's response into
-        the instance's (``stream``: as it came). Refusals and failures to reach the
-        origin are answered here (403, 502, 504)."""
+        """Send the request on as it came (less the fields named in ``leave_out``);
+        ``answer`` turns the origin's response into the instance's (``stream``: as it
+        came). Refusals and failures to reach the origin are answered here (403, 502,
+        504)."""
         try:
             self._policy.check_url(url)
         except BlockedAddress as exc:
             return _refusal(exc)
         headers = _forwardable(request.headers)
+        for name in leave_out:
+            headers.popall(name, None)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         data: Any = request.content if request.body_exists else None
