@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yarl
 
 from relay.actor.keys import ActorKeys, load_keys, multibase_ed25519, public_pem
 from relay.errors import SluiceError
 from relay.signature import sign_cavage, sign_proof
+
+if TYPE_CHECKING:
+    from relay.config import Config
 
 __all__ = ["ACTOR_CONTEXT", "Actor", "ActorError", "parse_base_url"]
 
@@ -102,8 +105,8 @@ class Actor:
         extra_context: Sequence[str | Mapping[str, Any]] = (),
     ) -> Actor | None:
         """The actor, its keys made under ``key_dir`` (default ``data_dir``/actor) on first
-        start; None when ``base_url`` is None (no actor, no routes)."""
-        if base_url is None:
+        start; None when ``base_url`` is None or empty (no actor, no routes)."""
+        if not base_url:
             return None
         if key_dir is None:
             if data_dir is None:
@@ -116,6 +119,17 @@ class Actor:
             manually_approves_followers=manually_approves_followers,
             key_dir=key_dir,
             extra_context=extra_context,
+        )
+
+    @classmethod
+    def configured(cls, config: Config) -> Actor | None:
+        """The actor as ``[actor]`` and ``[storage] data_dir`` set it up, or None."""
+        section = config.actor
+        return cls.load(
+            section.base_url,
+            section.name,
+            section.key_dir,
+            data_dir=config.storage.data_dir,
         )
 
     @property

@@ -2,7 +2,8 @@
 
 Each group is a module with a ``register`` that adds its commands: ``serve`` (serve,
 check-config), ``dead_letters``, ``effects``, ``banks`` (bank import/list/add-image,
-hash), ``quarantine``, ``evidence`` and ``ca``. They all start through ``bootstrap``.
+hash), ``quarantine``, ``evidence``, ``ca`` and ``actor``. They all start through
+``bootstrap``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from relay import __version__
-from relay.cli import banks, ca, dead_letters, effects, evidence, quarantine, serve
+from relay.cli import actor, banks, ca, dead_letters, effects, evidence, quarantine, serve
 
 __all__ = ["main"]
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     quarantine.register(commands)
     evidence.register(commands)
     ca.register(commands)
+    actor.register(commands)
 
     args = parser.parse_args(argv)
     from relay.errors import ConfigError, SluiceError
