@@ -8,6 +8,7 @@
     ├── FetchError             a remote document or media could not be fetched
     │   └── BlockedAddress     the URL points at a refused address or scheme
     ├── DecodeError            fetched bytes are not what they claim to be
+    │   └── ReceiptError       a moderation receipt is malformed (names the field)
     ├── PolicyError            the policy cannot decide
     └── StoreUnavailable       PostgreSQL cannot be reached or cannot take writes now
 
@@ -28,6 +29,7 @@ __all__ = [
     "KeyFetchError",
     "PolicyError",
     "RateLimited",
+    "ReceiptError",
     "SignatureError",
     "SluiceError",
     "StoreUnavailable",
@@ -104,6 +106,14 @@ class BlockedAddress(FetchError):
 
 class DecodeError(SluiceError):
     """Fetched bytes could not be decoded (broken JSON, image, bomb)."""
+
+
+class ReceiptError(DecodeError):
+    """A moderation receipt is not what FEP-bc20 says; the message names the field.
+
+    The message may go back to the peer that sent the receipt, so it names the field
+    and the problem, never our internals.
+    """
 
 
 class PolicyError(SluiceError):
