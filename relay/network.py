@@ -12,6 +12,9 @@ an admin port on loopback, a database on 10/8). Two checks cover that:
 
 ``fetch`` adds what any client of hostile servers needs: bounded redirects, a
 streamed size limit, connect, read and total timeouts, and errors naming the URL.
+Given a ``FetchSigner`` it signs each GET as Sluice's actor (servers in authorized-fetch
+mode answer 401 to unsigned ones), and asks again unsigned where a server refuses a
+signed one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import asyncio
 import ipaddress
 import json
 import socket
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +40,14 @@ from relay.errors import BlockedAddress, DecodeError, FetchError
 __all__ = [
     "ACTIVITY_JSON_ACCEPT",
     "DEFAULT_USER_AGENT",
+    "FetchSigner",
     "Fetched",
     "GuardedResolver",
     "IPAddress",
     "IPNetwork",
     "JsonDocument",
     "NetworkPolicy",
+    "Signer",
     "absolute_url",
     "client_session",
     "fetch",
@@ -333,6 +340,70 @@ def client_session(
     )
 
 
+#: What signs a request: ``(method, url, headers, body) -> the headers to send``, as
+#: ``relay.actor.Actor.sign_request`` does.
+Signer = Callable[[str, str, Mapping[str, str] | None, bytes | None], dict[str, str]]
+
+# A signed GET answered so is asked again unsigned: some servers refuse signatures from
+# actors they cannot or will not fetch.
+_REFUSES_SIGNED = frozenset({400, 401, 403})
+
+
+class FetchSigner:
+    """Signs GETs as Sluice's actor, except where that cannot help.
+
+    Never to ``own`` URLs (Sluice's own host: a signature there proves nothing and its
+    key fetch would loop back), and not to a host that refused a signed GET its unsigned
+    twin got through, for ``remember_seconds``; at most ``max_hosts`` such hosts are
+    kept, the oldest forgotten first, so a flood of hosts cannot grow the memory.
+    """
+
+    def __init__(
+        self,
+        sign: Signer,
+        *,
+        own: Callable[[str], bool] | None = None,
+        remember_seconds: float = 3600,
+        max_hosts: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sign = sign
+        self._own = own
+        self._remember = remember_seconds
+        self._max_hosts = max_hosts
+        self._clock = clock
+        self._refusing: OrderedDict[str, float] = OrderedDict()
+
+    def signs(self, url: yarl.URL) -> bool:
+        """Would a GET of ``url`` be signed?"""
+        if self._own is not None and self._own(str(url)):
+            return False
+        key = _host_key(url)
+        until = self._refusing.get(key)
+        if until is None:
+            return True
+        if until > self._clock():
+            return False
+        del self._refusing[key]
+        return True
+
+    def headers(self, url: yarl.URL, headers: Mapping[str, str]) -> dict[str, str]:
+        """``headers`` plus Date, Host and a Signature over a GET of ``url``."""
+        return self._sign("GET", str(url), headers, None)
+
+    def refused(self, url: yarl.URL) -> None:
+        """``url``'s host refuses signed GETs: ask it unsigned for a while."""
+        key = _host_key(url)
+        self._refusing.pop(key, None)
+        self._refusing[key] = self._clock() + self._remember
+        while len(self._refusing) > self._max_hosts:
+            self._refusing.popitem(last=False)
+
+
+def _host_key(url: yarl.URL) -> str:
+    return f"{url.host}:{url.port}"
+
+
 @dataclass(frozen=True)
 class Fetched:
     """A successful (2xx) answer, read in full."""
@@ -361,17 +432,38 @@ async def fetch(
     headers: Mapping[str, str] | None = None,
     max_redirects: int = 5,
     total_timeout: float | None = 30,
+    signer: FetchSigner | None = None,
 ) -> Fetched:
     """GET ``url``, following at most ``max_redirects`` redirects, each one re-checked.
 
     Raises BlockedAddress for a refused URL or address, FetchError otherwise; its
     ``status`` is set only for a non-2xx final answer. ``total_timeout`` covers all
-    hops and the body, so an origin that drips a byte at a time still ends.
+    hops and the body, so an origin that drips a byte at a time still ends. With a
+    ``signer`` each hop is signed for its own host and path; a signed GET answered 400,
+    401 or 403 is asked again, once, unsigned (within the same total timeout).
     """
     deadline = asyncio.timeout(total_timeout)
     try:
         async with deadline:
-            return await _follow(session, policy, url, max_bytes, headers or {}, max_redirects)
+            if signer is None or not signer.signs(policy.check_url(url)):
+                return await _follow(session, policy, url, max_bytes, headers or {}, max_redirects)
+            try:
+                return await _follow(
+                    session, policy, url, max_bytes, headers or {}, max_redirects, signer
+                )
+            except FetchError as signed_error:
+                if signed_error.status not in _REFUSES_SIGNED:
+                    raise
+                try:
+                    fetched = await _follow(
+                        session, policy, url, max_bytes, headers or {}, max_redirects
+                    )
+                except FetchError:
+                    # Unsigned fares no better: the signed answer says more (and the
+                    # host is not taken to refuse signatures).
+                    raise signed_error from None
+                signer.refused(policy.check_url(url))
+                return fetched
     except TimeoutError as exc:
         if deadline.expired():
             raise FetchError(
@@ -387,13 +479,18 @@ async def _follow(
     max_bytes: int,
     headers: Mapping[str, str],
     max_redirects: int,
+    signer: FetchSigner | None = None,
 ) -> Fetched:
     current = policy.check_url(url)
     request_headers = dict(headers)
     redirects = 0
     while True:
         where = str(current) if redirects == 0 else f"{current} (redirected from {url})"
-        outcome = await _get_once(session, current, request_headers, max_bytes, where)
+        hop_headers = request_headers
+        if signer is not None and signer.signs(current):
+            # Each hop is signed anew: the signature covers its host and path.
+            hop_headers = signer.headers(current, request_headers)
+        outcome = await _get_once(session, current, hop_headers, max_bytes, where)
         if isinstance(outcome, Fetched):
             return outcome
         if redirects >= max_redirects:
@@ -543,8 +640,11 @@ async def fetch_json_document(
     max_bytes: int = 1_048_576,
     max_redirects: int = 5,
     total_timeout: float | None = 30,
+    signer: FetchSigner | None = None,
 ) -> JsonDocument:
-    """Fetch an ActivityStreams document; anything but a JSON object is a DecodeError."""
+    """Fetch an ActivityStreams document; anything but a JSON object is a DecodeError.
+
+    With a ``signer`` the GET is signed as Sluice's actor (see ``fetch``)."""
     fetched = await fetch(
         session,
         policy,
@@ -553,6 +653,7 @@ async def fetch_json_document(
         headers={"Accept": ACTIVITY_JSON_ACCEPT},
         max_redirects=max_redirects,
         total_timeout=total_timeout,
+        signer=signer,
     )
     try:
         # json.loads detects UTF-8/16/32 itself. RecursionError: deep nesting

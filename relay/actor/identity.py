@@ -16,6 +16,7 @@ import yarl
 
 from relay.actor.keys import ActorKeys, load_keys, multibase_ed25519, public_pem
 from relay.errors import SluiceError
+from relay.network import FetchSigner
 from relay.signature import sign_cavage, sign_proof
 
 if TYPE_CHECKING:
@@ -166,6 +167,11 @@ class Actor:
         """The headers to send: the caller's plus Date, Host, Digest and a draft-cavage
         rsa-sha256 Signature by the actor's current key."""
         return sign_cavage(method, url, body or b"", self.keys.rsa, self.key_id, headers=headers)
+
+    def fetch_signer(self, **kwargs: Any) -> FetchSigner:
+        """What signs Sluice's GETs as this actor (never to its own host); ``kwargs`` go to
+        ``relay.network.FetchSigner`` (``remember_seconds``, ``max_hosts``)."""
+        return FetchSigner(self.sign_request, own=self.owns, **kwargs)
 
     def sign_object(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of ``document`` with a FEP-8b32 eddsa-jcs-2022 proof by the Ed25519 key."""

@@ -39,6 +39,7 @@ __all__ = [
     "Retired",
     "load_keys",
     "multibase_ed25519",
+    "public_pem",
     "rotate_keys",
 ]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from relay.errors import BlockedAddress, FetchError
-from relay.network import NetworkPolicy, fetch
+from relay.network import FetchSigner, NetworkPolicy, fetch
 
 if TYPE_CHECKING:
     from relay.media.media import Media
@@ -40,6 +40,7 @@ class MediaFetcher:
         max_redirects: int = 5,
         attempts: int = 2,
         retry_delay: float = 1.0,
+        signer: FetchSigner | None = None,
     ) -> None:
         self.session = session
         self.policy = policy
@@ -48,6 +49,7 @@ class MediaFetcher:
         self.max_redirects = max_redirects
         self.attempts = attempts
         self.retry_delay = retry_delay
+        self.signer = signer  # Sluice's actor signs the GETs, where it has one
 
     async def get(self, url: str, *, deadline: float | None = None) -> bytes:
         """The bytes at ``url``; FetchError naming the URL and why, after retries.
@@ -70,6 +72,7 @@ class MediaFetcher:
                     headers={"Accept": "image/*, video/*, audio/*, */*;q=0.5"},
                     max_redirects=self.max_redirects,
                     total_timeout=timeout,
+                    signer=self.signer,
                 )
                 return fetched.body
             except BlockedAddress:

@@ -29,6 +29,7 @@ def free_port() -> int:
 class Served:
     actor: Actor
     session: aiohttp.ClientSession
+    requests: list[web.Request]
 
     def key_cache(self) -> KeyCache:
         """Fetches keys over real HTTP, as the inbound door does."""
@@ -45,12 +46,19 @@ async def serve_actor(key_dir: Path, prefix: str = "", **kwargs: object) -> Asyn
     port = free_port()
     actor = Actor.load(f"http://127.0.0.1:{port}{prefix}", key_dir=key_dir, **kwargs)  # type: ignore[arg-type]
     assert actor is not None
-    app = web.Application()
+    requests: list[web.Request] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        requests.append(request)
+        return await handler(request)
+
+    app = web.Application(middlewares=[record])
     add_actor_routes(app, actor)
     server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
         async with client_session(LOOPBACK) as session:
-            yield Served(actor, session)
+            yield Served(actor, session, requests)
     finally:
         await server.close()
