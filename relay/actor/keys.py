@@ -207,7 +207,18 @@ def load_keys(key_dir: Path) -> ActorKeys:
         raise ActorKeyError(f"{key_dir / rsa_file} is not an RSA key")
     if not isinstance(ed_key, ed25519.Ed25519PrivateKey):
         raise ActorKeyError(f"{key_dir / ed_file} is not an Ed25519 key")
+    _remove_orphans(key_dir, {rsa_file, ed_file})
     return ActorKeys(rsa_key, ed_key, rsa_fragment, ed_fragment, _retired(index, path))
+
+
+def _remove_orphans(key_dir: Path, kept: set[str]) -> None:
+    """Private keys no index names (a start or rotation killed before its commit, or the
+    temporaries of a write killed midway): nothing may sign with them, so they go."""
+    patterns = ("rsa-*.pem", "ed25519-*.pem", ".rsa-*", ".ed25519-*", f".{_INDEX}.*")
+    for pattern in patterns:
+        for path in key_dir.glob(pattern):
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
 
 
 def rotate_keys(key_dir: Path, *, keep_days: float = 7, now: float | None = None) -> ActorKeys:

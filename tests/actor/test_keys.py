@@ -84,3 +84,16 @@ def test_a_second_rotation_keeps_both_earlier_generations_within_their_periods(
     fragments = [r.fragment for r in third.published(1_000_000 + 7200)]
     assert first.rsa_fragment in fragments and len(fragments) == 4
     assert [r.fragment for r in third.published(1_000_000 + 2 * 86400)] == fragments[2:]
+
+
+def test_keys_no_index_names_are_removed_on_the_next_start(tmp_path: Path) -> None:
+    """What a start or rotation killed before writing keys.json leaves is not kept."""
+    keys = load_keys(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    orphans = ["rsa-20260101T000000000000Z.pem", ".ed25519-x.pem.abc", ".keys.json.tmp1"]
+    for name in orphans:
+        (tmp_path / name).write_bytes(b"half a key")
+        os.chmod(tmp_path / name, 0o600)
+    again = load_keys(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert _raw(again.rsa) == _raw(keys.rsa)
