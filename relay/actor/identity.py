@@ -30,6 +30,7 @@ ACTOR_CONTEXT: list[Any] = [
     "https://w3id.org/security/data-integrity/v1",
     "https://w3id.org/security/multikey/v1",
     "https://purl.archive.org/socialweb/webfinger",  # FEP-2c59
+    "https://w3id.org/fep/bc20",  # moderation receipts: defines ``receipts``
     {
         "manuallyApprovesFollowers": "as:manuallyApprovesFollowers",
         "toot": "http://joinmastodon.org/ns#",
@@ -86,7 +87,7 @@ class Actor:
         self.manually_approves_followers = manually_approves_followers
         self.key_dir = key_dir
         self.keys = keys
-        # The receipts FEP's context defines ``receipts``; its URL is added here.
+        # Terms of later extensions, after the actor's own contexts.
         self.context = [*ACTOR_CONTEXT, *extra_context]
         self.id = f"{self.base_url}/actor"
         self.inbox = f"{self.base_url}/inbox"
