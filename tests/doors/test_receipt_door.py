@@ -330,3 +330,30 @@ def _settled(outbox: Outbox) -> Any:
         return counts["pending"] == 0 and counts["done"] >= 1
 
     return check
+
+
+async def test_a_receipt_outlives_the_activity_it_was_about(door: Door) -> None:
+    pool = door.store.pool
+    row = await pool.fetchval(
+        "INSERT INTO activity (type, actor, target, headers, body, deadline) "
+        "VALUES ('Create', 'https://a.example/u', '/inbox', '[]', 'x', now()) RETURNING id"
+    )
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    document = receipt(door, 1, at)
+    await door.store.add_receipt(document, published=at, activity_id=row, category="csam")
+    assert (await door.store.receipt(document["id"])).activity_id == row  # type: ignore[union-attr]
+    await pool.execute("DELETE FROM activity WHERE id = $1", row)  # retention's prune
+    kept = await door.store.receipt(document["id"])
+    assert kept is not None
+    assert (kept.document, kept.activity_id, kept.category) == (document, None, "csam")
+
+
+async def test_a_follow_from_an_actor_without_an_inbox_is_refused(
+    door: Door, fediverse: Fediverse
+) -> None:
+    nobody = fediverse.actor("nobody")
+    nobody.profile = {"inbox": "ftp://nowhere.example/inbox"}
+    status, said = await door.signed(nobody, follow(nobody, door))
+    assert (status, said) == (400, {"error": f"{nobody.id} is not an actor document with an inbox"})
+    assert await door.store.follower_count() == 0
+    assert await door.outbox.list() == []
