@@ -27,6 +27,7 @@ from relay.evidence import EvidenceError, EvidenceStore, MediaItem, Sealed
 from relay.hold import Hold
 from relay.metrics import Metrics
 from relay.outbox import Outbox, Pending
+from relay.resend import Resend, Way, delivery_url
 from relay.retry import backoff
 from relay.signal import Signal
 from relay.signature import Verified
@@ -59,6 +60,7 @@ class Flow:
         plans: Mapping[str, Plan] | None = None,
         remote: Upstream | None = None,
         lazy: bool = False,
+        resend: Resend | None = None,
     ) -> None:
         """``plans``: per effect a rule may name, how a recorded verdict becomes its
         outbox rows (``relay.effects.Plan``); ``outbox`` runs them. ``remote``: what
@@ -66,7 +68,9 @@ class Flow:
         the flow closes it when it stops, once deliveries in flight have ended.
         ``lazy``: deliver inbound activities at once and check them after (``[hold]
         lazy``); a hit then runs its effects and seals its evidence, but cannot hold
-        what the instance already has."""
+        what the instance already has. ``resend``: how what is held past its sender's
+        signature still goes (re-signed, fetched by the instance, or expired); None:
+        always as sent."""
         self.store = store
         self.hold = hold
         self.upstream = upstream
@@ -80,6 +84,7 @@ class Flow:
         self.outbox = outbox
         self.plans: Mapping[str, Plan] = plans or {}
         self.lazy = lazy
+        self.resend = resend
         #: Seconds between refreshes of the per-state gauges. (Pruning is a periodic
         #: job of the outbox, run by one process: ``relay.effects.retention``.)
         self.tidy_interval = 60.0
@@ -548,14 +553,32 @@ class Flow:
         return verdict, decided
 
     async def _deliver(self, item: Item) -> None:
+        way = Way("as_sent")
+        if self.resend is not None:
+            url = delivery_url(item.headers, item.target, item.destination)
+            way = self.resend.way(item.headers, item.body, url)
+            if way.kind == "fetch" and item.destination is not None:
+                way = Way(
+                    "expired",
+                    reason=f"{way.reason or 'signature stale'}; a remote "
+                    "cannot be asked to fetch it",
+                )
+        if way.kind == "expired":
+            await self._expire(item, way.reason)
+            return
+        headers = way.headers if way.kind == "resigned" else item.headers
         self._delivering += 1
         try:
-            if item.destination is None:
-                result = await self.upstream.deliver(item.target, item.headers, item.body)
+            if way.kind == "fetch":
+                assert self.resend is not None and self.resend.instance is not None
+                assert way.url is not None
+                result = await self.resend.instance.resolve(way.url)
+            elif item.destination is None:
+                result = await self.upstream.deliver(item.target, headers, item.body)
             else:  # one of the instance's own, to a remote inbox: the same bytes
                 if self.remote is None:
                     raise RuntimeError("a delivery to a remote inbox, but no remote upstream")
-                result = await self.remote.deliver(item.destination, item.headers, item.body)
+                result = await self.remote.deliver(item.destination, headers, item.body)
         finally:
             self._delivering -= 1
         self.metrics.upstream_seconds.observe(result.seconds)
@@ -564,6 +587,8 @@ class Flow:
         )
         if item.destination is not None:
             fields["destination"] = item.destination
+        if way.kind != "as_sent":
+            fields["way"] = way.kind
         if result.ok:
             assert result.status is not None
             await self.store.delivered(item.id, result.status)
@@ -589,6 +614,15 @@ class Flow:
             self.metrics.refused.inc()
             log.warning("refused_by_upstream", error=result.error, **fields)
             self._finished()
+
+    async def _expire(self, item: Item, reason: str) -> None:
+        """Dead-letter what can no longer go: the admin sees it, with why."""
+        if await self.store.expired(item.id, reason):
+            self.metrics.dead_lettered.inc()
+            log.warning("expired", row=item.id, activity_id=item.ap_id, reason=reason)
+        else:
+            log.warning("lease_lost", row=item.id, activity_id=item.ap_id)
+        self._finished()
 
 
 def _judged(signals: Iterable[Signal], *, matched_only: bool = False) -> list[MediaItem]:

@@ -54,6 +54,7 @@ from relay.config.schema import (
 )
 from relay.effects import EFFECTS
 from relay.errors import ConfigError, ConfigProblem
+from relay.instance import SOFTWARE
 from relay.policy import MATCH_KINDS
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
     "MATCHERS",
     "SCHEMA",
     "SIGNAL_MATCHES",
+    "UPSTREAM_TOKEN_ENV",
+    "ActorConfig",
     "AdminConfig",
     "BankConfig",
     "Config",
@@ -78,24 +81,30 @@ __all__ = [
     "NotifyConfig",
     "OutboundConfig",
     "OutboxConfig",
+    "ReceiptsConfig",
     "RuleConfig",
     "ServerConfig",
     "SignaturesConfig",
     "StorageConfig",
+    "TrustConfig",
     "UploadConfig",
     "UpstreamConfig",
+    "actor_name",
     "bank_name",
     "check_config",
     "config_warnings",
+    "jurisdiction",
     "load_config",
     "main_check_config",
     "parse",
     "startup_problems",
+    "trust_peer",
     "tunnel_host",
 ]
 
 DATABASE_URL_ENV = "SLUICE_DATABASE_URL"
 ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
+UPSTREAM_TOKEN_ENV = "SLUICE_UPSTREAM_TOKEN"
 DEFAULTS_SOURCE = "<defaults>"
 
 
@@ -125,6 +134,10 @@ class UpstreamConfig:
     url: str
     timeout_seconds: float
     concurrency: int
+    software: str = ""
+    token_file: Path | None = None
+    # From $SLUICE_UPSTREAM_TOKEN, else the contents of token_file; None: no API calls.
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,7 @@ class DeliveryConfig:
     backoff_max_seconds: float
     dedup_window_seconds: int
     lease_seconds: float
+    fresh_signature_seconds: float = 3000.0
 
 
 @dataclass(frozen=True)
@@ -391,6 +405,15 @@ def _admin_token(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
     return _secret(values, "token_file", "token")
 
 
+def _upstream_token(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+    values["token"] = None
+    token = ctx.environ.get(UPSTREAM_TOKEN_ENV, "").strip()
+    if token:
+        values["token"] = token
+        return []
+    return _secret(values, "token_file", "token")
+
+
 def _notify_key(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
     values["key"] = None
     return _secret(values, "key_file", "key")
@@ -450,7 +473,13 @@ SCHEMA: tuple[Section, ...] = (
         Field("timeout_seconds", NUMBER, 30.0, "how long one delivery may take", check=positive),
         Field("concurrency", INTEGER, 32, "simultaneous deliveries to the upstream",
               check=positive),
-    ), "The instance Sluice protects."),
+        Field("software", STRING, "",
+              "the instance's software, for its API: mastodon, gotosocial, pleroma, akkoma, "
+              "lemmy or misskey; empty: Sluice does not call its API",
+              check=lambda v: one_of(*SOFTWARE)(v) if v else None),
+        Field("token_file", OPTIONAL_PATH, "",
+              "file with an API token of the instance (or $SLUICE_UPSTREAM_TOKEN)"),
+    ), "The instance Sluice protects.", finish=_upstream_token),
     Section("database", DatabaseConfig, (
         Field("url", STRING, "", "postgresql:// URL; empty: embedded PostgreSQL under data_dir",
               check=postgresql_url, env=DATABASE_URL_ENV),
@@ -520,6 +549,9 @@ SCHEMA: tuple[Section, ...] = (
               "a repeated activity id within this window is delivered once", check=positive),
         Field("lease_seconds", NUMBER, 30.0, "a worker's claim on an activity or an effect",
               check=positive),
+        Field("fresh_signature_seconds", NUMBER, 3000.0,
+              "a sender's signature older than this is not replayed: the activity is "
+              "re-signed, fetched by the instance, or expires", check=positive),
     ), "Passing accepted activities to the upstream.", finish=_backoff_order),
     Section("hold", HoldConfig, (
         Field("max_seconds", NUMBER, 60.0, "the longest an activity waits for its checks",

@@ -12,10 +12,7 @@ what cannot be sent in time is dead-lettered. Everything else goes to the next h
 
 from __future__ import annotations
 
-import email.utils
-import re
 import time
-from collections.abc import Mapping
 
 import structlog
 import yarl
@@ -27,13 +24,13 @@ from relay.errors import BlockedAddress, DecodeError, StoreUnavailable
 from relay.flow import Flow
 from relay.network import NetworkPolicy
 from relay.outbound.proxy import Handler
+from relay.signature import signed_at
 
-__all__ = ["Deliveries", "is_delivery", "signed_at"]
+__all__ = ["Deliveries", "is_delivery"]
 
 log = structlog.get_logger(__name__)
 
 _ACTIVITY_TYPES = frozenset({"application/activity+json", "application/ld+json"})
-_CREATED = re.compile(r"[;\s,]created=\"?(\d{1,12})")
 
 
 def is_delivery(request: web.BaseRequest) -> bool:
@@ -46,18 +43,6 @@ def is_delivery(request: web.BaseRequest) -> bool:
         return False
     content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
     return content_type in _ACTIVITY_TYPES
-
-
-def signed_at(headers: Mapping[str, str]) -> float | None:
-    """When the request was signed: a signature's ``created`` parameter, else Date."""
-    for name in ("Signature-Input", "Signature"):
-        found = _CREATED.search(" " + headers.get(name, ""))
-        if found:
-            return float(found.group(1))
-    try:
-        return email.utils.parsedate_to_datetime(headers.get("Date", "")).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 class Deliveries:

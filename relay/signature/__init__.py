@@ -10,6 +10,8 @@ sender: it names the reason, never our internals.
 
 from __future__ import annotations
 
+import email.utils
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "sign_ld",
     "sign_proof",
     "sign_rfc9421",
+    "signed_at",
     "verify_object",
     "verify_request",
 ]
@@ -71,6 +74,23 @@ async def verify_request(
     ):
         return await verify_rfc9421(method, target, headers, get, body, keys, **limits)
     return await verify_cavage(method, target, get, body, keys, **limits)
+
+
+_CREATED = re.compile(r"[;\s,]created=\"?(\d{1,12})")
+
+
+def signed_at(headers: Mapping[str, str]) -> float | None:
+    """When a request was signed, as its signature says (``created``, else Date),
+    unverified: for deciding whether it is still worth sending, never for trust."""
+    get = header_getter(headers)
+    for name in ("signature-input", "signature"):
+        found = _CREATED.search(" " + (get(name) or ""))
+        if found:
+            return float(found.group(1))
+    try:
+        return email.utils.parsedate_to_datetime(get("date") or "").timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _looks_cavage(get: HeaderGetter) -> bool:

@@ -476,6 +476,23 @@ class ActivityStore:
         )
 
     @translating
+    async def expired(self, item_id: int, error: str) -> bool:
+        """Dead-letter a row that can no longer be sent (its signature is stale and it
+        cannot go another way): listed for the admin with ``error``, not retried."""
+        changed = await change(
+            self.lazy,
+            _DEAD,
+            "execute",
+            f"UPDATE activity SET state = {sql_list(State.DEAD)}, last_status = NULL, "
+            "last_error = $2, finished_at = now(), owner = NULL, locked_until = NULL "
+            f"WHERE id = $1 AND state = {sql_list(State.QUEUED)} AND owner = $3",
+            item_id,
+            error,
+            self.owner,
+        )
+        return bool(changed.endswith(" 1"))
+
+    @translating
     async def retry(
         self, item_id: int, status: int | None, error: str, delay: float
     ) -> State | None:
