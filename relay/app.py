@@ -4,29 +4,43 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
 import structlog
+import yarl
 from aiohttp import web
 
-from relay.banks import BankWatcher
+from relay.activity import Activity
+from relay.actor import Actor
+from relay.actor.routes import actor_routes
+from relay.banks import BankStore, BankWatcher
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
 from relay.doors import Handler
 from relay.doors.admin import AdminDoor
 from relay.doors.inbound import InboundDoor
 from relay.doors.passthrough import Passthrough
+from relay.doors.receipt import ReceiptDoor
 from relay.doors.upload import UploadDoor
 from relay.effects import IRREVERSIBLE
+from relay.effects.honour import KIND as HONOUR
+from relay.effects.honour import Honour, carried_receipt, consider
 from relay.effects.notify import KIND as NOTIFY
 from relay.effects.notify import Notify, planner
+from relay.effects.receipt import KIND as RECEIPT
+from relay.effects.receipt import Receipts, ReceiptSettings
+from relay.effects.receipt import planner as receipt_planner
 from relay.effects.retention import Retention
+from relay.effects.send import KIND as SEND
+from relay.effects.send import Send
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
+from relay.instance import InstanceApi
 from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
@@ -36,10 +50,13 @@ from relay.network import JsonDocument, NetworkPolicy, client_session, fetch_jso
 from relay.outbound.proxy import ForwardProxy
 from relay.outbox import Outbox
 from relay.policy import Policy
-from relay.signature import KeyCache
+from relay.resend import Resend
+from relay.signature import KeyCache, Verified
 from relay.signature.objects import ObjectVerifier
 from relay.store import connect
 from relay.store.activities import ActivityStore
+from relay.store.receipts import ReceiptStore
+from relay.trust import TrustRule
 
 __all__ = ["SLUICE", "Sluice", "build_app"]
 
@@ -104,6 +121,9 @@ def build_app(
             opened.push_async_callback(database.close)
             pool = database.pool
             policy = NetworkPolicy.from_strings(config.network.allow, config.network.allow_http)
+            # Sluice's own actor, when [actor] base_url: it signs fetches, Flags, receipts.
+            actor = Actor.configured(config)
+            signer = actor.fetch_signer() if actor is not None else None
 
             def fediverse_session(limit_per_host: int = 4) -> aiohttp.ClientSession:
                 """A session of its own, closed on the way out: senders name the URLs
@@ -123,7 +143,7 @@ def build_app(
 
             async def fetch_key_document(url: str) -> JsonDocument:
                 fetched = await fetch_json_document(
-                    session, policy, url, max_redirects=config.network.max_redirects
+                    session, policy, url, max_redirects=config.network.max_redirects, signer=signer
                 )
                 if fetched.at_its_id:  # only a document at its own id speaks for that actor
                     fresh_actors.remember(fetched.document)  # a new actor: pictures checked too
@@ -158,6 +178,7 @@ def build_app(
                     max_bytes=config.media.max_bytes,
                     timeout=config.media.fetch_timeout_seconds,
                     max_redirects=config.network.max_redirects,
+                    signer=signer,
                 ),
                 lambda: banks.index,
                 HashCache(config.media.cache_seconds),
@@ -193,9 +214,7 @@ def build_app(
                     config.rule,
                     config.hold.on_error,
                     config.hold.on_timeout,
-                    effects_on={d: (NOTIFY,) for d in config.notify.on}
-                    if config.notify.webhooks
-                    else {},
+                    effects_on=_effects_on(config, speaks=actor is not None),
                     irreversible=IRREVERSIBLE,
                 ),
                 max_seconds=config.hold.max_seconds,
@@ -219,6 +238,53 @@ def build_app(
                     secret=config.notify.key,
                 ),
             )
+            receipts = ReceiptStore(pool)
+            outbox.register(
+                HONOUR,
+                Honour(TrustRule.from_config(config.trust), keys, receipts, BankStore(pool)),
+            )
+            plans = {
+                NOTIFY: planner(
+                    config.notify.webhooks,
+                    lambda: config.notify.admin_url or app[SLUICE].admin_url,
+                )
+            }
+            if actor is not None:
+
+                async def fetch_actor(url: str) -> Mapping[str, Any]:
+                    fetched = await fetch_json_document(
+                        session,
+                        policy,
+                        url,
+                        max_redirects=config.network.max_redirects,
+                        signer=signer,
+                    )
+                    return fetched.document
+
+                outbox.register(SEND, Send(fediverse_session(), policy, actor.sign_request))
+                outbox.register(
+                    RECEIPT,
+                    Receipts(
+                        actor,
+                        receipts,
+                        outbox,
+                        fetch_actor,
+                        ReceiptSettings(
+                            jurisdictions=config.receipts.jurisdictions,
+                            flag=config.receipts.flag,
+                            flag_skip_categories=config.receipts.flag_skip_categories,
+                            legal_ground=config.receipts.legal_ground,
+                            appeal=config.receipts.appeal,
+                        ),
+                    ),
+                )
+                plans[RECEIPT] = receipt_planner()
+            instance = None
+            if config.upstream.software and config.upstream.token:
+                instance = InstanceApi(
+                    config.upstream.url, config.upstream.software, config.upstream.token
+                )
+                opened.push_async_callback(instance.close)
             opened.push_async_callback(outbox.stop)  # safe before start too
             Retention(store, outbox).schedule()  # one process prunes, each minute
             flow = Flow(
@@ -232,12 +298,12 @@ def build_app(
                 evidence=EvidenceStore.from_config(pool, config),
                 outbox=outbox,
                 lazy=config.hold.lazy,
-                plans={
-                    NOTIFY: planner(
-                        config.notify.webhooks,
-                        lambda: config.notify.admin_url or app[SLUICE].admin_url,
-                    )
-                },
+                plans=plans,
+                resend=Resend(
+                    fresh_seconds=config.delivery.fresh_signature_seconds,
+                    signer=actor.sign_request if actor is not None else None,
+                    instance=instance,
+                ),
             )
             opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
             if config.hold.lazy:  # a lazy check a stopped process never recorded
@@ -256,6 +322,18 @@ def build_app(
             opened.callback(objects.close)
             passthrough = Passthrough(config.upstream.url, timeout=config.upstream.timeout_seconds)
             opened.push_async_callback(passthrough.close)
+
+            async def on_receipt(activity: Activity, verified: Verified | None) -> None:
+                """A Delete or Flag carrying a peer's receipt: judged by the outbox."""
+                carried = carried_receipt(activity.document)
+                if carried is None:
+                    return
+                try:
+                    via = verified.signer if verified is not None else None
+                    await outbox.enqueue(consider(carried, via=via))
+                except Exception as exc:  # the activity itself is stored: it goes on
+                    log.error("receipt_not_queued", activity_id=activity.id, error=str(exc))
+
             inbound = InboundDoor(
                 flow,
                 keys,
@@ -268,6 +346,7 @@ def build_app(
                 hosts=config.server.hosts,
                 trusted_proxies=config.server.trusted_proxies,
                 objects=objects,
+                receipts=on_receipt,
             )
             # Local uploads meet the hold's own inspector, hasher and policy.
             upload = UploadDoor(
@@ -301,6 +380,24 @@ def build_app(
             )
             app[SLUICE] = parts
             admin_door = AdminDoor(parts)
+            if actor is not None:  # the receipt door, before the instance's inbox paths
+                speaker = _speaker_routes(
+                    actor,
+                    ReceiptDoor(
+                        actor,
+                        receipts,
+                        outbox,
+                        keys,
+                        fetch_actor,
+                        accepts=_follow_policy(config),
+                        on_activity=on_receipt,
+                        max_age=config.signatures.max_age_seconds,
+                        clock_skew=config.signatures.clock_skew_seconds,
+                    ),
+                    inbound,
+                    passthrough,
+                )
+                app.router.add_routes(speaker)
             # The doors, in order: /healthz, then uploads, then inbox POSTs, then
             # everything else. They are mounted as they open; aiohttp freezes the router
             # after start-up.
@@ -359,6 +456,60 @@ async def _start_admin(listen: str, door: AdminDoor) -> web.AppRunner | None:
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     door.parts.admin_url = f"http://{shown}:{bound_port}"
     return runner
+
+
+def _effects_on(config: Config, *, speaks: bool) -> dict[str, tuple[str, ...]]:
+    """What every verdict of a disposition does, whatever the rule: notify on
+    ``[notify] on`` (with webhooks), and a receipt for each quarantine once Sluice has
+    an actor (the policy still withholds it from perceptual-only matches)."""
+    effects: dict[str, tuple[str, ...]] = {}
+    if config.notify.webhooks:
+        effects = {d: (NOTIFY,) for d in config.notify.on}
+    if speaks:
+        effects["quarantine"] = (*effects.get("quarantine", ()), RECEIPT)
+    return effects
+
+
+def _follow_policy(config: Config) -> Callable[[str], bool]:
+    """``[receipts] accept_follows``: whose Follow of Sluice's actor is accepted."""
+    choice = config.receipts.accept_follows
+    domains = {d.lower() for d in config.receipts.follow_domains}
+    if choice == "everyone":
+        return lambda actor_id: True
+    if choice == "nobody":
+        return lambda actor_id: False
+    return lambda actor_id: (yarl.URL(actor_id).host or "").lower() in domains
+
+
+def _speaker_routes(
+    actor: Actor, door: ReceiptDoor, inbound: InboundDoor, passthrough: Passthrough
+) -> list[web.RouteDef]:
+    """The actor's routes and the receipt door, answering the actor's host alone: on a
+    host of Sluice's own, its /inbox is not the instance's, so a request naming another
+    host goes where it would have gone without them (an inbox POST, or the instance)."""
+    own = _authority(yarl.URL(actor.base_url))
+
+    def for_actor(handler: Handler) -> Handler:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            if _authority(yarl.URL(f"http://{request.host}")) == own:
+                return await handler(request)
+            if request.method == "POST":
+                return await inbound.handle(request)
+            return await passthrough.handle(request)
+
+        return answer
+
+    return [
+        web.route(route.method, route.path, for_actor(route.handler), **route.kwargs)
+        for route in (*actor_routes(actor), *door.routes())
+        if isinstance(route, web.RouteDef)
+    ]
+
+
+def _authority(url: yarl.URL) -> str:
+    """host[:port] as a Host header would say it, a default port left out."""
+    host = (url.host or "").lower()
+    return host if url.is_default_port() or url.explicit_port is None else f"{host}:{url.port}"
 
 
 async def _start_outbound(

@@ -433,6 +433,7 @@ class Flow:
                 "type": item.activity.type,
                 "actor": item.actor,
                 "signer": item.signer,
+                "object": item.activity.object_id,
             },
             verdict,
             evidence_id,

@@ -51,6 +51,7 @@ __all__ = [
     "KEYWORDS",
     "LEGAL_GROUNDS",
     "NAMESPACE",
+    "RECEIPT_CATEGORIES",
     "TYPE",
     "ContentHash",
     "Receipt",
@@ -236,6 +237,9 @@ _FROM_DSA: tuple[tuple[str, frozenset[str], str], ...] = (
         "terrorism",
     ),
 )
+
+#: The bank categories an honoured receipt can fill (category_for's answers).
+RECEIPT_CATEGORIES = (*dict.fromkeys(ours for _, _, ours in _FROM_DSA), "unwanted")
 
 
 def dsa_for(category: str) -> tuple[str, tuple[str, ...], str]:
@@ -469,13 +473,16 @@ def _context(value: Any) -> str:
     if AS_CONTEXT not in entries:
         raise ReceiptError(f"@context: must include {AS_CONTEXT}")
     for entry in entries:
-        if isinstance(entry, str) and _is_receipt_context(entry):
+        if isinstance(entry, str) and _is_receipt_context(entry, plain_http=True):
             return _url(entry, "@context")
     raise ReceiptError(f"@context: must include the receipt context ({CONTEXT_URL})")
 
 
-def _is_receipt_context(url: str) -> bool:
-    return url == CONTEXT_URL or (url.startswith("https://") and url.endswith(CONTEXT_PATH))
+def _is_receipt_context(url: str, *, plain_http: bool = False) -> bool:
+    """The FEP's context URL, or an actor's copy of it. ``plain_http``: a receipt may name
+    an http:// copy (an actor on loopback); the loader never serves one under it."""
+    schemes = ("https://", "http://") if plain_http else ("https://",)
+    return url == CONTEXT_URL or (url.startswith(schemes) and url.endswith(CONTEXT_PATH))
 
 
 def _list(value: Any, name: str, most: int) -> list[Any]:

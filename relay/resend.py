@@ -76,11 +76,9 @@ class Resend:
         fields = {name.lower(): value for name, value in headers}
         signed = signed_at(fields)
         now = time.time() if now is None else now
-        if signed is not None and now - signed <= self.fresh_seconds:
-            return Way("as_sent")
-        age = "no signing time"
-        if signed is not None:
-            age = f"signed {round((now - signed) / 60)} min ago"
+        if signed is None or now - signed <= self.fresh_seconds:
+            return Way("as_sent")  # no signing time: the instance judges it as it came
+        age = f"signed {round((now - signed) / 60)} min ago"
         document = _document(body)
         if self.signer is not None and _self_signed(document):
             kept = {name: fields[name.lower()] for name in _KEEP if name.lower() in fields}

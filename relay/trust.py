@@ -12,6 +12,7 @@ decision needs ``automated = true``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,11 +20,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from relay.config.sluice import TrustConfig
 
-__all__ = ["FULLY_AUTOMATED", "Judgement", "TrustRule", "bank_for", "judge"]
+__all__ = ["FULLY_AUTOMATED", "Judgement", "TrustRule", "bank_for", "is_peer_bank", "judge"]
 
 #: The DSA's value for a decision no human took part in.
 FULLY_AUTOMATED = "AUTOMATED_DECISION_FULLY"
 _ANY = "*"
+_PEER_BANK = re.compile(r"receipts:[a-z0-9.-]+(:[A-Za-z0-9_.-]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +98,8 @@ def bank_for(peer: str, category: str) -> str:
     any other category ``receipts:PEER:CATEGORY``."""
     peer = peer.lower()
     return f"receipts:{peer}" if category == "csam" else f"receipts:{peer}:{category}"
+
+
+def is_peer_bank(name: str) -> bool:
+    """A bank only honoured receipts write into (no [[bank]] may be named so)."""
+    return _PEER_BANK.fullmatch(name) is not None

@@ -390,10 +390,14 @@ async def sluice_factory(
     started: list[Running] = []
 
     async def start(
-        config: Config | None = None, *, checks: tuple[Any, ...] = (), **sections: dict[str, Any]
+        config: Config | None = None,
+        *,
+        checks: tuple[Any, ...] = (),
+        port: int | None = None,
+        **sections: dict[str, Any],
     ) -> Running:
         app = build_app(config or make_config(**sections), checks=checks)
-        server = await start_server(app)
+        server = await start_server(app, port)
         running = Running(server, aiohttp.ClientSession())
         started.append(running)
         return running

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.actor.identity import Actor
+from relay.receipt import CONTEXT_PATH, context_document
 
 __all__ = ["ACTIVITY_JSON", "actor_routes", "add_actor_routes"]
 
@@ -54,6 +55,11 @@ def actor_routes(actor: Actor) -> web.RouteTableDef:
                 text=f"{actor.handle}: {actor.document()['summary']}\n", content_type="text/plain"
             )
         return _json(actor.document(), ACTIVITY_JSON)
+
+    @routes.get(f"{prefix}{CONTEXT_PATH}")
+    async def receipt_context(request: web.Request) -> web.Response:
+        """The receipts' JSON-LD context, at the URL each receipt's @context names."""
+        return _json(context_document(), "application/ld+json")
 
     @routes.get(f"{prefix}/outbox")
     async def outbox(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from relay.banks.files import BankError, Entry
 from relay.config import bank_name
 from relay.hashing import KINDS
 from relay.store.db import Connection, translating
+from relay.trust import is_peer_bank
 
 __all__ = ["BankStore"]
 
@@ -40,7 +41,7 @@ class BankStore:
         An existing bank's category is never changed here: rules act on categories,
         so moving a bank from ``unwanted`` to ``csam`` must be a deliberate step.
         """
-        problem = bank_name(name)
+        problem = None if is_peer_bank(name) else bank_name(name)
         if problem:
             raise BankError(f"bank name `{name}`: {problem}")
         if category is not None and not category.strip():

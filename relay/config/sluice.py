@@ -56,6 +56,7 @@ from relay.effects import EFFECTS
 from relay.errors import ConfigError, ConfigProblem
 from relay.instance import SOFTWARE
 from relay.policy import MATCH_KINDS
+from relay.receipt import RECEIPT_CATEGORIES
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -779,6 +780,8 @@ def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
             problem(("bank", index, "name"), f"a bank named `{bank.name}` exists already")
         seen.add(bank.name)
     categories = {b.category for b in banks}
+    if built.get("trust"):  # honoured receipts fill banks of these categories
+        categories |= set(RECEIPT_CATEGORIES)
     targets = sorted(seen) + [f"category:{c}" for c in sorted(categories)]
     notify = built.get("notify")
     for index, rule in enumerate(built.get("rule") or ()):
@@ -810,6 +813,11 @@ def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
                 problem(
                     ("rule", index, "effects"),
                     "notify needs somewhere to send to: set [notify] webhooks",
+                )
+            elif effect == "receipt" and not getattr(built.get("actor"), "base_url", "x"):
+                problem(
+                    ("rule", index, "effects"),
+                    "a receipt is signed by Sluice's actor: set [actor] base_url",
                 )
         if rule.action == "quarantine":
             evidence = built.get("evidence")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
 from aiohttp import web
@@ -32,9 +32,12 @@ from relay.metrics import Metrics
 from relay.signature import KeyCache, Verified, verify_request
 from relay.signature.objects import ObjectVerifier
 
-__all__ = ["InboundDoor", "inbox_matcher", "looks_inbound", "normalized_path"]
+__all__ = ["InboundDoor", "OnReceipt", "inbox_matcher", "looks_inbound", "normalized_path"]
 
 log = structlog.get_logger(__name__)
+
+#: Told of every accepted activity (its verified signer, if any): receipts are judged.
+OnReceipt = Callable[[Activity, Verified | None], Awaitable[None]]
 
 
 def inbox_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
@@ -94,6 +97,7 @@ class InboundDoor:
         trusted_proxies: Iterable[str] = (),
         objects: ObjectVerifier,
         unavailable_retry_after: int = 5,
+        receipts: OnReceipt | None = None,
     ) -> None:
         self.flow = flow
         self.inbox = inbox_matcher(inbox_paths)
@@ -107,6 +111,8 @@ class InboundDoor:
         self.proxies = Proxies(trusted_proxies)
         self.objects = objects  # relayed objects' own signatures, at a bounded price
         self.unavailable_retry_after = unavailable_retry_after  # seconds, database down
+        # A Delete or Flag carrying a peer's moderation receipt: handed on to be judged.
+        self.receipts = receipts
 
     def routes(self) -> list[web.RouteDef]:
         # Any path: an inbox the configuration does not name is still checked.
@@ -218,6 +224,8 @@ class InboundDoor:
             bound.info("duplicate", signer=verified and verified.signer)
             return web.Response(status=202)
         self.metrics.received.labels("accepted").inc()
+        if self.receipts is not None:
+            await self.receipts(activity, verified)
         bound.info(
             "received",
             row=stored.id,

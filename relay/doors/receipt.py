@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 import yarl
@@ -37,6 +37,7 @@ __all__ = ["ACTIVITY_JSON", "AS_CONTEXT", "ActorFetcher", "OnActivity", "Receipt
 
 log = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
 AS_CONTEXT = "https://www.w3.org/ns/activitystreams"
 ACTIVITY_JSON = "application/activity+json"
 
@@ -51,7 +52,7 @@ class Speaker(Protocol):
 
 
 #: Fetches a peer's actor document (SSRF-guarded): where its inbox is.
-ActorFetcher = Callable[[str], Awaitable["Mapping[str, Any] | JsonDocument"]]
+ActorFetcher = Callable[[str], Awaitable["Mapping[str, object] | JsonDocument"]]
 #: Handed each verified activity the door does not handle itself.
 OnActivity = Callable[[Activity, Verified], Awaitable[None]]
 
@@ -135,7 +136,7 @@ class ReceiptDoor:
         found = await self._read(self.store.page(before, self.page_size + 1))
         items, more = found[: self.page_size], len(found) > self.page_size
         here = yarl.URL(base).with_query({"page": "true", **({"before": before} if before else {})})
-        page: dict[str, Any] = {
+        page: dict[str, object] = {
             "@context": AS_CONTEXT,
             "id": str(here),
             "type": "OrderedCollectionPage",
@@ -153,7 +154,7 @@ class ReceiptDoor:
             return _refuse(404, "no such receipt")
         return _activity_json(found.document)
 
-    async def _read(self, pending: Awaitable[Any]) -> Any:
+    async def _read(self, pending: Awaitable[_T]) -> _T:
         try:
             return await pending
         except StoreUnavailable as exc:
@@ -228,7 +229,9 @@ class ReceiptDoor:
             return response
         return web.Response(status=202)
 
-    async def _follow(self, activity: Activity, bound: Any) -> web.Response:
+    async def _follow(
+        self, activity: Activity, bound: structlog.typing.FilteringBoundLogger
+    ) -> web.Response:
         try:
             fetched = await self.fetch_actor(activity.actor)
         except Exception as exc:  # the peer retries its Follow; nothing was recorded
@@ -241,7 +244,7 @@ class ReceiptDoor:
             return _refuse(400, f"{activity.actor} is not an actor document with an inbox")
         accepted = self.accepts(activity.actor)
         kind = "Accept" if accepted else "Reject"
-        answer: dict[str, Any] = {
+        answer: dict[str, object] = {
             "@context": AS_CONTEXT,
             "id": f"{self.actor.id}#{kind.lower()}-{_digest(activity)}",
             "type": kind,
@@ -269,7 +272,9 @@ class ReceiptDoor:
         bound.info("follow_accepted" if accepted else "follow_rejected", inbox=inbox)
         return web.Response(status=202)
 
-    async def _unfollow(self, activity: Activity, bound: Any) -> bool:
+    async def _unfollow(
+        self, activity: Activity, bound: structlog.typing.FilteringBoundLogger
+    ) -> bool:
         """End a follow when ``activity`` (an Undo) undoes one: a Follow of Sluice's actor
         embedded (Mastodon, Misskey), or named by the id of the Follow recorded (an Undo
         of anything else has an id too, and goes on to ``on_activity``)."""
@@ -295,7 +300,7 @@ def _object_id(activity: Activity) -> object:
     return target.get("id") if isinstance(target, dict) else target
 
 
-def _inboxes(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def _inboxes(document: Mapping[str, object]) -> tuple[str | None, str | None]:
     """The actor's inbox and shared inbox (``endpoints.sharedInbox``), when URLs."""
     inbox = document.get("inbox")
     endpoints = document.get("endpoints")
@@ -310,7 +315,7 @@ def _digest(activity: Activity) -> str:
     return hashlib.sha256(activity.dedup_key.encode()).hexdigest()[:32]
 
 
-def _activity_json(document: Mapping[str, Any]) -> web.Response:
+def _activity_json(document: Mapping[str, object]) -> web.Response:
     return web.json_response(document, content_type=ACTIVITY_JSON)
 
 

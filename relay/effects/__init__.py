@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 __all__ = ["EFFECTS", "IRREVERSIBLE", "Decided", "Effect", "EffectFailed", "Plan"]
 
 #: Every effect a rule may name (``[[rule]] effects``).
-EFFECTS = ("notify",)
-#: Those that cannot be taken back once done (a report, a receipt, a ban: none yet).
-IRREVERSIBLE: frozenset[str] = frozenset()
+EFFECTS = ("notify", "receipt")
+#: Those that cannot be taken back once done: a receipt tells peers (later: a report,
+#: a ban).
+IRREVERSIBLE: frozenset[str] = frozenset({"receipt"})
 
 
 class EffectFailed(Exception):
@@ -54,7 +55,7 @@ class Decided:
     """A verdict recorded about one activity: what an effect's plan is made from."""
 
     row: int
-    activity: dict[str, Any]  # id, type, actor, signer
+    activity: dict[str, Any]  # id, type, actor, signer, object (its id)
     verdict: Verdict
     evidence_id: int | None = None
     #: A lazy check's verdict: the activity was delivered before it ([hold] lazy).

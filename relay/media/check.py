@@ -102,6 +102,7 @@ class MediaCheck:
             max_refs=max_refs + 1,
             timeout=dereference_seconds,
             max_redirects=fetcher.max_redirects,
+            signer=fetcher.signer,
         )
         self._inflight: dict[str, asyncio.Future[_Obtained]] = {}
 

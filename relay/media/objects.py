@@ -24,7 +24,7 @@ import aiohttp
 
 from relay.errors import FetchError
 from relay.media.refs import MediaRef, _each, _is_http, _join, _types, media_refs
-from relay.network import NetworkPolicy, fetch_json_document
+from relay.network import FetchSigner, NetworkPolicy, fetch_json_document
 
 __all__ = ["Dereferenced", "ObjectFetcher", "ObjectRef", "extract", "object_refs"]
 
@@ -160,9 +160,11 @@ class ObjectFetcher:
         max_refs: int = 64,
         timeout: float = 20.0,
         max_redirects: int = 5,
+        signer: FetchSigner | None = None,
     ) -> None:
         self.session = session
         self.policy = policy
+        self.signer = signer  # Sluice's actor signs the GETs, where it has one
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.cache_seconds = cache_seconds
@@ -190,14 +192,15 @@ class ObjectFetcher:
             raise FetchError(f"{url}: no complete answer within {timeout:.1f} s") from None
 
     async def _fetch(self, url: str) -> Dereferenced:
-        # Unsigned: a server in authorized-fetch mode answers 401 until Sluice has an
-        # actor of its own to sign with.
+        # Signed where Sluice has an actor: a server in authorized-fetch mode answers
+        # 401 to an unsigned GET.
         fetched = await fetch_json_document(
             self.session,
             self.policy,
             url,
             max_redirects=self.max_redirects,
             total_timeout=self.timeout,
+            signer=self.signer,
         )
         found = extract(url, fetched.document, max_refs=self.max_refs)
         if self.cache_seconds > 0:

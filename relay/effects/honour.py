@@ -1,0 +1,138 @@
+"""Peers' receipts: verified, recorded, and honoured as the admin's ``[[trust]]`` says.
+
+A receipt reaches Sluice embedded in a Delete or a Flag (``moderationReceipt``), through
+the inbound door or Sluice's own inbox. The door enqueues it here, keyed by the
+receipt's id, so a receipt is considered once however often it arrives, and a key
+server that is down is tried again later. Considering it:
+
+1. checks every field (relay.receipt.parse_receipt) and its eddsa-jcs-2022 proof, by a
+   key on the receipt actor's own host that belongs to that actor;
+2. judges it by the ``[[trust]]`` entries (relay.trust);
+3. when honoured, puts its hashes into the peer's own bank (``receipts:PEER``), whose
+   category follows the receipt's, so rules on that category act on the same media
+   arriving from anywhere; the bank write comes first and repeats harmlessly;
+4. records it with the decision (honoured or not, and why): the admin API lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+import yarl
+
+from relay.banks.store import BankStore
+from relay.effects import EffectFailed
+from relay.errors import KeyFetchError, ReceiptError, SignatureError
+from relay.outbox import Pending
+from relay.receipt import Receipt, category_for, parse_receipt
+from relay.signature.keys import KeyResolver
+from relay.signature.proof import verify_proof
+from relay.store.receipts import ReceiptStore
+from relay.trust import TrustRule, bank_for, judge
+
+__all__ = ["KIND", "Honour", "carried_receipt", "consider"]
+
+log = structlog.get_logger(__name__)
+
+KIND = "honour"
+#: A receipt dated further ahead than this is refused (a clock, or a forgery).
+_SKEW = timedelta(hours=1)
+
+
+def carried_receipt(document: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The receipt a Delete or a Flag carries, if it carries one."""
+    if document.get("type") not in ("Delete", "Flag"):
+        return None
+    receipt = document.get("moderationReceipt")
+    return receipt if isinstance(receipt, Mapping) else None
+
+
+def consider(receipt: Mapping[str, Any], *, via: str | None) -> list[Pending]:
+    """The outbox row that considers a carried receipt, keyed by its id (a receipt
+    arriving twice is considered once). ``via``: who delivered it (the HTTP signer)."""
+    ident = receipt.get("id")
+    if not isinstance(ident, str) or not ident:
+        return []
+    return [Pending(KIND, f"{KIND}:{ident}", {"receipt": dict(receipt), "via": via})]
+
+
+class Honour:
+    """The effect. ``rules``: the ``[[trust]]`` entries."""
+
+    name = KIND
+    irreversible = False  # it changes only Sluice's own banks
+
+    def __init__(
+        self,
+        rules: Sequence[TrustRule],
+        keys: KeyResolver,
+        receipts: ReceiptStore,
+        banks: BankStore,
+    ) -> None:
+        self.rules = tuple(rules)
+        self.keys = keys
+        self.receipts = receipts
+        self.banks = banks
+
+    async def run(self, payload: dict[str, Any]) -> None:
+        document = payload.get("receipt")
+        if not isinstance(document, Mapping):
+            raise EffectFailed("honour payload has no receipt", permanent=True)
+        ident = str(document.get("id"))
+        if await self.receipts.seen_received(ident):
+            log.info("receipt_replayed", receipt=ident, via=payload.get("via"))
+            return
+        peer = (yarl.URL(str(document.get("actor", ""))).host or "").lower()
+        try:
+            receipt = parse_receipt(document)
+            _not_ahead(receipt)
+            await verify_proof(document, receipt.actor, self.keys)
+        except KeyFetchError as exc:
+            if not exc.gone:  # the peer's key server may come back: try again later
+                raise EffectFailed(f"receipt {ident}: {exc}") from exc
+            await self._record(ident, peer, document, False, f"not verified: {exc}")
+            return
+        except (ReceiptError, SignatureError) as exc:
+            await self._record(ident, peer, document, False, f"not verified: {exc}")
+            return
+        judged = judge(
+            self.rules,
+            peer=peer,
+            category=receipt.category,
+            jurisdictions=receipt.jurisdiction,
+            automated_decision=receipt.automated_decision,
+        )
+        reason = judged.reason
+        if judged.hashes:
+            ours = category_for(receipt.category, receipt.category_specification)
+            if ours is None:
+                judged_reason = f"honoured, but {receipt.category} has no bank category here"
+                await self._record(ident, peer, document, True, judged_reason)
+                return
+            added = await self._bank(peer, ours, receipt)
+            reason = f"{reason}; {added} new hashes in {bank_for(peer, ours)}"
+        await self._record(ident, peer, document, judged.honoured, reason)
+
+    async def _bank(self, peer: str, category: str, receipt: Receipt) -> int:
+        """The receipt's hashes into the peer's own bank (made on its first receipt)."""
+        name = bank_for(peer, category)
+        await self.banks.ensure(name, category=category, source=f"receipts from {peer}")
+        entries = [(h.algorithm, h.value, receipt.id) for h in receipt.content_hash]
+        return await self.banks.add(name, entries) if entries else 0
+
+    async def _record(
+        self, ident: str, peer: str, document: Mapping[str, Any], honoured: bool, reason: str
+    ) -> None:
+        await self.receipts.record_received(
+            ident, peer=peer or "?", document=document, honoured=honoured, reason=reason
+        )
+        log.info("receipt_considered", receipt=ident, peer=peer, honoured=honoured, reason=reason)
+
+
+def _not_ahead(receipt: Receipt) -> None:
+    published = datetime.fromisoformat(receipt.published.replace("Z", "+00:00"))
+    if published > datetime.now(UTC) + _SKEW:
+        raise ReceiptError("published: is in the future")
