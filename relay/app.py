@@ -27,6 +27,8 @@ from relay.doors.passthrough import Passthrough
 from relay.doors.receipt import ReceiptDoor
 from relay.doors.upload import UploadDoor
 from relay.effects import IRREVERSIBLE
+from relay.effects.follow import KIND as FOLLOW
+from relay.effects.follow import Follow, follows
 from relay.effects.honour import KIND as HONOUR
 from relay.effects.honour import Honour, carried_receipt, consider
 from relay.effects.notify import KIND as NOTIFY
@@ -80,6 +82,7 @@ class Sluice:
     upload: UploadDoor | None = None  # local uploads: pict-rs's hook, the upload APIs
     outbound: ForwardProxy | None = None  # the instance's forward proxy, when [outbound] listen
     outbound_url: str | None = None  # its address, once it listens
+    receipts: ReceiptStore | None = None  # receipts issued, followers, peers' receipts
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -279,6 +282,7 @@ def build_app(
                     ),
                 )
                 plans[RECEIPT] = receipt_planner()
+                outbox.register(FOLLOW, Follow(actor.id, outbox, fetch_actor))
             instance = None
             if config.upstream.software and config.upstream.token:
                 instance = InstanceApi(
@@ -377,6 +381,7 @@ def build_app(
                 banks,
                 outbox=outbox,
                 upload=upload,
+                receipts=receipts,
             )
             app[SLUICE] = parts
             admin_door = AdminDoor(parts)
@@ -415,6 +420,8 @@ def build_app(
             if parts.outbound is not None:
                 opened.push_async_callback(parts.outbound.close)
             flow.start()
+            if actor is not None and config.receipts.follow:  # each peer followed once
+                await outbox.enqueue(follows(config.receipts.follow))
             await outbox.start()
             log.info(
                 "started",

@@ -108,10 +108,10 @@ async def _sluice(
     base = f"http://127.0.0.1:{port}"
     key = tmp_path / "evidence.key"
     EvidenceKey.generate(key)
+    sections.setdefault("receipts", {"jurisdictions": ["EU"]})
     sluice = await sluice_factory(
         port=port,
         actor={"base_url": base},
-        receipts={"jurisdictions": ["EU"]},
         evidence={"key_file": str(key)},
         outbox={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2},
         **sections,
@@ -217,16 +217,27 @@ async def test_a_quarantine_tells_the_origin_its_followers_and_the_collection(
     assert create["id"] not in upstream.ids()
 
 
+PEER_INBOX = web.AppKey("peer_inbox", list)
+
+
 @pytest.fixture
-async def peer(tmp_path: Path) -> AsyncIterator[SluiceActor]:
-    """Another Sluice's actor, on a host of its own (localhost, not 127.0.0.1)."""
+async def peer(tmp_path: Path) -> AsyncIterator[tuple[SluiceActor, list[dict[str, Any]]]]:
+    """Another Sluice's actor, on a host of its own (localhost, not 127.0.0.1), and what
+    its inbox got."""
     port = free_port()
     actor = SluiceActor.load(f"http://localhost:{port}", key_dir=tmp_path / "peer-keys")
     assert actor is not None
+    got: list[dict[str, Any]] = []
+
+    async def inbox(request: web.Request) -> web.Response:
+        got.append(json.loads(await request.read()))
+        return web.Response(status=202)
+
     app = web.Application()
     app.add_routes(actor_routes(actor))
+    app.router.add_post("/inbox", inbox)
     server = await start_server(app, port)
-    yield actor
+    yield actor, got
     await server.close()
 
 
@@ -267,17 +278,29 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
     tmp_path: Path,
     sluice_factory: Callable[..., Awaitable[Running]],
     origin: Origin,
-    peer: SluiceActor,
+    peer: tuple[SluiceActor, list[dict[str, Any]]],
     upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sluice, _ = await _sluice(
+    peer, peer_inbox = peer  # type: ignore[assignment]
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
+    sluice, base = await _sluice(
         tmp_path,
         sluice_factory,
+        receipts={"jurisdictions": ["EU"], "follow": [peer.id]},
         network={"allow": ["127.0.0.0/8"], "allow_http": True},
         trust=[{"peer": "localhost", "automated": True}],
         rule=[{"match": "category:unwanted", "action": "quarantine"}],
     )
     pool = sluice.parts.pool
+
+    # Sluice follows the peer ([receipts] follow), signed as its own actor.
+    [follow] = await wait_for(lambda: peer_inbox, timeout=10)
+    assert (follow["type"], follow["actor"], follow["object"]) == (
+        "Follow",
+        f"{base}/actor",
+        peer.id,
+    )
 
     # A forged receipt, through the instance's inbox (the inbound door): recorded only.
     forged = _peer_receipt(peer, 1, "https://elsewhere.example/notes/1", PEN)
@@ -317,6 +340,29 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
 
     assert await wait_for(lambda: _is(state, "quarantined"), timeout=20)
     assert create["id"] not in upstream.ids()
+
+    # The admin sees both receipts and what was decided about each.
+    api = f"{sluice.admin_url}/_sluice/api/receipts"
+    bearer = {"Authorization": "Bearer s3cret"}
+    async with sluice.session.get(api + "?honoured=false", headers=bearer) as response:
+        listed = await response.json()
+    assert [r["id"] for r in listed["received"]] == [forged["id"]]
+    assert listed["received"][0]["peer"] == "localhost"
+
+    async def issued() -> list[Any]:
+        async with sluice.session.get(api, headers=bearer) as response:
+            return list((await response.json())["issued"])
+
+    # The quarantine of bob's post issued one of Sluice's own, about that row.
+    [own] = await wait_for(issued, timeout=10)
+    assert own["activity_row"] == await pool.fetchval(
+        "SELECT id FROM activity WHERE ap_id = $1", create["id"]
+    )
+    async with sluice.session.get(api, headers=bearer) as response:
+        assert {r["id"] for r in (await response.json())["received"]} == {
+            forged["id"],
+            receipt["id"],
+        }
 
 
 async def _is(state: Callable[[], Awaitable[Any]], wanted: str) -> bool:

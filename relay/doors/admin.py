@@ -102,6 +102,7 @@ class AdminDoor:
             web.get(API_PREFIX + "/evidence", self.evidence),
             web.get(API_PREFIX + "/evidence/{id}", self.evidence),
             web.post(API_PREFIX + "/effects/replay", self.replay_effects),
+            web.get(API_PREFIX + "/receipts", self.receipts),
             web.get(API_PREFIX + "/review", self.review),
             web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
             web.post(API_PREFIX + "/quarantine/{row}/release", self.release),
@@ -172,6 +173,33 @@ class AdminDoor:
         if record is None:
             return web.json_response({"error": f"no evidence {key}"}, status=404)
         return _json(record)
+
+    async def receipts(self, request: web.Request) -> web.Response:
+        """Receipts: those Sluice issued (``issued``), and peers' (``received``) with the
+        trust judge's decision and its reason; ``?honoured=false`` lists only those not
+        honoured, ``?limit=N`` each list's length."""
+        store = self._parts(request).receipts
+        if store is None:
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "receipts are not ready yet"}', content_type="application/json"
+            )
+        choice = request.query.get("honoured")
+        if choice not in (None, "true", "false"):
+            raise _bad_request("honoured must be true or false")
+        limit = _limit(request)
+        issued = [
+            {
+                "id": r.id,
+                "published": r.published,
+                "category": r.category,
+                "activity_row": r.activity_id,
+            }
+            for r in await store.page(limit=limit)
+        ]
+        received = await store.received(
+            limit, honoured=None if choice is None else choice == "true"
+        )
+        return _json({"issued": issued, "received": received})
 
     async def review(self, request: web.Request) -> web.Response:
         """Activities held for a moderator, with the verdict that put them there."""

@@ -205,6 +205,22 @@ class ReceiptStore:
         return result.split()[-1] == "1"
 
     @translating
+    async def received(
+        self, limit: int = 100, *, honoured: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Peers' receipts, newest first, with the trust judge's decision (``honoured``:
+        only those honoured, or only those not)."""
+        rows = await self.pool.fetch(
+            "SELECT id, peer, honoured, reason, received_at, "
+            "document->>'category' AS category, document->>'automatedDecision' AS decision "
+            "FROM received_receipt WHERE ($2::boolean IS NULL OR honoured = $2) "
+            "ORDER BY received_at DESC, id LIMIT $1",
+            limit,
+            honoured,
+        )
+        return [dict(row) for row in rows]
+
+    @translating
     async def seen_received(self, ident: str) -> bool:
         return bool(
             await self.pool.fetchval(
