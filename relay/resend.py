@@ -82,8 +82,9 @@ class Resend:
         document = _document(body)
         if self.signer is not None and _self_signed(document):
             kept = {name: fields[name.lower()] for name in _KEEP if name.lower() in fields}
-            signed_headers = self.signer("POST", url, kept, body)
-            return Way("resigned", headers=[*kept.items(), *signed_headers.items()])
+            # The signer's headers are the caller's plus its own: each name once.
+            signed_headers = {**kept, **self.signer("POST", url, kept, body)}
+            return Way("resigned", headers=list(signed_headers.items()))
         target = _fetchable(document)
         if self.instance is not None and target is not None:
             return Way("fetch", url=target)
