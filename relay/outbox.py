@@ -333,6 +333,9 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except EffectFailed as exc:
+            if exc.deferred is not None and not exc.permanent:
+                await self._defer(item, kind, exc.reason, exc.deferred)
+                return
             await self._failed(item, key, kind, attempts, exc.reason, permanent=exc.permanent)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -373,6 +376,19 @@ class Outbox:
             delay,
         )
         log.info("effect_retry", effect=item, kind=kind, attempts=attempts, reason=reason)
+
+    async def _defer(self, item: int, kind: str, reason: str, delay: float) -> None:
+        """Not tried: back in ``delay`` seconds, the claim's attempt given back."""
+        await self._settle(
+            "UPDATE effect SET attempts = greatest(attempts - 1, 0), "
+            "next_at = now() + make_interval(secs => $4), owner = NULL, lease_until = NULL, "
+            "last_error = $3 WHERE id = $1 AND owner = $2",
+            item,
+            self.owner,
+            reason[:_ERROR_CHARS],
+            max(0.0, delay),
+        )
+        log.info("effect_deferred", effect=item, kind=kind, seconds=round(delay, 1), reason=reason)
 
     async def _settle(self, query: str, *args: Any) -> None:
         """Record an outcome. Without the database, the lease runs out and the effect

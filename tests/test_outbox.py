@@ -214,6 +214,31 @@ async def test_any_exception_is_retried_and_permanent_failure_is_not(
     assert {p["key"] for p in seen} == {"a", "b"}  # the key reaches the handler
 
 
+async def test_a_deferred_effect_waits_without_spending_its_attempts(
+    migrated_pool: asyncpg.Pool, outboxes: list[Outbox]
+) -> None:
+    """An effect not even tried (a host's circuit open) comes back when it is told, and
+    never becomes a dead letter by being put off."""
+    tries: list[float] = []
+
+    class Busy:
+        name = "busy"
+        irreversible = False
+
+        async def run(self, payload: dict[str, Any]) -> None:
+            tries.append(asyncio.get_running_loop().time())
+            if len(tries) <= 4:
+                raise EffectFailed("host resting", deferred=0.05)
+
+    outbox = quick(migrated_pool, outboxes, max_attempts=2)
+    outbox.register("busy", Busy())
+    await outbox.enqueue([Pending("busy", "d", {})])
+    await outbox.start()
+    await wait_for(lambda: _counted(outbox, done=1), timeout=10)
+    assert len(tries) == 5  # four put off, then done: max_attempts (2) never reached
+    assert (await state_of(migrated_pool, "d"))["attempts"] == 1
+
+
 async def _settled(outbox: Outbox) -> bool:
     counts = await outbox.counts()
     return counts == {"pending": 1, "done": 1, "dead": 1}

@@ -31,12 +31,17 @@ IRREVERSIBLE: frozenset[str] = frozenset({"receipt"})
 class EffectFailed(Exception):
     """An effect did not happen. ``permanent``: trying again cannot help (a webhook
     answering 400), so the effect becomes a dead letter at once; otherwise it is
-    retried with backoff until the outbox's ``max_attempts``."""
+    retried with backoff until the outbox's ``max_attempts``. ``deferred`` (seconds): it
+    was not even tried (a host's circuit is open), so it waits that long and the try
+    does not count towards ``max_attempts``."""
 
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, permanent: bool = False, deferred: float | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.deferred = deferred
 
 
 class Effect(Protocol):

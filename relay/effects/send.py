@@ -55,7 +55,7 @@ class Deferred(EffectFailed):
     """Not attempted: the host's circuit is open for ``retry_after`` more seconds."""
 
     def __init__(self, reason: str, retry_after: float) -> None:
-        super().__init__(reason)
+        super().__init__(reason, deferred=retry_after)
         self.retry_after = retry_after
 
 
