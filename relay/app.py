@@ -244,7 +244,15 @@ def build_app(
             receipts = ReceiptStore(pool)
             outbox.register(
                 HONOUR,
-                Honour(TrustRule.from_config(config.trust), keys, receipts, BankStore(pool)),
+                Honour(
+                    TrustRule.from_config(config.trust),
+                    keys,
+                    receipts,
+                    BankStore(pool),
+                    outbox=outbox,
+                    webhooks=config.notify.webhooks,
+                    admin_url=lambda: config.notify.admin_url or app[SLUICE].admin_url,
+                ),
             )
             plans = {
                 NOTIFY: planner(

@@ -281,6 +281,7 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
     peer: tuple[SluiceActor, list[dict[str, Any]]],
     upstream: Upstream,
     monkeypatch: pytest.MonkeyPatch,
+    webhook: Any,
 ) -> None:
     peer, peer_inbox = peer  # type: ignore[assignment]
     monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
@@ -288,6 +289,7 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
         tmp_path,
         sluice_factory,
         receipts={"jurisdictions": ["EU"], "follow": [peer.id]},
+        notify={"webhooks": [webhook.url], "on": []},
         network={"allow": ["127.0.0.0/8"], "allow_http": True},
         trust=[{"peer": "localhost", "automated": True}],
         rule=[{"match": "category:unwanted", "action": "quarantine"}],
@@ -319,8 +321,15 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
     refused = await wait_for(lambda: decision(forged["id"]), timeout=15)
     assert refused["honoured"] is False and "not verified" in refused["reason"]
 
-    # The genuine one, pushed to Sluice's own inbox: honoured, its hashes banked.
-    receipt = _peer_receipt(peer, 2, "https://elsewhere.example/notes/2", PEN)
+    # A post the instance already has (no media: delivered at once)...
+    bob = origin.actor("bob", 2)
+    earlier = bob.activity()
+    assert (await sluice.post(bob, earlier))[0] == 202
+    await wait_for(lambda: earlier["id"] in upstream.ids(), timeout=10)
+
+    # ...then the genuine receipt about it, pushed to Sluice's own inbox: honoured, its
+    # hashes banked, and the admins told the instance still has the post.
+    receipt = _peer_receipt(peer, 2, earlier["object"]["id"], PEN)
     status = await _to_sluice(
         sluice, None, _delete(peer, receipt), lambda m, u, h, b: peer.sign_request(m, u, h, b)
     )
@@ -330,8 +339,15 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
     assert "receipts:localhost:unwanted" in honoured["reason"]
     await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=10)
 
-    # The same picture from a third server is quarantined by category:unwanted.
-    bob = origin.actor("bob", 2)
+    [told] = await wait_for(
+        lambda: [r.json() for r in webhook.requests if r.json()["event"] == "receipt"],
+        timeout=10,
+    )
+    assert told["activity"]["id"] == earlier["id"]
+    assert told["signals"][0]["url"] == receipt["id"]
+    assert told["signals"][0]["source"] == "localhost"
+
+    # The same picture from another server is quarantined by category:unwanted.
     create = _post(bob, f"{origin.base}/media/pen.png")
     assert (await sluice.post(bob, create))[0] == 202
 

@@ -11,12 +11,14 @@ server that is down is tried again later. Considering it:
 3. when honoured, puts its hashes into the peer's own bank (``receipts:PEER``), whose
    category follows the receipt's, so rules on that category act on the same media
    arriving from anywhere; the bank write comes first and repeats harmlessly;
-4. records it with the decision (honoured or not, and why): the admin API lists them.
+4. tells the admins (``[notify] webhooks``, event ``receipt``) of each activity about the
+   receipt's objects that was already delivered: the instance must remove it itself;
+5. records it with the decision (honoured or not, and why): the admin API lists them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,9 +27,11 @@ import yarl
 
 from relay.banks.store import BankStore
 from relay.effects import EffectFailed
+from relay.effects.notify import message, notifications
 from relay.errors import KeyFetchError, ReceiptError, SignatureError
-from relay.outbox import Pending
+from relay.outbox import Outbox, Pending
 from relay.receipt import Receipt, category_for, parse_receipt
+from relay.signal import Signal
 from relay.signature.keys import KeyResolver
 from relay.signature.proof import verify_proof
 from relay.store.receipts import ReceiptStore
@@ -71,11 +75,20 @@ class Honour:
         keys: KeyResolver,
         receipts: ReceiptStore,
         banks: BankStore,
+        *,
+        outbox: Outbox | None = None,
+        webhooks: Sequence[str] = (),
+        admin_url: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``outbox``, ``webhooks``: where the admins hear of an honoured receipt about
+        something the instance already has (removing it is the instance's to do)."""
         self.rules = tuple(rules)
         self.keys = keys
         self.receipts = receipts
         self.banks = banks
+        self.outbox = outbox
+        self.webhooks = tuple(webhooks)
+        self.admin_url = admin_url
 
     async def run(self, payload: dict[str, Any]) -> None:
         document = payload.get("receipt")
@@ -114,7 +127,46 @@ class Honour:
                 return
             added = await self._bank(peer, ours, receipt)
             reason = f"{reason}; {added} new hashes in {bank_for(peer, ours)}"
+        if judged.honoured:
+            await self._tell_about_delivered(receipt, peer)
         await self._record(ident, peer, document, judged.honoured, reason)
+
+    async def _tell_about_delivered(self, receipt: Receipt, peer: str) -> None:
+        """Notify the admins of each activity already delivered that the receipt is
+        about: Sluice cannot take it back from the instance."""
+        if self.outbox is None or not self.webhooks:
+            return
+        rows = await self.receipts.pool.fetch(
+            "SELECT id, ap_id, type, actor, signer FROM activity WHERE state = 'delivered' "
+            "AND (object_id = ANY($1::text[]) OR ap_id = ANY($1::text[])) LIMIT 100",
+            list(receipt.object),
+        )
+        signal = Signal(
+            "receipt",
+            peer,
+            {"url": receipt.id, "category": receipt.category, "actor": receipt.actor},
+        )
+        pending = []
+        for row in rows:
+            about = {
+                "id": row["ap_id"],
+                "type": row["type"],
+                "actor": row["actor"],
+                "signer": row["signer"],
+                "row": row["id"],
+            }
+            told = message(
+                disposition="delivered",
+                rule=f"receipt {receipt.id} honoured",
+                activity=about,
+                signals=[signal],
+                admin_url=self.admin_url() or "",
+                event="receipt",
+            )
+            pending += notifications(
+                key=f"{KIND}:{receipt.id}:row:{row['id']}", message=told, webhooks=self.webhooks
+            )
+        await self.outbox.enqueue(pending)
 
     async def _bank(self, peer: str, category: str, receipt: Receipt) -> int:
         """The receipt's hashes into the peer's own bank (made on its first receipt)."""
