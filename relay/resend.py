@@ -11,7 +11,9 @@ came. In this order, then:
    relaying signer when the object's own signature verifies;
 3. **fetched**: the instance is asked (through its API, relay.instance) to fetch the
    object from its origin by id, as a user's search would;
-4. otherwise it is **expired**: dead-lettered, with the reason, for the admin to see.
+4. **as sent** still, while receivers may take the signature (``accepted_seconds``,
+   Mastodon's 65 minutes): a last try costs one request, an expiry loses the activity;
+5. otherwise it is **expired**: dead-lettered, with the reason, for the admin to see.
    A Like or a Follow has no object the instance could fetch.
 """
 
@@ -57,10 +59,14 @@ class Resend:
         self,
         *,
         fresh_seconds: float = 3000.0,
+        accepted_seconds: float = 3900.0,
         signer: Signer | None = None,
         instance: InstanceApi | None = None,
     ) -> None:
         self.fresh_seconds = fresh_seconds
+        # How long receivers still take a signature (Mastodon: created + 5 min + 1 h of
+        # skew): what cannot go another way is still tried as sent until then.
+        self.accepted_seconds = max(accepted_seconds, fresh_seconds)
         self.signer = signer
         self.instance = instance
 
@@ -88,6 +94,8 @@ class Resend:
         target = _fetchable(document)
         if self.instance is not None and target is not None:
             return Way("fetch", url=target)
+        if now - signed <= self.accepted_seconds:
+            return Way("as_sent")  # no other way, and the receiver may still take it
         if target is None:
             reason = f"signature stale ({age}); a {document.get('type', 'body')} cannot be fetched"
         elif self.signer is None and self.instance is None:

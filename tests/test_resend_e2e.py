@@ -379,3 +379,22 @@ async def test_the_stand_in_refuses_what_sluice_must_not_send_as_it_came(
         async with mastodon.session.post(url, data=body, headers=headers) as response:
             assert (response.status == 202) is accepted, await response.text()
     assert [a.signer for a in mastodon.accepted] == [relay.id]
+
+
+async def test_a_like_past_fresh_but_inside_the_receivers_window_still_goes_as_sent(
+    tmp_path: Path,
+    sluice_factory: Callable[..., Awaitable[Running]],
+    origin: Origin,
+    mastodon: Mastodon,
+) -> None:
+    """Signed 55 minutes ago: no longer fresh (50), nothing to re-sign or fetch, but
+    Mastodon takes it for ten more minutes, so it is tried rather than expired."""
+    sluice, _ = await _sluice(tmp_path, sluice_factory, mastodon)
+    alice = origin.fediverse.actor("alice")
+    like = alice.activity("Like", obj="https://social.example/users/bob/statuses/1")
+    body = await _post(sluice, alice, like, age=55 * 60)
+
+    row = await _finished(sluice, like["id"])
+    assert row["state"] == "delivered", row
+    [arrived] = mastodon.accepted
+    assert (arrived.body, arrived.signer) == (body, alice.id)
