@@ -558,12 +558,10 @@ class Flow:
         if self.resend is not None:
             url = delivery_url(item.headers, item.target, item.destination)
             way = self.resend.way(item.headers, item.body, url)
-            if way.kind == "fetch" and item.destination is not None:
-                way = Way(
-                    "expired",
-                    reason=f"{way.reason or 'signature stale'}; a remote "
-                    "cannot be asked to fetch it",
-                )
+            if item.destination is not None and way.kind != "resigned":
+                # The instance's own delivery: a remote cannot be asked to fetch it, and
+                # its retries already end when its signature does (the row's deadline).
+                way = Way("as_sent")
         if way.kind == "expired":
             await self._expire(item, way.reason)
             return
