@@ -20,10 +20,19 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from relay.actor.keys import multibase_ed25519
 from relay.errors import SignatureError
 from relay.network import NetworkPolicy, client_session, fetch_json_document
-from relay.signature import KeyCache, sign_cavage, sign_ld, verify_object, verify_request
+from relay.signature import (
+    KeyCache,
+    sign_cavage,
+    sign_ld,
+    sign_proof,
+    verify_object,
+    verify_request,
+)
 from tests.conftest import Actor, Fediverse, Running, start_server, wait_for
 
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
@@ -74,6 +83,8 @@ class Mastodon:
     accepted: list[Accepted] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     searched: list[str] = field(default_factory=list)
+    down_until: float = 0.0  # answers 503 until then (epoch seconds)
+    unavailable: list[str] = field(default_factory=list)  # the Signature of each 503'd
 
     @property
     def url(self) -> str:
@@ -82,6 +93,9 @@ class Mastodon:
 
     async def inbox(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if time.time() < self.down_until:
+            self.unavailable.append(request.headers.get("Signature", ""))
+            return web.Response(status=503, text="down for maintenance")
         try:
             verified = await verify_request(
                 "POST",
@@ -398,3 +412,56 @@ async def test_a_like_past_fresh_but_inside_the_receivers_window_still_goes_as_s
     assert row["state"] == "delivered", row
     [arrived] = mastodon.accepted
     assert (arrived.body, arrived.signer) == (body, alice.id)
+
+
+async def test_a_delivery_retried_past_its_signature_goes_resigned(
+    tmp_path: Path,
+    sluice_factory: Callable[..., Awaitable[Running]],
+    origin: Origin,
+    mastodon: Mastodon,
+) -> None:
+    """The instance is down while the signature is fresh (one second here); the retry
+    after that goes signed by Sluice's actor, the same bytes."""
+    sluice, base = await _sluice(
+        tmp_path, sluice_factory, mastodon, delivery={"fresh_signature_seconds": 1.0}
+    )
+    alice = origin.fediverse.actor("alice")
+    activity = sign_ld(_note(alice, origin), alice.key, alice.key_id)
+    mastodon.down_until = time.time() + 2.5
+    body = await _post(sluice, alice, activity, age=0)
+
+    row = await _finished(sluice, activity["id"])
+    assert row["state"] == "delivered", row
+    assert row["attempts"] >= 1
+    # The first try went as sent; the instance was still down then.
+    assert f'keyId="{alice.key_id}"' in mastodon.unavailable[0]
+    [arrived] = mastodon.accepted
+    assert (arrived.body, arrived.signer) == (body, f"{base}/actor")
+
+
+async def test_a_held_create_with_its_authors_fep_8b32_proof_arrives_resigned(
+    tmp_path: Path,
+    sluice_factory: Callable[..., Awaitable[Running]],
+    origin: Origin,
+    mastodon: Mastodon,
+) -> None:
+    sluice, base = await _sluice(tmp_path, sluice_factory, mastodon)
+    alice = origin.fediverse.actor("alice")
+    key = ed25519.Ed25519PrivateKey.generate()
+    method = alice.id + "#ed25519-key"
+    alice.profile["assertionMethod"] = [
+        {
+            "id": method,
+            "type": "Multikey",
+            "controller": alice.id,
+            "publicKeyMultibase": multibase_ed25519(key.public_key()),
+        }
+    ]
+    activity = sign_proof(_note(alice, origin), key, method)
+    body = await _post(sluice, alice, activity, age=TWO_HOURS_AGO)
+
+    row = await _finished(sluice, activity["id"])
+    assert row["state"] == "delivered", row
+    [arrived] = mastodon.accepted
+    assert (arrived.body, arrived.signer) == (body, f"{base}/actor")
+    assert mastodon.searched == []
