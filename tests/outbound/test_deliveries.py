@@ -303,3 +303,49 @@ async def test_a_delivery_expecting_100_continue_gets_it_and_expect_stays_here(
 async def _state(sluice: Running, actor: Actor, body: bytes, state: str) -> Any:
     record = await sluice.parts.store.get(json.loads(body)["id"])
     return record if record is not None and record["state"] == state else None
+
+
+async def test_the_instances_delete_cancels_its_own_create_still_held(
+    tmp_path: Path, remote: Remote, fediverse: Fediverse, start: Start
+) -> None:
+    """The instance vouches for its own deliveries (only it reaches the proxy), so a
+    Delete it sends cancels the Create of the same object still held for the same inbox:
+    the remote never gets a post its author already took back."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()  # the Create's media is still being fetched
+        return web.Response(body=BRIDGE, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/media/slow.jpg", slow)
+    media = await start_server(app)
+    try:
+        sluice = await start(hold={"max_seconds": 30})
+        alice = fediverse.actor("alice")
+        create = alice.activity()
+        create["object"]["attachment"] = [
+            {
+                "type": "Document",
+                "mediaType": "image/jpeg",
+                "url": str(media.make_url("/media/slow.jpg")),
+            }
+        ]
+        headers, body = signed(alice, remote, create)
+        assert (await deliver(sluice, tmp_path, remote.inbox, headers, body))[0].startswith(
+            b"HTTP/1.1 202"
+        )
+        await wait_for(lambda: _state(sluice, alice, body, "received"), timeout=10)
+        delete = alice.activity("Delete", obj=create["object"]["id"])
+        headers, deleted = signed(alice, remote, delete)
+        assert (await deliver(sluice, tmp_path, remote.inbox, headers, deleted))[0].startswith(
+            b"HTTP/1.1 202"
+        )
+        cancelled = await wait_for(lambda: _state(sluice, alice, body, "cancelled"), timeout=10)
+        assert cancelled["signer"] == alice.id
+        release.set()
+        await wait_for(lambda: _state(sluice, alice, deleted, "delivered"), timeout=10)
+        assert [json.loads(s["body"])["type"] for s in remote.seen] == ["Delete"]
+    finally:
+        release.set()
+        await media.close()
