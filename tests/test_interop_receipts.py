@@ -163,12 +163,12 @@ async def test_fedify_finds_sluices_actor_by_webfinger(
     assert {"rel": "self", "type": "application/activity+json", "href": f"{base}/actor"} in (
         jrd["links"]
     )
-    # Fedify asked https://HOST/.well-known/webfinger (acct: means https); no TLS here.
-    assert {
-        "plainHttp": f"https://{host}/.well-known/webfinger?resource=acct%3Asluice%40"
-        f"{host.replace(':', '%3A')}",
-        "as": f"{base}/.well-known/webfinger?resource=acct%3Asluice%40{host.replace(':', '%3A')}",
-    } in fedify.find("plainHttp")
+    # acct: means https to Fedify; loopback has no TLS, so receipts.mjs sent it as http.
+    query = f"/.well-known/webfinger?resource=acct%3Asluice%40{host.replace(':', '%3A')}"
+    asked = {"plainHttp": f"https://{host}{query}", "as": f"{base}{query}"}
+    assert asked in fedify.find("plainHttp")
+    # Sluice's actor names the FEP's context: Fedify read it from the shipped copy, offline.
+    assert {"context": "https://w3id.org/fep/bc20"} in fedify.find("context")
     actor = found["actor"]
     assert actor["type"] == "Service"
     assert actor["id"] == f"{base}/actor"
@@ -187,6 +187,7 @@ async def test_fedify_finds_sluices_actor_by_webfinger(
             "algorithm": "Ed25519",
         }
     ]
+    assert fedify.find("offline") == []
 
 
 async def test_fedify_verifies_a_receipt_and_takes_the_flag(
@@ -243,6 +244,7 @@ async def test_fedify_verifies_a_receipt_and_takes_the_flag(
         refused = await fedify.ask("verify", receipt=tampered)
         assert refused["verified"] is False, refused
     assert posted["sent"] not in upstream.ids()
+    assert fedify.find("offline") == []
 
 
 def _receipt(fedify: Fedify, number: int) -> dict[str, Any]:
@@ -284,17 +286,32 @@ async def _bank_sizes(sluice: Running) -> dict[str, int]:
     return {row["name"]: row["n"] for row in rows}
 
 
-@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+@pytest.mark.parametrize(
+    ("trusted", "inbox", "tamper"),
+    [
+        (True, "/inbox", False),
+        (True, "/users/bob/inbox", False),
+        (False, "/inbox", False),
+        (True, "/inbox", True),
+    ],
+    ids=["trusted-to-sluices-inbox", "trusted-through-the-inbound-door", "untrusted", "forged"],
+)
 async def test_fedifys_receipt_is_honoured_by_trust(
     trusted: bool,
+    inbox: str,
+    tamper: bool,
     fedify: Fedify,
     tmp_path: Path,
     sluice_factory: Callable[..., Awaitable[Running]],
 ) -> None:
+    """Sluice's own inbox (its actor's host and path), or the instance's inbox (the
+    inbound door): either way the receipt is considered, by ``[[trust]]``; one changed
+    after Fedify signed it is refused even from a trusted peer."""
     trust = [{"peer": "127.0.0.1", "automated": True}] if trusted else []
     sluice, base = await _sluice(tmp_path, sluice_factory, trust=trust)
+    to = f"{base}/actor" if inbox == "/inbox" else f"{base}/users/bob"
     sent = await fedify.ask(
-        "receipt", inbox=f"{base}/inbox", to=f"{base}/actor", receipt=_receipt(fedify, 1)
+        "receipt", inbox=f"{base}{inbox}", to=to, receipt=_receipt(fedify, 1), tamper=tamper
     )
     assert "error" not in sent, sent  # Fedify throws on any answer but 2xx
     receipt = sent["receipt"]
@@ -307,13 +324,18 @@ async def test_fedifys_receipt_is_honoured_by_trust(
         )
 
     row = await wait_for(decision, timeout=20)
-    if trusted:
+    if tamper:
+        assert row["honoured"] is False
+        assert row["reason"].startswith("not verified: proof does not verify"), row["reason"]
+        assert await _bank_sizes(sluice) == {}
+    elif trusted:
         assert row["honoured"] is True, row["reason"]
-        assert "receipts:127.0.0.1:unwanted" in row["reason"]
+        assert row["reason"].endswith("3 new hashes in receipts:127.0.0.1:unwanted")
         assert await _bank_sizes(sluice) == {"receipts:127.0.0.1:unwanted": 3}
     else:
         assert (row["honoured"], row["reason"]) == (False, "no [[trust]] entry covers 127.0.0.1")
         assert await _bank_sizes(sluice) == {}
+    assert fedify.find("offline") == []
 
 
 async def test_fedifys_plain_delete_goes_to_the_instance(

@@ -15,8 +15,9 @@
 //   verify  {receipt}                Fedify's verifyProof (eddsa-jcs-2022) of a receipt,
 //                                    the key fetched by Fedify from its verificationMethod
 //   post    {inbox, to}              author sends a Create(Note) with the picture
-//   receipt {inbox, to, receipt}     moderator signs `receipt` (Fedify's createProof) and
-//                                    sends a Delete carrying it as moderationReceipt
+//   receipt {inbox, to, receipt[, tamper]}  moderator signs `receipt` (Fedify's
+//                                    createProof) and sends a Delete carrying it as
+//                                    moderationReceipt; tamper: jurisdiction changed after
 //   delete  {inbox, to}              moderator sends a plain Delete(Tombstone)
 //
 // Each Flag that reaches an inbox, after Fedify's verifyRequest (the HTTP signature)
@@ -26,7 +27,8 @@
 // OFFLINE: every document Fedify loads goes through `loader` below: Fedify's own
 // preloaded contexts, the FEP's receipt context (https://w3id.org/fep/bc20) from
 // Sluice's shipped relay/contexts.json, anything on 127.0.0.1/localhost over http;
-// any other host is refused by the fetch wrapper (there is no network here).
+// any other host is refused by the fetch wrapper (there is no network here) and
+// printed as {"offline": url}; the first use of the shipped context as {"context": url}.
 // Fedify's lookupWebFinger always asks https://HOST for an acct: URI; loopback has no
 // TLS, so the wrapper sends an https request for a loopback host over http instead.
 import http from "node:http";
@@ -53,7 +55,10 @@ const realFetch = globalThis.fetch;
 globalThis.fetch = async (input, init) => {
   let request = new Request(input, init);
   const url = new URL(request.url);
-  if (!LOOPBACK.has(url.hostname)) throw new TypeError(`offline: no network for ${url.href}`);
+  if (!LOOPBACK.has(url.hostname)) {
+    out({ offline: url.href });
+    throw new TypeError(`offline: no network for ${url.href}`);
+  }
   if (url.protocol === "https:") {
     url.protocol = "http:";
     out({ plainHttp: request.url, as: url.href });
@@ -64,10 +69,14 @@ globalThis.fetch = async (input, init) => {
 const RECEIPT_CONTEXT = "https://w3id.org/fep/bc20";
 const shipped = JSON.parse(readFileSync(opt.contexts, "utf8"))[RECEIPT_CONTEXT];
 if (shipped == null) throw new Error(`${opt.contexts} has no ${RECEIPT_CONTEXT}`);
+let contextServed = false;
 function offline(base) {
-  return async (url) => url === RECEIPT_CONTEXT
-    ? { contextUrl: null, document: shipped, documentUrl: url }
-    : base(url);
+  return async (url) => {
+    if (url !== RECEIPT_CONTEXT) return base(url);
+    if (!contextServed) out({ context: url }); // once: the shipped copy was needed
+    contextServed = true;
+    return { contextUrl: null, document: shipped, documentUrl: url };
+  };
 }
 const loader = offline(getDocumentLoader({ allowPrivateAddress: true }));
 const loaders = { documentLoader: loader, contextLoader: loader };
@@ -236,8 +245,9 @@ const commands = {
     return send("author", inbox, to, new Create({ id: activityId("author"), actor: me, to: new URL(to), object: note }))
       .then((r) => ({ ...r, note: note.id.href }));
   },
-  receipt: async ({ inbox, to, receipt }) => {
+  receipt: async ({ inbox, to, receipt, tamper }) => {
     const signed = await signReceipt(receipt);
+    if (tamper) signed.jurisdiction = ["DE"]; // changed after signing: a forgery
     const me = ctx.getActorUri("moderator");
     const activity = new Delete({
       id: activityId("moderator"), actor: me, to: new URL(to),
