@@ -23,7 +23,10 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.actor.keys import multibase_ed25519
+from relay.banks import BankStore
 from relay.errors import SignatureError
+from relay.evidence import EvidenceKey
+from relay.media.hashes import hash_media
 from relay.network import NetworkPolicy, client_session, fetch_json_document
 from relay.signature import (
     KeyCache,
@@ -35,6 +38,7 @@ from relay.signature import (
 )
 from tests.conftest import Actor, Fediverse, Running, start_server, wait_for
 
+BRIDGE = (Path(__file__).resolve().parent / "fixtures/pdq/bridge-mods/aaa-orig.jpg").read_bytes()
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
 # Mastodon's window (SignedRequest#matches_time_window?): created + 5 min, 1 h of skew.
 MASTODON_MAX_AGE = 5 * 60 + 3600
@@ -59,7 +63,11 @@ class Origin:
 
     async def handle(self, request: web.Request) -> web.Response:
         url = f"{self.fediverse.base}{request.path}"
+        if request.method == "POST":  # an inbox (a receipt's Flag): taken, not kept
+            return web.Response(status=202)
         self.fetched.append(url)
+        if request.path == "/media/bridge.jpg":
+            return web.Response(body=BRIDGE, content_type="image/jpeg")
         note = self.notes.get(url)
         if note is not None:
             return web.json_response(note, content_type="application/activity+json")
@@ -140,7 +148,7 @@ class Mastodon:
 async def origin() -> AsyncIterator[Origin]:
     found = Origin()
     app = web.Application()
-    app.router.add_get("/{tail:.*}", found.handle)
+    app.router.add_route("*", "/{tail:.*}", found.handle)
     found.fediverse.server = await start_server(app)
     yield found
     await found.fediverse.server.close()
@@ -465,3 +473,51 @@ async def test_a_held_create_with_its_authors_fep_8b32_proof_arrives_resigned(
     [arrived] = mastodon.accepted
     assert (arrived.body, arrived.signer) == (body, f"{base}/actor")
     assert mastodon.searched == []
+
+
+async def test_a_quarantine_released_as_a_false_positive_arrives_resigned(
+    tmp_path: Path,
+    sluice_factory: Callable[..., Awaitable[Running]],
+    origin: Origin,
+    mastodon: Mastodon,
+) -> None:
+    """The moderator releases it two hours after it came: the release queues it as it
+    was sent, and what goes is the same body, re-signed by Sluice's actor."""
+    EvidenceKey.generate(tmp_path / "evidence.key")
+    sluice, base = await _sluice(
+        tmp_path,
+        sluice_factory,
+        mastodon,
+        evidence={"key_file": str(tmp_path / "evidence.key")},
+        bank=[{"name": "test-known", "category": "test"}],
+        rule=[{"match": "category:test", "action": "quarantine"}],
+    )
+    banks = BankStore(sluice.parts.pool)
+    await banks.ensure("test-known", category="test")
+    hashes = hash_media(BRIDGE)
+    await banks.add("test-known", [("md5", hashes.md5, "bridge photo")])
+    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
+    alice = origin.fediverse.actor("alice")
+    activity = _note(alice, origin)
+    activity["object"]["attachment"] = [
+        {
+            "type": "Image",
+            "mediaType": "image/jpeg",
+            "url": origin.fediverse.base + "/media/bridge.jpg",
+        }
+    ]
+    body = await _post(sluice, alice, sign_ld(activity, alice.key, alice.key_id), TWO_HOURS_AGO)
+    held = await _finished(sluice, activity["id"])
+    assert held["state"] == "quarantined", held
+
+    released = await _admin(
+        sluice,
+        "POST",
+        f"/quarantine/{held['id']}/release",
+        json={"moderator": "mod", "reason": "a false positive: a bridge, not the banked one"},
+    )
+    assert released["state"] == "queued"
+    row = await _finished(sluice, activity["id"])
+    assert row["state"] == "delivered", row
+    [arrived] = mastodon.accepted
+    assert (arrived.body, arrived.signer) == (body, f"{base}/actor")
