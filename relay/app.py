@@ -313,6 +313,7 @@ def build_app(
                 plans=plans,
                 resend=Resend(
                     fresh_seconds=config.delivery.fresh_signature_seconds,
+                    accepted_seconds=config.delivery.accepted_signature_seconds,
                     signer=actor.sign_request if actor is not None else None,
                     instance=instance,
                 ),

@@ -67,6 +67,8 @@ def test_a_stale_body_signed_by_its_author_goes_resigned_by_sluice():
     headers, body = _signed(document, age=2 * 3600)
     way = Resend(signer=_sluice_signer).way(headers, body, INBOX)
     assert way.kind == "resigned"
+    names = [name.lower() for name, _ in way.headers]
+    assert len(names) == len(set(names)), names  # each field once (aiohttp refuses twice)
     sent = dict(way.headers)
     assert sent["Content-Type"] == "application/activity+json"
     assert sent["Host"] == "social.example"

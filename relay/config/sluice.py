@@ -191,6 +191,7 @@ class DeliveryConfig:
     dedup_window_seconds: int
     lease_seconds: float
     fresh_signature_seconds: float = 3000.0
+    accepted_signature_seconds: float = 3900.0
 
 
 @dataclass(frozen=True)
@@ -553,6 +554,10 @@ SCHEMA: tuple[Section, ...] = (
         Field("fresh_signature_seconds", NUMBER, 3000.0,
               "a sender's signature older than this is not replayed: the activity is "
               "re-signed, fetched by the instance, or expires", check=positive),
+        Field("accepted_signature_seconds", NUMBER, 3900.0,
+              "until this old, what can go no other way is still sent as it came (receivers "
+              "may take it: Mastodon does for about 65 minutes); then it expires",
+              check=positive),
     ), "Passing accepted activities to the upstream.", finish=_backoff_order),
     Section("hold", HoldConfig, (
         Field("max_seconds", NUMBER, 60.0, "the longest an activity waits for its checks",
