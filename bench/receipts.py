@@ -9,8 +9,8 @@ Runs, on this machine:
 - Sluice's side, in this process: the send effect (relay.effects.send.Send) on a
   fediverse session (relay.network.client_session, a policy allowing loopback), one
   ``Send.run`` per inbox at ``--concurrency``. Signed: a draft-cavage rsa-sha256
-  signature (a 2048-bit key, relay.signature.sign_cavage: what Actor.sign_request
-  builds) made per POST, as the outbox makes it per attempt. Unsigned: a signer that
+  signature by Sluice's own actor (relay.actor.Actor.sign_request, its RSA key made as
+  on a first start) made per POST, as the outbox makes it per attempt. Unsigned: a signer that
   adds nothing.
 
 ``--outbox`` measures the whole path instead: each round's receipt is enqueued with
@@ -48,13 +48,12 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.inbound import free_port, signing_key
+from bench.inbound import free_port
 from bench.outbound import cpu_seconds, wait_listening
 from relay.effects.send import KIND, Send, Signer, fan_out
 from relay.log import configure_logging
 from relay.network import NetworkPolicy, client_session
 from relay.outbox import Outbox
-from relay.signature import sign_cavage
 
 ACTOR = "https://sluice.example/actor"
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
@@ -109,13 +108,13 @@ def receipt(n: int) -> dict[str, object]:
     }
 
 
-def signers() -> dict[str, Signer]:
-    key, _pem = signing_key()
+def signers(key_dir: Path) -> dict[str, Signer]:
+    """Sluice's own actor's signer (its RSA key, made as on a first start), and none."""
+    from relay.actor import Actor
 
-    def signed(
-        method: str, url: str, headers: Mapping[str, str] | None, body: bytes | None
-    ) -> dict[str, str]:
-        return sign_cavage(method, url, body or b"", key, f"{ACTOR}#main-key", headers=headers)
+    actor = Actor.load(ACTOR.rsplit("/", 1)[0], key_dir=key_dir)
+    assert actor is not None
+    signed = actor.sign_request
 
     def unsigned(
         method: str, url: str, headers: Mapping[str, str] | None, body: bytes | None
@@ -169,7 +168,7 @@ async def main(args: argparse.Namespace) -> None:
         for port in ports:
             await wait_listening(port, "followers")
         session = client_session(LOOPBACK, limit=args.concurrency, limit_per_host=args.concurrency)
-        made = signers()
+        made = signers(workdir / "actor")
         sign_cost = _signing_seconds(made["signed"], inboxes[0], receipt(0))
         senders = {kind: Send(session, LOOPBACK, signer) for kind, signer in made.items()}
         if args.outbox:
@@ -237,7 +236,7 @@ async def main(args: argparse.Namespace) -> None:
         f"receipt: {len(json.dumps(receipt(0)))} bytes of JSON; {args.rounds} timed "
         "round(s) of each kind, alternating, after a warm-up round of each"
     )
-    print(f"RSA-2048 sign_cavage per POST: {sign_cost * 1e3:.2f} ms; Sluice's log: {logfile.name}")
+    print(f"Actor.sign_request per POST: {sign_cost * 1e3:.2f} ms; Sluice's log: {logfile.name}")
     rates = {}
     for kind, (done, seconds, cpu, peer) in totals.items():
         rates[kind] = done / seconds

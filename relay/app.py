@@ -252,6 +252,7 @@ def build_app(
                     outbox=outbox,
                     webhooks=config.notify.webhooks,
                     admin_url=lambda: config.notify.admin_url or app[SLUICE].admin_url,
+                    recheck=store.recheck,
                 ),
             )
             plans = {

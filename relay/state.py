@@ -58,7 +58,10 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.RECEIVED: frozenset(
         {State.QUEUED, State.REVIEW, State.REJECTED, State.QUARANTINED, State.CANCELLED}
     ),
-    State.REVIEW: frozenset({State.QUEUED, State.REJECTED, State.QUARANTINED, State.CANCELLED}),
+    # A peer's honoured receipt sends what waits for a moderator through the checks again.
+    State.REVIEW: frozenset(
+        {State.RECEIVED, State.QUEUED, State.REJECTED, State.QUARANTINED, State.CANCELLED}
+    ),
     State.QUEUED: frozenset({State.DELIVERED, State.REFUSED, State.DEAD}),
     State.DEAD: frozenset({State.QUEUED}),
     State.DELIVERED: frozenset(),

@@ -5,6 +5,7 @@ arriving later from another server is quarantined; a forged one changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,6 +54,7 @@ class Origin:
     fediverse: Fediverse = field(default_factory=Fediverse)
     server: Any = None
     received: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = field(default_factory=dict)
+    slow: bool = False  # /media/slow-pen.png takes longer than Sluice's hold waits
 
     @property
     def base(self) -> str:
@@ -76,6 +78,10 @@ class Origin:
         if request.path == "/media/bridge.jpg":
             return web.Response(body=BRIDGE, content_type="image/jpeg")
         if request.path == "/media/pen.png":
+            return web.Response(body=PEN, content_type="image/png")
+        if request.path == "/media/slow-pen.png":
+            if self.slow:
+                await asyncio.sleep(3)
             return web.Response(body=PEN, content_type="image/png")
         actor = self.fediverse.actors.get(url)
         if actor is None:
@@ -383,3 +389,44 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
 
 async def _is(state: Callable[[], Awaitable[Any]], wanted: str) -> bool:
     return await state() == wanted
+
+
+async def test_what_waits_for_a_moderator_is_decided_by_a_trusted_receipt(
+    tmp_path: Path,
+    sluice_factory: Callable[..., Awaitable[Running]],
+    origin: Origin,
+    peer: tuple[SluiceActor, list[dict[str, Any]]],
+    upstream: Upstream,
+) -> None:
+    """Held for review (its picture took too long to check), then a trusted peer's
+    receipt about the post: the post goes through the checks again and the policy
+    quarantines it, without a moderator."""
+    actor, _ = peer
+    sluice, _ = await _sluice(
+        tmp_path,
+        sluice_factory,
+        hold={"max_seconds": 1, "on_timeout": "review"},
+        trust=[{"peer": "localhost", "automated": True}],
+        rule=[{"match": "category:unwanted", "action": "quarantine"}],
+    )
+    pool = sluice.parts.pool
+    bob = origin.actor("bob", 2)
+    origin.slow = True
+    create = _post(bob, f"{origin.base}/media/slow-pen.png")
+    assert (await sluice.post(bob, create))[0] == 202
+
+    async def state() -> Any:
+        return await pool.fetchval("SELECT state FROM activity WHERE ap_id = $1", create["id"])
+
+    assert await wait_for(lambda: _is(state, "review"), timeout=15)
+    origin.slow = False
+    receipt = _peer_receipt(actor, 3, create["object"]["id"], PEN)
+
+    def sign(method: str, url: str, headers: Any, body: bytes) -> dict[str, str]:
+        return actor.sign_request(method, url, headers, body)
+
+    assert await _to_sluice(sluice, None, _delete(actor, receipt), sign) == 202
+    assert await wait_for(lambda: _is(state, "quarantined"), timeout=20)
+    reason = await pool.fetchval("SELECT reason FROM received_receipt WHERE id = $1", receipt["id"])
+    assert "checked again" in reason
+    assert create["id"] not in upstream.ids()

@@ -131,6 +131,9 @@ async def test_every_allowed_edge_is_reachable_through_the_store(
     await step(row, State.REVIEW, State.QUARANTINED, quarantine(row, State.REVIEW))
     row, document = await new_row(State.REVIEW)
     await step(row, State.REVIEW, State.CANCELLED, cancel(document))
+    row, document = await new_row(State.REVIEW)
+    recheck = activities.recheck([document["object"]["id"]], "a peer's receipt")  # type: ignore[index]
+    await step(row, State.REVIEW, State.RECEIVED, recheck)
 
     # Delivery, and the dead letters an admin replays.
     row, _ = await new_row(State.QUEUED)

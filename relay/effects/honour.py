@@ -10,7 +10,9 @@ server that is down is tried again later. Considering it:
 2. judges it by the ``[[trust]]`` entries (relay.trust);
 3. when honoured, puts its hashes into the peer's own bank (``receipts:PEER``), whose
    category follows the receipt's, so rules on that category act on the same media
-   arriving from anywhere; the bank write comes first and repeats harmlessly;
+   arriving from anywhere; the bank write comes first and repeats harmlessly; what waits
+   for a moderator about the receipt's objects goes through the checks again, so the
+   policy decides it with the new hashes;
 4. tells the admins (``[notify] webhooks``, event ``receipt``) of each activity about the
    receipt's objects that was already delivered: the instance must remove it itself;
 5. records it with the decision (honoured or not, and why): the admin API lists them.
@@ -18,7 +20,7 @@ server that is down is tried again later. Considering it:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +42,9 @@ from relay.trust import TrustRule, bank_for, judge
 __all__ = ["KIND", "Honour", "carried_receipt", "consider"]
 
 log = structlog.get_logger(__name__)
+
+#: Sends rows waiting for a moderator about these objects through the checks again.
+Recheck = Callable[[Sequence[str], str], Awaitable[list[int]]]
 
 KIND = "honour"
 #: A receipt dated further ahead than this is refused (a clock, or a forgery).
@@ -79,9 +84,12 @@ class Honour:
         outbox: Outbox | None = None,
         webhooks: Sequence[str] = (),
         admin_url: Callable[[], str | None] = lambda: None,
+        recheck: Recheck | None = None,
     ) -> None:
         """``outbox``, ``webhooks``: where the admins hear of an honoured receipt about
-        something the instance already has (removing it is the instance's to do)."""
+        something the instance already has (removing it is the instance's to do);
+        ``recheck``: sends what waits for a moderator about the receipt's objects through
+        the checks again (relay.store.activities.ActivityStore.recheck)."""
         self.rules = tuple(rules)
         self.keys = keys
         self.receipts = receipts
@@ -89,6 +97,7 @@ class Honour:
         self.outbox = outbox
         self.webhooks = tuple(webhooks)
         self.admin_url = admin_url
+        self.recheck = recheck
 
     async def run(self, payload: dict[str, Any]) -> None:
         document = payload.get("receipt")
@@ -127,6 +136,10 @@ class Honour:
                 return
             added = await self._bank(peer, ours, receipt)
             reason = f"{reason}; {added} new hashes in {bank_for(peer, ours)}"
+            if self.recheck is not None:
+                rows = await self.recheck(list(receipt.object), f"receipt {receipt.id}")
+                if rows:
+                    reason = f"{reason}; rows {', '.join(map(str, rows))} checked again"
         if judged.honoured:
             await self._tell_about_delivered(receipt, peer)
         await self._record(ident, peer, document, judged.honoured, reason)

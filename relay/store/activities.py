@@ -240,6 +240,7 @@ _REFUSED: tuple[Edge, ...] = ((State.QUEUED, State.REFUSED),)
 _DEAD: tuple[Edge, ...] = ((State.QUEUED, State.DEAD),)
 _REPLAY: tuple[Edge, ...] = ((State.DEAD, State.QUEUED),)
 _RELEASE: tuple[Edge, ...] = ((State.QUARANTINED, State.QUEUED),)
+_RECHECK: tuple[Edge, ...] = ((State.REVIEW, State.RECEIVED),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,6 +541,25 @@ class ActivityStore:
             limit,
         )
         return [_record(r) for r in rows]
+
+    @translating
+    async def recheck(self, objects: Sequence[str], why: str) -> list[int]:
+        """Send rows waiting for a moderator about ``objects`` (their object, or their own
+        id) through the checks again: new knowledge (a peer's receipt, its hashes now in
+        a bank) lets the policy decide what a moderator otherwise would. The rows."""
+        rows = await change(
+            self.pool,
+            _RECHECK,
+            "fetch",
+            f"UPDATE activity SET state = {sql_list(State.RECEIVED)}, next_attempt_at = now(), "
+            "finished_at = NULL, owner = NULL, locked_until = NULL, "
+            "verdict = coalesce(verdict, '{}'::jsonb) || jsonb_build_object('rechecked', $2::text) "
+            f"WHERE state = {sql_list(State.REVIEW)} "
+            "AND (object_id = ANY($1::text[]) OR ap_id = ANY($1::text[])) RETURNING id",
+            list(objects),
+            why,
+        )
+        return [int(r["id"]) for r in rows]
 
     @translating
     async def moderate(self, row: int, action: str, moderator: str) -> str | None:
