@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -145,6 +146,13 @@ class Upstream:
         else:
             self.refused += 1
         return web.Response(status=self.status, text=f"upstream says {self.status}")
+
+
+def free_port() -> int:
+    """A loopback port free now (a server that must know its URL before it starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def start_server(app: web.Application, port: int | None = None) -> TestServer:

@@ -4,9 +4,7 @@ peer, by automation, forged, signed by another host's key, replayed)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +16,15 @@ from relay.actor import Actor
 from relay.actor.routes import actor_routes
 from relay.banks import BankStore
 from relay.effects.honour import Honour, carried_receipt, consider
-from relay.media.hashes import hash_media
 from relay.network import NetworkPolicy, client_session, fetch_json_document
-from relay.receipt import ContentHash, Receipt, content_hashes, context_url, timestamp
 from relay.signature import KeyCache
 from relay.store.receipts import ReceiptStore
 from relay.trust import TrustRule
-from tests.conftest import start_server
+from tests.conftest import free_port, start_server
+from tests.receipt_support import peer_receipt
 
 PEN = Path(__file__).resolve().parent / "fixtures" / "pdq" / "misc" / "pen-and-coaster.png"
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,7 +33,7 @@ async def peers(tmp_path: Path) -> AsyncIterator[dict[str, Actor]]:
     found: dict[str, Actor] = {}
     servers = []
     for host in ("localhost", "127.0.0.1"):
-        port = _free_port()
+        port = free_port()
         actor = Actor.load(f"http://{host}:{port}", key_dir=tmp_path / host)
         assert actor is not None
         app = web.Application()
@@ -65,24 +56,7 @@ async def keys() -> AsyncIterator[KeyCache]:
 
 
 def _receipt(peer: Actor, number: int) -> dict[str, Any]:
-    found = hash_media(PEN.read_bytes())
-    hashes = {"sha256": found.sha256, "md5": found.md5, "pdq": found.pdq[0].hash}
-    return Receipt(
-        id=f"{peer.receipts}/{number}",
-        actor=peer.id,
-        object=("https://elsewhere.example/notes/1",),
-        published=timestamp(datetime.now(UTC)),
-        jurisdiction=("EU",),
-        category="STATEMENT_CATEGORY_OTHER_VIOLATION_TC",
-        category_specification=(),
-        decision_ground="DECISION_GROUND_INCOMPATIBLE_CONTENT",
-        legal_ground="The instance's terms of service",
-        automated_detection=True,
-        automated_decision="AUTOMATED_DECISION_FULLY",
-        content_hash=tuple(ContentHash(**h) for h in content_hashes(hashes)),
-        should_propagate=True,
-        context=context_url(peer.base_url),
-    ).to_json()
+    return peer_receipt(peer, number, "https://elsewhere.example/notes/1", PEN.read_bytes())
 
 
 async def _consider(honour: Honour, receipt: dict[str, Any]) -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +23,26 @@ from relay.media.hashes import hash_media
 from relay.network import NetworkPolicy, client_session, fetch_json_document
 from relay.receipt import (
     ContentHash,
-    Receipt,
-    content_hashes,
-    context_url,
     parse_receipt,
-    timestamp,
 )
 from relay.signature import KeyCache, verify_request
 from relay.signature.proof import verify_proof
-from tests.conftest import Actor, Fediverse, Running, Upstream, rsa_key, start_server, wait_for
+from tests.conftest import (
+    Actor,
+    Fediverse,
+    Running,
+    Upstream,
+    free_port,
+    rsa_key,
+    start_server,
+    wait_for,
+)
+from tests.receipt_support import peer_receipt
 
 PDQ = Path(__file__).resolve().parent / "fixtures" / "pdq"
 BRIDGE = (PDQ / "bridge-mods" / "aaa-orig.jpg").read_bytes()
 PEN = (PDQ / "misc" / "pen-and-coaster.png").read_bytes()
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -248,25 +246,7 @@ async def peer(tmp_path: Path) -> AsyncIterator[tuple[SluiceActor, list[dict[str
 
 
 def _peer_receipt(peer: SluiceActor, number: int, about: str, picture: bytes) -> dict[str, Any]:
-    found = hash_media(picture)
-    hashes = {"sha256": found.sha256, "md5": found.md5, "pdq": found.pdq[0].hash}
-    receipt = Receipt(
-        id=f"{peer.receipts}/{number}",
-        actor=peer.id,
-        object=(about,),
-        published=timestamp(datetime.now(UTC)),
-        jurisdiction=("EU",),
-        category="STATEMENT_CATEGORY_OTHER_VIOLATION_TC",
-        category_specification=(),
-        decision_ground="DECISION_GROUND_INCOMPATIBLE_CONTENT",
-        legal_ground="The instance's terms of service",
-        automated_detection=True,
-        automated_decision="AUTOMATED_DECISION_FULLY",
-        content_hash=tuple(ContentHash(**h) for h in content_hashes(hashes)),
-        should_propagate=True,
-        context=context_url(peer.base_url),
-    )
-    return peer.sign_object(receipt.to_json())
+    return peer.sign_object(peer_receipt(peer, number, about, picture))
 
 
 def _delete(peer: SluiceActor, receipt: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ is fetched by the instance; a Like expires, with why; a fresh one goes as it cam
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from relay.signature import (
     verify_object,
     verify_request,
 )
-from tests.conftest import Actor, Fediverse, Running, start_server, wait_for
+from tests.conftest import Actor, Fediverse, Running, free_port, start_server, wait_for
 
 BRIDGE = (Path(__file__).resolve().parent / "fixtures/pdq/bridge-mods/aaa-orig.jpg").read_bytes()
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
@@ -45,12 +44,6 @@ MASTODON_MAX_AGE = 5 * 60 + 3600
 TOKEN = "instance-api-token"
 ADMIN = "admin-api-token"
 TWO_HOURS_AGO = 2 * 3600
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,14 +14,9 @@ from aiohttp.test_utils import TestServer
 from relay.actor import Actor, add_actor_routes
 from relay.network import NetworkPolicy, client_session, fetch_json_document
 from relay.signature import KeyCache
+from tests.conftest import free_port
 
 LOOPBACK = NetworkPolicy.from_strings(["127.0.0.0/8"], allow_http=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
