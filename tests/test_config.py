@@ -1016,3 +1016,23 @@ def test_following_needs_the_actor(tmp_path):
     [problem] = problems
     assert problem.key == "receipts.follow"
     assert "[actor] base_url" in problem.message
+
+
+def test_a_receipt_effect_needs_the_actor(tmp_path):
+    _file, problems = check(
+        tmp_path,
+        '[[bank]]\nname = "b"\ncategory = "test"\n'
+        '[[rule]]\nmatch = "b"\naction = "reject"\neffects = ["receipt"]\n',
+    )
+    [problem] = problems
+    assert problem.key == "rule[0].effects"
+    assert "set [actor] base_url" in problem.message
+
+
+def test_trusted_receipts_bring_their_categories(tmp_path):
+    """A rule may act on the categories honoured receipts fill, with no [[bank]] of them."""
+    text = '[[rule]]\nmatch = "category:csam"\naction = "reject"\n'
+    _file, problems = check(tmp_path, text)
+    assert [p.key for p in problems] == ["rule[0].match"]
+    _file, problems = check(tmp_path, text + '[[trust]]\npeer = "peer.example"\n')
+    assert problems == []
