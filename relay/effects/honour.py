@@ -39,7 +39,7 @@ from relay.signature.proof import verify_proof
 from relay.store.receipts import ReceiptStore
 from relay.trust import TrustRule, bank_for, judge
 
-__all__ = ["KIND", "Honour", "carried_receipt", "consider"]
+__all__ = ["KIND", "Honour", "Recheck", "carried_receipt", "consider"]
 
 log = structlog.get_logger(__name__)
 
