@@ -434,6 +434,7 @@ class Flow:
                 "actor": item.actor,
                 "signer": item.signer,
                 "object": item.activity.object_id,
+                "audience": _audience(item.activity.document),
             },
             verdict,
             evidence_id,
@@ -622,6 +623,17 @@ class Flow:
         else:
             log.warning("lease_lost", row=item.id, activity_id=item.ap_id)
         self._finished()
+
+
+def _audience(document: Mapping[str, Any]) -> str | None:
+    """The group a post was made in (Lemmy's community: its ``audience``), if it names
+    one: where a report about it goes."""
+    found = document.get("object")
+    for where in (found if isinstance(found, Mapping) else {}, document):
+        audience = where.get("audience")
+        if isinstance(audience, str):
+            return audience
+    return None
 
 
 def _judged(signals: Iterable[Signal], *, matched_only: bool = False) -> list[MediaItem]:

@@ -178,11 +178,13 @@ async def test_a_quarantine_tells_the_origin_its_followers_and_the_collection(
     # Known material arrives for the instance: quarantined, and Sluice speaks.
     alice = origin.actor("alice", 0)
     create = _post(alice, f"{origin.base}/media/bridge.jpg")
+    create["object"]["audience"] = f"{origin.base}/c/pictures"  # a Lemmy community's post
     status, _ = await sluice.post(alice, create)
     assert status == 202
     [(headers, flag)] = await wait_for(lambda: origin.received.get(alice.id + "/inbox"), timeout=20)
     assert flag["type"] == "Flag" and flag["actor"] == f"{base}/actor"
     assert flag["object"] == [alice.id, create["object"]["id"]]
+    assert flag["to"] == [f"{origin.base}/c/pictures"]  # Lemmy: exactly one community
     assert "Moderation receipt" in flag["content"]
     receipt = flag["moderationReceipt"]
     parsed = parse_receipt(receipt)

@@ -139,7 +139,11 @@ class Receipts:
             flag_to = await self._inbox_of(author)
         pending = [
             *(
-                sends(self._flag(signed, str(author)), [flag_to], f"{ident}:flag")
+                sends(
+                    self._flag(signed, str(author), activity.get("audience")),
+                    [flag_to],
+                    f"{ident}:flag",
+                )
                 if flag_to is not None
                 else []
             ),
@@ -221,9 +225,13 @@ class Receipts:
             f"Moderation receipt: {receipt['id']}"
         )
 
-    def _flag(self, receipt: Mapping[str, Any], account: str) -> dict[str, Any]:
+    def _flag(
+        self, receipt: Mapping[str, Any], account: str, audience: object = None
+    ) -> dict[str, Any]:
         """The report stock servers understand: the account, then the posts, in
-        ``object``; the reason in ``content`` (Mastodon, Misskey) and ``summary``."""
+        ``object``; the reason in ``content`` (Mastodon, Misskey) and ``summary``
+        (Lemmy); ``to`` the account, or the group a post was made in (Lemmy wants
+        exactly one community there)."""
         posts: Sequence[str] = [o for o in receipt["object"] if o != account]
         reason = self._reason(receipt)
         return {
@@ -231,7 +239,7 @@ class Receipts:
             "id": f"{receipt['id']}/flag",
             "type": "Flag",
             "actor": self.actor.id,
-            "to": [account],
+            "to": [audience if isinstance(audience, str) else account],
             "object": [account, *posts],
             "summary": reason,
             "content": reason,
