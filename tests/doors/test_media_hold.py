@@ -236,7 +236,12 @@ async def test_exact_hash_bank_sends_to_review_and_moderator_decides(
     assert await store.moderate(b["id"], "approve", "mod-bob") is None  # decided already
     await wait_for(upstream.inbox_posts)
     assert upstream.ids() == [first["id"]]
-    record = await store.get(first["id"])
+
+    async def recorded() -> Any:  # the instance answers before the row says so
+        found = await store.get(first["id"])
+        return found if found is not None and found["state"] != "queued" else None
+
+    record = await wait_for(recorded)
     assert record["state"] == "delivered"
     assert record["verdict"]["moderator"] == "mod-alice"
 
