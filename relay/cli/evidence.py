@@ -109,8 +109,51 @@ async def _evidence_show(args: argparse.Namespace, store) -> int:  # type: ignor
     return 0
 
 
+_EXPORT_WARNING = """\
+WARNING: {directory} holds {count} decrypted media file(s) in clear, for an authority.
+They may be illegal to possess or to share. Hand them over only as the law asks, keep
+them off synced, shared or backed-up storage, and delete them when you are done.
+This export is recorded in the evidence audit log."""
+
+
+async def _evidence_hold(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    await store.hold(args.id, who=args.who, why=args.why)
+    print(f"evidence {args.id} is held: no purge removes it until `sluice evidence unhold`")
+    return 0
+
+
+async def _evidence_unhold(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    await store.unhold(args.id, who=args.who, why=args.why)
+    print(f"evidence {args.id} is no longer held")
+    return 0
+
+
+async def _evidence_purge(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    from dataclasses import asdict
+
+    for purged in await store.purge():
+        print(json.dumps(asdict(purged), default=_jsonable))
+    return 0
+
+
+async def _evidence_export(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    package = await store.export(args.id, who=args.who, why=args.why, into=Path(args.into))
+    media = package / "media"
+    count = sum(1 for _ in media.iterdir()) if media.is_dir() else 0
+    print(_EXPORT_WARNING.format(count=count, directory=package), file=sys.stderr)
+    print(package)
+    return 0
+
+
+def _on_the_record(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("id", type=int)
+    parser.add_argument("--who", required=True, help=f"who {what}, for the audit log")
+    parser.add_argument("--why", required=True, help="why, for the audit log")
+    parser.add_argument("--config", "-c", help="TOML configuration file")
+
+
 def register(commands: Commands) -> None:
-    """``evidence keygen|list|show|audit|orphans``."""
+    """``evidence keygen|list|show|audit|orphans|hold|unhold|purge|export``."""
     evidence = commands.add_parser(
         "evidence", help="preserved evidence of quarantined activities (every read is audited)"
     ).add_subparsers(dest="evidence_command", required=True)
@@ -141,3 +184,24 @@ def register(commands: Commands) -> None:
     )
     orphans.add_argument("--config", "-c", help="TOML configuration file")
     orphans.set_defaults(run=_evidence(_evidence_orphans))
+    hold = evidence.add_parser(
+        "hold", help="put a legal hold on one record: no purge removes it (audited)"
+    )
+    _on_the_record(hold, "holds it")
+    hold.set_defaults(run=_evidence(_evidence_hold))
+    unhold = evidence.add_parser("unhold", help="lift the legal hold on one record (audited)")
+    _on_the_record(unhold, "lifts the hold")
+    unhold.set_defaults(run=_evidence(_evidence_unhold))
+    purge = evidence.add_parser(
+        "purge",
+        help="remove what is past retention and not held; prints each record removed",
+    )
+    purge.add_argument("--config", "-c", help="TOML configuration file")
+    purge.set_defaults(run=_evidence(_evidence_purge))
+    export = evidence.add_parser(
+        "export",
+        help="write one case for an authority into DIR/evidence-ID, media decrypted (audited)",
+    )
+    _on_the_record(export, "exports it")
+    export.add_argument("--into", required=True, metavar="DIR", help="where the package goes")
+    export.set_defaults(run=_evidence(_evidence_export))
