@@ -8,6 +8,11 @@ until it stops matching, and ``/readyz`` would tell them about our database.
 On its listener the door is a sub-app (``app()``) whose middleware asks for the token
 on every route but ``/healthz``, ``/readyz`` and ``/metrics`` (for probes and
 scrapers): a route added later is guarded without a line of its own.
+
+A bearer token is the shared ``[admin]`` token (scripts; it acts as an admin and is
+audited as ``shared-token``) or a person's own (``sluice user token NAME``), which
+says who acts: a moderator may list and decide reviews, release quarantines and list
+evidence; an admin may use everything. Decisions and replays go to the audit log.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.errors import StoreUnavailable
 from relay.outbox import STATES, Outbox
+from relay.people import ApiTokens, AuditLog, Principal
+from relay.people.tokens import PREFIX
 from relay.release import ReleaseError, release
 from relay.store.activities import ActivityStore
 from relay.store.db import translated
@@ -31,12 +38,28 @@ from relay.store.db import translated
 if TYPE_CHECKING:
     from relay.app import Sluice
 
-__all__ = ["API_PREFIX", "AdminDoor", "database_unavailable"]
+__all__ = ["API_PREFIX", "WHO", "AdminDoor", "database_unavailable"]
 
 API_PREFIX = "/_sluice/api"
 
 #: Admin routes answered without the token: liveness, readiness, Prometheus.
 _OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
+
+#: What a moderator may use, (method, route); the rest, and any route added later, is
+#: the admins' alone.
+_MODERATOR = frozenset(
+    {
+        ("GET", API_PREFIX + "/me"),
+        ("GET", API_PREFIX + "/review"),
+        ("POST", API_PREFIX + "/review/{row}/{decision}"),
+        ("POST", API_PREFIX + "/quarantine/{row}/release"),
+        ("GET", API_PREFIX + "/evidence"),
+        ("GET", API_PREFIX + "/evidence/{id}"),
+    }
+)
+
+#: Who is acting: set on every guarded request by the token check.
+WHO = web.RequestKey("who", Principal)
 
 log = structlog.get_logger(__name__)
 
@@ -81,8 +104,16 @@ class AdminDoor:
     ) -> web.StreamResponse:
         # Fails closed: a path no route knows asks for the token too (no route map).
         resource = request.match_info.route.resource
-        if resource is None or resource.canonical not in _OPEN:
-            self._authorize(request)
+        route = "" if resource is None else resource.canonical
+        if route not in _OPEN:
+            who = await self._authorize(request)
+            method = "GET" if request.method == "HEAD" else request.method
+            if who.role != "admin" and (method, route) not in _MODERATOR:
+                raise web.HTTPForbidden(
+                    text=json.dumps({"error": f"a {who.role} may not use this; ask an admin"}),
+                    content_type="application/json",
+                )
+            request[WHO] = who
         return await handler(request)
 
     def public_routes(self) -> list[web.RouteDef]:
@@ -106,6 +137,8 @@ class AdminDoor:
             web.get(API_PREFIX + "/review", self.review),
             web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
             web.post(API_PREFIX + "/quarantine/{row}/release", self.release),
+            web.get(API_PREFIX + "/me", self.me),
+            web.get(API_PREFIX + "/audit", self.audit),
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -125,23 +158,35 @@ class AdminDoor:
         body = generate_latest(self._parts(request).metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _authorize(self, request: web.Request) -> None:
+    async def _authorize(self, request: web.Request) -> Principal:
+        """Who the bearer token says is acting: the shared token, or a person's."""
         token = self._parts(request).config.admin.token
-        if not token:
+        header = request.headers.get("Authorization", "")
+        # Header bytes that are not UTF-8 arrive as surrogates; they are simply wrong.
+        given = header.encode("utf-8", "surrogateescape")
+        if token and hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return Principal.shared()
+        scheme, _, secret = header.partition(" ")
+        if scheme == "Bearer" and secret.startswith(PREFIX):
+            account = await ApiTokens(self._store(request).pool).resolve(secret)
+            if account is not None:
+                return Principal.of(account)
+        if not token and not header:
             raise web.HTTPForbidden(
                 text=json.dumps(
-                    {"error": "admin API disabled: set [admin] token_file or SLUICE_ADMIN_TOKEN"}
+                    {
+                        "error": "no bearer token: use a person's token (sluice user token "
+                        "NAME); the shared token is off ([admin] token_file or "
+                        "SLUICE_ADMIN_TOKEN sets it)"
+                    }
                 ),
                 content_type="application/json",
             )
-        # Header bytes that are not UTF-8 arrive as surrogates; they are simply wrong.
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            raise web.HTTPUnauthorized(
-                text='{"error": "missing or wrong bearer token"}',
-                content_type="application/json",
-                headers={"WWW-Authenticate": 'Bearer realm="sluice"'},
-            )
+        raise web.HTTPUnauthorized(
+            text='{"error": "missing or wrong bearer token"}',
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Bearer realm="sluice"'},
+        )
 
     async def activity(self, request: web.Request) -> web.Response:
         """Why was this held? ``/activities/ROW`` or ``/activities?id=ACTIVITY-ID``."""
@@ -206,32 +251,46 @@ class AdminDoor:
         return web.json_response({"review": await self._store(request).in_review()})
 
     async def moderate(self, request: web.Request) -> web.Response:
-        """``POST /review/ROW/approve`` delivers it, ``/reject`` drops it (recorded).
-        The body may name the moderator: ``{"moderator": "alice"}``."""
+        """``POST /review/ROW/approve`` delivers it, ``/reject`` drops it (recorded),
+        audited. A person's token names the moderator; with the shared token the body
+        may: ``{"moderator": "alice"}``; ``"reason"`` goes to the audit log."""
         decision = request.match_info["decision"]
         row = request.match_info["row"]
         if decision not in ("approve", "reject") or not row.isdigit():
             return web.json_response(
                 {"error": "use POST /review/ROW/approve or /review/ROW/reject"}, status=404
             )
-        moderator = "admin"
+        who = request[WHO]
+        moderator = who.name if who.is_person else "admin"
+        reason = None
         if request.can_read_body:
             try:
                 payload = await request.json()
             except ValueError:
                 return web.json_response({"error": "body is not JSON"}, status=400)
-            if isinstance(payload, dict) and isinstance(payload.get("moderator"), str):
-                moderator = payload["moderator"]
+            if isinstance(payload, dict):
+                if not who.is_person and isinstance(payload.get("moderator"), str):
+                    moderator = payload["moderator"]
+                if isinstance(payload.get("reason"), str):
+                    reason = payload["reason"]
         state = await self._store(request).moderate(int(row), decision, moderator)
         if state is None:
             return web.json_response({"error": f"row {row} is not in review"}, status=409)
+        await self._audit(request).record(
+            who.name,
+            f"review.{decision}",
+            why=reason,
+            detail={"row": int(row), "state": state, "moderator": moderator},
+        )
         self._parts(request).flow.wake()
         return web.json_response({"row": int(row), "state": state})
 
     async def release(self, request: web.Request) -> web.Response:
-        """``POST /quarantine/ROW/release`` with ``{"moderator": NAME, "reason": TEXT}``:
-        a false positive is queued for delivery again, as it was sent; the evidence
-        stays, and its audit log and the row's verdict name the moderator and reason."""
+        """``POST /quarantine/ROW/release`` with ``{"moderator": NAME, "reason": TEXT}``
+        (a person's token names the moderator itself: ``{"reason": TEXT}``): a false
+        positive is queued for delivery again, as it was sent; the evidence stays, and
+        its audit log, the people's audit log and the row's verdict name the moderator
+        and reason."""
         row = request.match_info["row"]
         if not (row.isascii() and row.isdigit() and len(row) <= 18):
             return web.json_response({"error": "use POST /quarantine/ROW/release"}, status=404)
@@ -239,8 +298,15 @@ class AdminDoor:
             payload = await request.json()
         except ValueError:
             payload = None
+        who = request[WHO]
         moderator = payload.get("moderator") if isinstance(payload, dict) else None
         reason = payload.get("reason") if isinstance(payload, dict) else None
+        if who.is_person:
+            moderator = who.name
+            if not (isinstance(reason, str) and reason.strip()):
+                return web.json_response(
+                    {"error": 'expected {"reason": "TEXT"}, non-empty'}, status=400
+                )
         if not (
             isinstance(moderator, str)
             and moderator.strip()
@@ -261,6 +327,12 @@ class AdminDoor:
             status = {"missing": 404, "conflict": 409}.get(exc.kind, 500)
             return web.json_response({"error": str(exc)}, status=status)
         log.info("released", row=int(row), moderator=moderator, reason=reason)
+        await self._audit(request).record(
+            who.name,
+            "quarantine.release",
+            why=reason,
+            detail={"row": int(row), "state": state, "moderator": moderator},
+        )
         parts.flow.wake()
         return web.json_response({"row": int(row), "state": state})
 
@@ -268,6 +340,11 @@ class AdminDoor:
         """Body ``{"ids": [..]}`` replays those; ``{"all": true}`` replays every one."""
         ids = await _chosen(request, "row ids")
         count = await self._store(request).replay(ids)
+        await self._audit(request).record(
+            request[WHO].name,
+            "dead_letters.replay",
+            detail={"ids": "all" if ids is None else ids, "replayed": count},
+        )
         self._parts(request).flow.wake()
         return web.json_response({"replayed": count})
 
@@ -292,7 +369,28 @@ class AdminDoor:
     async def replay_effects(self, request: web.Request) -> web.Response:
         """Dead effects run again: ``{"ids": [..]}`` those, ``{"all": true}`` every one."""
         ids = await _chosen(request, "effect ids")
-        return web.json_response({"replayed": await self._outbox(request).replay(ids)})
+        count = await self._outbox(request).replay(ids)
+        await self._audit(request).record(
+            request[WHO].name,
+            "effects.replay",
+            detail={"ids": "all" if ids is None else ids, "replayed": count},
+        )
+        return web.json_response({"replayed": count})
+
+    def _audit(self, request: web.Request) -> AuditLog:
+        return AuditLog(self._store(request).pool)
+
+    async def me(self, request: web.Request) -> web.Response:
+        """Who this token is: ``{"name", "role"}`` (``shared-token`` for the shared one)."""
+        who = request[WHO]
+        return web.json_response({"name": who.name, "role": who.role})
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """The audit log, newest first: ``?who=NAME&action=ACTION&limit=N``."""
+        entries = await self._audit(request).entries(
+            _limit(request), who=request.query.get("who"), action=request.query.get("action")
+        )
+        return _json({"audit": entries})
 
 
 async def _chosen(request: web.Request, what: str) -> list[int] | None:

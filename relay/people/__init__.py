@@ -1,5 +1,6 @@
 """People: accounts with roles, their API tokens, and the audit log of what they did."""
 
+from relay.people.access import Principal
 from relay.people.accounts import (
     ROLES,
     SHARED_TOKEN,
@@ -20,6 +21,7 @@ __all__ = [
     "AuditLog",
     "IssuedToken",
     "PeopleError",
+    "Principal",
     "TokenInfo",
     "TooManyAttempts",
 ]
