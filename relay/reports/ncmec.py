@@ -51,6 +51,7 @@ __all__ = [
     "Submitted",
     "file_details_xml",
     "report_xml",
+    "xml_time",
 ]
 
 PRODUCTION_URL = "https://report.cybertip.org/ispws"
@@ -225,7 +226,7 @@ def report_xml(case: Case) -> bytes:
                         "incidentType": case.incident_type,
                         "platform": case.platform,
                         "escalateToHighPriority": case.escalate,
-                        "incidentDateTime": _when(case.incident_time),
+                        "incidentDateTime": xml_time(case.incident_time),
                         "incidentDateTimeDescription": case.summary,
                     },
                 )
@@ -290,7 +291,7 @@ def file_details_xml(report_id: int, file_id: str, file: File) -> bytes:
             "fileId": file_id,
             "fileName": _upload_name(file),
             "originalFileName": file.original_name,
-            "uploadedToEspTimestamp": _when(file.uploaded_at) if file.uploaded_at else None,
+            "uploadedToEspTimestamp": xml_time(file.uploaded_at) if file.uploaded_at else None,
             "locationOfFile": file.location,
             # Only true from the reveal log; exifViewedByEsp stays out (Sluice shows no
             # EXIF, and NCMEC wants fileViewedByEsp true whenever it is true).
@@ -320,7 +321,7 @@ def _ip_event(event: IpEvent) -> ET.Element:
         {
             "ipAddress": event.address,
             "eventName": event.event,
-            "dateTime": _when(event.at),
+            "dateTime": xml_time(event.at),
             "possibleProxy": event.possible_proxy,
             "port": None if event.port is None else str(event.port),
         },
@@ -371,7 +372,8 @@ def _text(tag: str, text: str, **attributes: str) -> ET.Element:
     return element
 
 
-def _when(at: datetime) -> str:
+def xml_time(at: datetime) -> str:
+    """An aware time as xs:dateTime in UTC (``2026-12-03T12:00:00Z``)."""
     if at.tzinfo is None:
         raise ReportError("times must carry their time zone")
     return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
