@@ -249,3 +249,29 @@ async def test_export_needs_who_and_why_and_unpurged_evidence(
         await store.export(evidence_id, who="alice", why="late", into=tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert (await store.audit(evidence_id))[-1]["outcome"].startswith("failed: evidence")
+
+
+async def test_purge_runs_as_a_periodic_job_of_the_outbox(store: EvidenceStore) -> None:
+    """As the lead wires it: ``outbox.every(name, seconds, store.purge)``."""
+    from relay.outbox import Outbox
+    from tests.conftest import wait_for
+
+    due = await store.preserve(activity_row=None, facts={}, media=[MediaItem("u", b"x", {})])
+    held = await store.preserve(activity_row=None, facts={}, media=[])
+    await expire(store, due)
+    await expire(store, held)
+    await store.hold(held, who="alice", why="court order")
+    outbox = Outbox(store.pool, poll_interval=0.05)
+    outbox.every("evidence-purge", 1.0, store.purge)
+    await outbox.start()
+    try:
+
+        async def purged() -> list[int]:
+            rows = await store.pool.fetch("SELECT id FROM evidence WHERE purged_at IS NOT NULL")
+            return [r["id"] for r in rows]
+
+        assert await wait_for(purged) == [due]
+    finally:
+        await outbox.stop()
+    assert not any(p.exists() for p in await files_of(store, due))
+    assert (await store.read(held, who="a", why="b"))[0].facts == {}
