@@ -31,6 +31,7 @@ import aiohttp
 from relay.reports.errors import ReportError, SubmissionError
 
 __all__ = [
+    "CSAM",
     "FILE_DETAILS_ORDER",
     "INCIDENT_SUMMARY_ORDER",
     "INCIDENT_TYPES",
@@ -42,6 +43,7 @@ __all__ = [
     "REPORTER_ORDER",
     "REPORT_ORDER",
     "TEST_URL",
+    "WEB_PAGE_INCIDENT_ORDER",
     "Case",
     "CyberTipline",
     "File",
@@ -328,16 +330,16 @@ def _ip_event(event: IpEvent) -> ET.Element:
     )
 
 
-Value = str | bool | ET.Element | Sequence[str | ET.Element] | None
+_Value = str | bool | ET.Element | Sequence[str | ET.Element] | None
 
 
-def _children(tag: str, order: Sequence[str], values: Mapping[str, Value]) -> ET.Element:
+def _children(tag: str, order: Sequence[str], values: Mapping[str, _Value]) -> ET.Element:
     element = ET.Element(tag)
     _sequence(element, order, values)
     return element
 
 
-def _sequence(parent: ET.Element, order: Sequence[str], values: Mapping[str, Value]) -> None:
+def _sequence(parent: ET.Element, order: Sequence[str], values: Mapping[str, _Value]) -> None:
     """Append ``values`` to ``parent`` in the XSD's ``order``; None and [] are left out."""
     unknown = set(values) - set(order)
     if unknown:

@@ -24,7 +24,15 @@ from typing import Any
 from relay.reports.errors import ReportError
 from relay.reports.ncmec import Case, IpEvent, xml_time
 
-__all__ = ["IWF_FORMAT", "REASONS", "UK_FORMAT", "Contacts", "iwf_reports", "referral"]
+__all__ = [
+    "IWF_FORMAT",
+    "MINIMUM_RETENTION",
+    "REASONS",
+    "UK_FORMAT",
+    "Contacts",
+    "iwf_reports",
+    "referral",
+]
 
 UK_FORMAT = "sluice-uk-csea-referral/1"
 IWF_FORMAT = "sluice-iwf-url-report/1"
