@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from relay import __version__
-from relay.cli import actor, banks, ca, dead_letters, effects, evidence, quarantine, serve
+from relay.cli import actor, banks, ca, dead_letters, effects, evidence, quarantine, serve, users
 
 __all__ = ["main"]
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     evidence.register(commands)
     ca.register(commands)
     actor.register(commands)
+    users.register(commands)
 
     args = parser.parse_args(argv)
     from relay.errors import ConfigError, SluiceError
