@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-Action = Callable[[argparse.Namespace, "asyncpg.Pool"], Awaitable[int]]
+_Action = Callable[[argparse.Namespace, "asyncpg.Pool"], Awaitable[int]]
 
 
 def _who() -> str:
@@ -48,7 +48,7 @@ def _password(name: str) -> str:
     return line
 
 
-def _on_database(action: Action, *, asks_password: bool = False) -> Callable[..., int]:
+def _on_database(action: _Action, *, asks_password: bool = False) -> Callable[..., int]:
     """Run ``action(args, pool)`` on the configured database; the password, when the
     command needs one, is read first (before anything opens) into ``args.password``."""
 
@@ -86,7 +86,7 @@ async def _set_password(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
     return 0
 
 
-def _enabled(disabled: bool) -> Action:
+def _enabled(disabled: bool) -> _Action:
     async def switch(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
         from relay.people import Accounts, AuditLog
 
