@@ -326,7 +326,7 @@ class EvidenceStore:
         """The store of ``[evidence]``: blobs under ``[storage] data_dir`` (or in the
         database with ``store = "postgresql"``), the key of ``key_file`` (None when no
         file is set), kept as ``keep_days`` and ``keep_days_by_jurisdiction`` say for
-        ``[receipts] jurisdictions``."""
+        its ``jurisdictions`` (by default ``[receipts] jurisdictions``)."""
         section = config.evidence
         key_file = section.key_file
         key = EvidenceKey.load(key_file) if key_file is not None else None
@@ -334,13 +334,18 @@ class EvidenceStore:
         # Read leniently: these keys are optional until the configuration schema has them.
         store = getattr(section, "store", "local")
         by_jurisdiction = getattr(section, "keep_days_by_jurisdiction", None)
-        receipts = getattr(config, "receipts", None)
+        own = getattr(section, "jurisdictions", None)
+        jurisdictions: Sequence[str] = (
+            own  # else those the receipts name
+            if own is not None
+            else getattr(getattr(config, "receipts", None), "jurisdictions", ())
+        )
         return cls(
             pool,
             directory,
             key,
             retention_days=int(getattr(section, "keep_days", KEEP_DAYS)),
-            jurisdictions=tuple(getattr(receipts, "jurisdictions", ())),
+            jurisdictions=tuple(jurisdictions),
             keep_days_by_jurisdiction=(
                 dict(by_jurisdiction) if by_jurisdiction is not None else KEEP_DAYS_BY_JURISDICTION
             ),
@@ -757,9 +762,11 @@ class EvidenceStore:
         try:
             await asyncio.to_thread(_write_package, package, record, media, meta)
         except OSError as exc:
-            raise EvidenceError(
-                f"cannot export evidence {evidence_id} to {package}: {exc}"
-            ) from exc
+            error = EvidenceError(f"cannot export evidence {evidence_id} to {package}: {exc}")
+            await self._log_access(
+                evidence_id, who, why, f"export to {package}", f"failed: {error}"
+            )
+            raise error from exc
         log.info("evidence_exported", evidence=evidence_id, who=who, why=why, into=str(package))
         return package
 

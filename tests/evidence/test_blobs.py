@@ -119,7 +119,10 @@ async def test_from_config_picks_the_store(
 ) -> None:
     key_file = tmp_path / "evidence.key"
     EvidenceKey.generate(key_file)
-    config = make_config(evidence={"key_file": str(key_file)})
+    config = make_config(evidence={"key_file": str(key_file)}, receipts={"jurisdictions": ["GB"]})
     local = EvidenceStore.from_config(migrated_pool, config)
     assert isinstance(local.blobs, LocalBlobs)
     assert local.blobs.directory == config.storage.data_dir / "evidence"
+    # Kept as long as the jurisdictions the receipts name ask: the UK code's 90 days.
+    assert local.keep() == ("GB", 90)
+    assert local.keep(["GB", "US"]) == ("US", 365)
