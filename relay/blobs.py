@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import asyncpg
 
 from relay.errors import SluiceError
+from relay.store.db import translated
 
 __all__ = ["STORES", "BlobError", "BlobMissing", "BlobStore", "LocalBlobs", "PostgresBlobs"]
 
@@ -154,9 +155,10 @@ class PostgresBlobs:
 
     async def put(self, name: str, data: bytes) -> None:
         try:
-            await self.pool.execute(
-                "INSERT INTO evidence_blob (name, data) VALUES ($1, $2)", name, data
-            )
+            with translated():  # a database gone is StoreUnavailable, not a bad blob
+                await self.pool.execute(
+                    "INSERT INTO evidence_blob (name, data) VALUES ($1, $2)", name, data
+                )
         except asyncpg.PostgresError as exc:
             raise BlobError(f"cannot write {self.where(name)}: {exc}") from exc
 
