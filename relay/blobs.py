@@ -22,7 +22,15 @@ import asyncpg
 from relay.errors import SluiceError
 from relay.store.db import translated
 
-__all__ = ["STORES", "BlobError", "BlobMissing", "BlobStore", "LocalBlobs", "PostgresBlobs"]
+__all__ = [
+    "STORES",
+    "BlobError",
+    "BlobMissing",
+    "BlobStore",
+    "LocalBlobs",
+    "PostgresBlobs",
+    "blob_name",
+]
 
 #: The names ``[evidence] store`` may take.
 STORES = ("local", "postgresql")
