@@ -322,6 +322,10 @@ def build_app(
             opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
             if config.hold.lazy:  # a lazy check a stopped process never recorded
                 outbox.every("lazy-checks", 60.0, flow.check_overdue)
+            if flow.evidence is not None:  # past retention and not held: purged, audited
+                outbox.every(
+                    "evidence-purge", config.evidence.purge_every_seconds, flow.evidence.purge
+                )
             signatures = config.signatures
             objects = ObjectVerifier(
                 max_bytes=signatures.ld_max_bytes,

@@ -325,31 +325,20 @@ class EvidenceStore:
     def from_config(cls, pool: asyncpg.Pool, config: Config) -> EvidenceStore:
         """The store of ``[evidence]``: blobs under ``[storage] data_dir`` (or in the
         database with ``store = "postgresql"``), the key of ``key_file`` (None when no
-        file is set), kept as ``keep_days`` and ``keep_days_by_jurisdiction`` say for
-        its ``jurisdictions`` (by default ``[receipts] jurisdictions``)."""
+        file is set), kept ``keep_days``, or longer where ``[receipts] jurisdictions``
+        name a law that asks for longer (KEEP_DAYS_BY_JURISDICTION)."""
         section = config.evidence
         key_file = section.key_file
         key = EvidenceKey.load(key_file) if key_file is not None else None
         directory = config.storage.data_dir / SUBDIRECTORY
-        # Read leniently: these keys are optional until the configuration schema has them.
-        store = getattr(section, "store", "local")
-        by_jurisdiction = getattr(section, "keep_days_by_jurisdiction", None)
-        own = getattr(section, "jurisdictions", None)
-        jurisdictions: Sequence[str] = (
-            own  # else those the receipts name
-            if own is not None
-            else getattr(getattr(config, "receipts", None), "jurisdictions", ())
-        )
         return cls(
             pool,
             directory,
             key,
-            retention_days=int(getattr(section, "keep_days", KEEP_DAYS)),
-            jurisdictions=tuple(jurisdictions),
-            keep_days_by_jurisdiction=(
-                dict(by_jurisdiction) if by_jurisdiction is not None else KEEP_DAYS_BY_JURISDICTION
-            ),
-            blobs=PostgresBlobs(pool) if store == "postgresql" else LocalBlobs(directory),
+            retention_days=section.keep_days,
+            jurisdictions=config.receipts.jurisdictions,
+            keep_days_by_jurisdiction=KEEP_DAYS_BY_JURISDICTION,
+            blobs=PostgresBlobs(pool) if section.store == "postgresql" else LocalBlobs(directory),
         )
 
     def keep(self, jurisdictions: Sequence[str] | None = None) -> tuple[str | None, int]:

@@ -2,8 +2,8 @@
 
 Each group is a module with a ``register`` that adds its commands: ``serve`` (serve,
 check-config), ``dead_letters``, ``effects``, ``banks`` (bank import/list/add-image,
-hash), ``quarantine``, ``evidence``, ``ca`` and ``actor``. They all start through
-``bootstrap``.
+hash), ``quarantine``, ``evidence`` (keygen, list, show, hold, unhold, purge, export),
+``ca``, ``actor`` and ``users`` (sluice user …). They all start through ``bootstrap``.
 """
 
 from __future__ import annotations

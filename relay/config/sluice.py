@@ -224,6 +224,9 @@ class MediaConfig:
 @dataclass(frozen=True)
 class EvidenceConfig:
     key_file: Path | None
+    store: str = "local"
+    keep_days: int = 365
+    purge_every_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -623,6 +626,15 @@ SCHEMA: tuple[Section, ...] = (
     Section("evidence", EvidenceConfig, (
         Field("key_file", OPTIONAL_PATH, "",
               "file with the 32-byte AES-GCM key that encrypts quarantined evidence"),
+        Field("store", STRING, "local",
+              "where the encrypted files go: local (DATA_DIR/evidence) or postgresql (the "
+              "database: every Sluice process on every machine reads them)",
+              check=one_of("local", "postgresql")),
+        Field("keep_days", INTEGER, 365,
+              "days evidence is kept unless a jurisdiction asks for longer, or a legal hold "
+              "keeps it", check=positive),
+        Field("purge_every_seconds", NUMBER, 3600.0,
+              "how often evidence past its retention (and not held) is purged", check=positive),
     ), "Evidence kept for quarantined activities."),
     Section("notify", NotifyConfig, (
         Field("webhooks", STRINGS, (), "URLs POSTed a JSON message about verdicts; []: none",
