@@ -30,6 +30,7 @@ __all__ = [
     "LocalBlobs",
     "PostgresBlobs",
     "blob_name",
+    "fsync_dir",
 ]
 
 #: The names ``[evidence] store`` may take.
@@ -72,7 +73,8 @@ class BlobStore(Protocol):
         ...
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or an unlink in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -109,7 +111,7 @@ class LocalBlobs:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.directory)  # the rename is durable too
+        fsync_dir(self.directory)  # the rename is durable too
 
     async def get(self, name: str) -> bytes:
         path = self.directory / name
@@ -123,7 +125,7 @@ class LocalBlobs:
     async def delete(self, name: str) -> None:
         def unlink() -> None:
             (self.directory / name).unlink(missing_ok=True)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
         try:
             await asyncio.to_thread(unlink)

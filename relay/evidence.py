@@ -70,7 +70,15 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from relay.blobs import BlobError, BlobMissing, BlobStore, LocalBlobs, PostgresBlobs, blob_name
+from relay.blobs import (
+    BlobError,
+    BlobMissing,
+    BlobStore,
+    LocalBlobs,
+    PostgresBlobs,
+    blob_name,
+    fsync_dir,
+)
 from relay.errors import SluiceError
 from relay.store.db import Connection, translated, translating
 
@@ -117,14 +125,6 @@ class EvidenceError(SluiceError):
 
 def _aad(evidence_id: int, name: str) -> bytes:
     return f"sluice-evidence:v1:{evidence_id}:{name}".encode()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _parse_key(raw: bytes, path: Path) -> bytes:
@@ -198,7 +198,7 @@ class EvidenceKey:
                 file.write(text)
                 file.flush()
                 os.fsync(file.fileno())
-            _fsync_dir(path.absolute().parent)
+            fsync_dir(path.absolute().parent)
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise EvidenceError(f"cannot write evidence key file {path}: {exc}") from exc
@@ -878,7 +878,7 @@ def _write_package(
             package / "manifest.json",
             json.dumps(manifest, indent=2, ensure_ascii=False).encode(),
         )
-        _fsync_dir(package)
+        fsync_dir(package)
     except BaseException:
         shutil.rmtree(package, ignore_errors=True)
         raise
