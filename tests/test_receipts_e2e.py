@@ -412,3 +412,32 @@ async def test_what_waits_for_a_moderator_is_decided_by_a_trusted_receipt(
     reason = await pool.fetchval("SELECT reason FROM received_receipt WHERE id = $1", receipt["id"])
     assert "checked again" in reason
     assert create["id"] not in upstream.ids()
+
+
+async def test_an_author_with_no_inbox_still_gets_the_receipt_published(
+    tmp_path: Path,
+    sluice_factory: Callable[..., Awaitable[Running]],
+    origin: Origin,
+) -> None:
+    """No inbox to send the Flag to: the receipt is kept in the collection all the same."""
+    sluice, base = await _sluice(
+        tmp_path,
+        sluice_factory,
+        bank=[{"name": "test-known", "category": "test"}],
+        rule=[{"match": "category:test", "action": "quarantine"}],
+    )
+    store = BankStore(sluice.parts.pool)
+    await store.ensure("test-known", category="test")
+    await store.add("test-known", [("md5", hash_media(BRIDGE).md5, "bridge")])
+    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
+    mallory = origin.actor("mallory", 0)
+    mallory.profile = {"inbox": None}
+    assert (await sluice.post(mallory, _post(mallory, f"{origin.base}/media/bridge.jpg")))[0] == 202
+
+    async def published() -> list[Any]:
+        async with sluice.session.get(f"{base}/receipts?page=true") as response:
+            return list((await response.json(content_type=None))["orderedItems"])
+
+    [receipt] = await wait_for(published, timeout=15)
+    assert mallory.id in receipt["object"]
+    assert origin.received == {}  # no Flag went anywhere

@@ -136,7 +136,13 @@ class Receipts:
         author = activity.get("actor")
         flag_to = None
         if self._tells_origin(category) and isinstance(author, str):
-            flag_to = await self._inbox_of(author)
+            try:
+                flag_to = await self._inbox_of(author)
+            except EffectFailed as exc:
+                if not exc.permanent:  # the origin may answer later: all of it waits
+                    raise
+                # No inbox to tell: the receipt is still published and pushed.
+                log.warning("flag_not_sent", receipt=ident, author=author, reason=exc.reason)
         pending = [
             *(
                 sends(
