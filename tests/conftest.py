@@ -391,6 +391,18 @@ class Running:
             return response.status, await response.text()
 
 
+async def settled_row(running: Running, ap_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The activity's record once it has left ``queued``: the instance has a delivery
+    a moment before Sluice records how it answered."""
+
+    async def moved() -> dict[str, Any] | None:
+        record = await running.parts.store.get(ap_id)
+        return record if record is not None and record["state"] != "queued" else None
+
+    found: dict[str, Any] = await wait_for(moved, timeout=timeout)
+    return found
+
+
 @pytest.fixture
 async def sluice_factory(
     make_config: Callable[..., Config],

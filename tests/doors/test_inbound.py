@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from relay.activity import Activity, parse_activity
 from relay.signal import Signal
 from relay.store.activities import lock_order
-from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
+from tests.conftest import Fediverse, Running, Upstream, settled_row, start_server, wait_for
 
 SIGNED = ("host", "date", "digest", "signature", "content-type")
 
@@ -221,7 +221,7 @@ async def test_5xx_is_retried_until_accepted(
     await wait_for(lambda: upstream.refused >= 2)
     upstream.status = 202
     await wait_for(upstream.inbox_posts, timeout=5)
-    record = await sluice.parts.store.get(activity["id"])
+    record = await settled_row(sluice, activity["id"])
     assert record["state"] == "delivered"
     assert record["attempts"] >= 3
     assert upstream.ids() == [activity["id"]]
@@ -634,7 +634,7 @@ async def test_doubled_slashes_do_not_bypass_the_hold(
     assert status == 202
     [got] = await wait_for(upstream.inbox_posts)
     assert got.path == "//users//bob/%69nbox"  # forwarded as signed, byte for byte
-    assert (await sluice.parts.store.get(activity["id"]))["state"] == "delivered"
+    assert (await settled_row(sluice, activity["id"]))["state"] == "delivered"
 
 
 async def test_an_actor_cannot_preempt_another_actors_activity_id(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from tests.conftest import Fediverse, Running, Upstream, wait_for
+from tests.conftest import Fediverse, Running, Upstream, settled_row, wait_for
 
 # --- Host: a delivery signed for another server is a replay --------------------
 
@@ -81,7 +81,7 @@ async def test_a_signed_post_to_any_path_is_checked(
         assert response.status == 202
     [got] = await wait_for(upstream.inbox_posts)
     assert got.json()["id"] == good["id"]
-    assert (await sluice.parts.store.get(good["id"]))["state"] == "delivered"
+    assert (await settled_row(sluice, good["id"]))["state"] == "delivered"
 
 
 async def test_an_activity_content_type_alone_makes_a_post_inbound(

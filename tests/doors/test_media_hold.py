@@ -21,7 +21,7 @@ from PIL import Image
 from relay.banks import BankStore
 from relay.evidence import EvidenceKey, EvidenceStore
 from relay.media.hashes import hash_media
-from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
+from tests.conftest import Fediverse, Running, Upstream, settled_row, start_server, wait_for
 
 PDQ = Path(__file__).resolve().parent.parent / "fixtures" / "pdq"
 BRIDGE = (PDQ / "bridge-mods" / "aaa-orig.jpg").read_bytes()
@@ -237,11 +237,7 @@ async def test_exact_hash_bank_sends_to_review_and_moderator_decides(
     await wait_for(upstream.inbox_posts)
     assert upstream.ids() == [first["id"]]
 
-    async def recorded() -> Any:  # the instance answers before the row says so
-        found = await store.get(first["id"])
-        return found if found is not None and found["state"] != "queued" else None
-
-    record = await wait_for(recorded)
+    record = await settled_row(guarded, first["id"])
     assert record["state"] == "delivered"
     assert record["verdict"]["moderator"] == "mod-alice"
 
