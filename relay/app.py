@@ -42,6 +42,7 @@ from relay.effects.send import Send
 from relay.evidence import EvidenceStore
 from relay.flow import Flow
 from relay.hold import Check, Hold
+from relay.hosts import LocalHosts
 from relay.instance import InstanceApi
 from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
@@ -252,7 +253,7 @@ def build_app(
                     outbox=outbox,
                     webhooks=config.notify.webhooks,
                     admin_url=lambda: config.notify.admin_url or app[SLUICE].admin_url,
-                    recheck=store.recheck,
+                    activities=store,
                 ),
             )
             plans = {
@@ -494,12 +495,11 @@ def _effects_on(config: Config, *, speaks: bool) -> dict[str, tuple[str, ...]]:
 def _follow_policy(config: Config) -> Callable[[str], bool]:
     """``[receipts] accept_follows``: whose Follow of Sluice's actor is accepted."""
     choice = config.receipts.accept_follows
-    domains = {d.lower() for d in config.receipts.follow_domains}
     if choice == "everyone":
         return lambda actor_id: True
     if choice == "nobody":
         return lambda actor_id: False
-    return lambda actor_id: (yarl.URL(actor_id).host or "").lower() in domains
+    return LocalHosts(config.receipts.follow_domains).owns
 
 
 def _speaker_routes(
@@ -508,11 +508,11 @@ def _speaker_routes(
     """The actor's routes and the receipt door, answering the actor's host alone: on a
     host of Sluice's own, its /inbox is not the instance's, so a request naming another
     host goes where it would have gone without them (an inbox POST, or the instance)."""
-    own = _authority(yarl.URL(actor.base_url))
+    own = LocalHosts([yarl.URL(actor.base_url).authority])
 
     def for_actor(handler: Handler) -> Handler:
         async def answer(request: web.Request) -> web.StreamResponse:
-            if _authority(yarl.URL(f"http://{request.host}")) == own:
+            if own.answers_to(request.host):
                 return await handler(request)
             if request.method == "POST":
                 return await inbound.handle(request)
@@ -525,12 +525,6 @@ def _speaker_routes(
         for route in (*actor_routes(actor), *door.routes())
         if isinstance(route, web.RouteDef)
     ]
-
-
-def _authority(url: yarl.URL) -> str:
-    """host[:port] as a Host header would say it, a default port left out."""
-    host = (url.host or "").lower()
-    return host if url.is_default_port() or url.explicit_port is None else f"{host}:{url.port}"
 
 
 async def _start_outbound(
