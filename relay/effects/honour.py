@@ -20,7 +20,7 @@ server that is down is tried again later. Considering it:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,15 +36,13 @@ from relay.receipt import Receipt, category_for, parse_receipt
 from relay.signal import Signal
 from relay.signature.keys import KeyResolver
 from relay.signature.proof import verify_proof
+from relay.store.activities import ActivityStore
 from relay.store.receipts import ReceiptStore
 from relay.trust import TrustRule, bank_for, judge
 
-__all__ = ["KIND", "Honour", "Recheck", "carried_receipt", "consider"]
+__all__ = ["KIND", "Honour", "carried_receipt", "consider"]
 
 log = structlog.get_logger(__name__)
-
-#: Sends rows waiting for a moderator about these objects through the checks again.
-Recheck = Callable[[Sequence[str], str], Awaitable[list[int]]]
 
 KIND = "honour"
 #: A receipt dated further ahead than this is refused (a clock, or a forgery).
@@ -84,12 +82,12 @@ class Honour:
         outbox: Outbox | None = None,
         webhooks: Sequence[str] = (),
         admin_url: Callable[[], str | None] = lambda: None,
-        recheck: Recheck | None = None,
+        activities: ActivityStore | None = None,
     ) -> None:
         """``outbox``, ``webhooks``: where the admins hear of an honoured receipt about
         something the instance already has (removing it is the instance's to do);
-        ``recheck``: sends what waits for a moderator about the receipt's objects through
-        the checks again (relay.store.activities.ActivityStore.recheck)."""
+        ``activities``: where what waits for a moderator, or was delivered, about the
+        receipt's objects is found."""
         self.rules = tuple(rules)
         self.keys = keys
         self.receipts = receipts
@@ -97,7 +95,7 @@ class Honour:
         self.outbox = outbox
         self.webhooks = tuple(webhooks)
         self.admin_url = admin_url
-        self.recheck = recheck
+        self.activities = activities
 
     async def run(self, payload: dict[str, Any]) -> None:
         document = payload.get("receipt")
@@ -136,8 +134,8 @@ class Honour:
                 return
             added = await self._bank(peer, ours, receipt)
             reason = f"{reason}; {added} new hashes in {bank_for(peer, ours)}"
-            if self.recheck is not None:
-                rows = await self.recheck(list(receipt.object), f"receipt {receipt.id}")
+            if self.activities is not None:
+                rows = await self.activities.recheck(receipt.object, f"receipt {receipt.id}")
                 if rows:
                     reason = f"{reason}; rows {', '.join(map(str, rows))} checked again"
         if judged.honoured:
@@ -147,13 +145,9 @@ class Honour:
     async def _tell_about_delivered(self, receipt: Receipt, peer: str) -> None:
         """Notify the admins of each activity already delivered that the receipt is
         about: Sluice cannot take it back from the instance."""
-        if self.outbox is None or not self.webhooks:
+        if self.outbox is None or not self.webhooks or self.activities is None:
             return
-        rows = await self.receipts.pool.fetch(
-            "SELECT id, ap_id, type, actor, signer FROM activity WHERE state = 'delivered' "
-            "AND (object_id = ANY($1::text[]) OR ap_id = ANY($1::text[])) LIMIT 100",
-            list(receipt.object),
-        )
+        rows = await self.activities.delivered_about(receipt.object)
         signal = Signal(
             "receipt",
             peer,

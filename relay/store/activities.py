@@ -543,6 +543,22 @@ class ActivityStore:
         return [_record(r) for r in rows]
 
     @translating
+    async def delivered_about(
+        self, objects: Sequence[str], limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Activities already delivered about ``objects`` (their object, or their own id):
+        id, ap_id, type, actor and signer, newest first."""
+        rows = await self.pool.fetch(
+            "SELECT id, ap_id, type, actor, signer FROM activity "
+            f"WHERE state = {sql_list(State.DELIVERED)} "
+            "AND (object_id = ANY($1::text[]) OR ap_id = ANY($1::text[])) "
+            "ORDER BY id DESC LIMIT $2",
+            list(objects),
+            limit,
+        )
+        return [dict(row) for row in rows]
+
+    @translating
     async def recheck(self, objects: Sequence[str], why: str) -> list[int]:
         """Send rows waiting for a moderator about ``objects`` (their object, or their own
         id) through the checks again: new knowledge (a peer's receipt, its hashes now in
