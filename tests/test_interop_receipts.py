@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import socket
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,10 +24,9 @@ from typing import Any
 
 import pytest
 
-from relay.banks import BankStore
-from relay.evidence import EvidenceKey
 from relay.media.hashes import hash_media
 from tests.conftest import REQUIRE_ALL, Running, Upstream, need, wait_for
+from tests.receipt_support import BRIDGE_BANK, bank_the_picture, speaking_sluice
 
 INTEROP = Path(__file__).parent / "interop"
 CONTEXTS = Path(__file__).parent.parent / "relay" / "contexts.json"
@@ -115,32 +113,6 @@ def fedify() -> Iterator[Fedify]:
                 pipe.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def _sluice(
-    tmp_path: Path, sluice_factory: Callable[..., Awaitable[Running]], **sections: Any
-) -> tuple[Running, str]:
-    """Sluice with its actor at http://127.0.0.1:PORT (the port it listens on)."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    key = tmp_path / f"evidence-{port}.key"
-    EvidenceKey.generate(key)
-    sluice = await sluice_factory(
-        port=port,
-        actor={"base_url": base},
-        receipts={"jurisdictions": ["EU"]},
-        evidence={"key_file": str(key)},
-        network=LOOPBACK,
-        outbox={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2},
-        **sections,
-    )
-    return sluice, base
-
-
 async def _get(sluice: Running, url: str) -> Any:
     headers = {"Accept": "application/activity+json"}
     async with sluice.session.get(url, headers=headers) as response:
@@ -151,7 +123,7 @@ async def _get(sluice: Running, url: str) -> Any:
 async def test_fedify_finds_sluices_actor_by_webfinger(
     fedify: Fedify, tmp_path: Path, sluice_factory: Callable[..., Awaitable[Running]]
 ) -> None:
-    sluice, base = await _sluice(tmp_path, sluice_factory)
+    sluice, base = await speaking_sluice(tmp_path, sluice_factory, network=LOOPBACK)
     host = base.removeprefix("http://")
     document = await _get(sluice, f"{base}/actor")
     [ed25519] = document["assertionMethod"]
@@ -196,17 +168,8 @@ async def test_fedify_verifies_a_receipt_and_takes_the_flag(
     sluice_factory: Callable[..., Awaitable[Running]],
     upstream: Upstream,
 ) -> None:
-    sluice, base = await _sluice(
-        tmp_path,
-        sluice_factory,
-        bank=[{"name": "test-known", "category": "test"}],
-        rule=[{"match": "category:test", "action": "quarantine"}],
-    )
-    store = BankStore(sluice.parts.pool)
-    await store.ensure("test-known", category="test")
-    hashes = hash_media(BRIDGE.read_bytes())
-    await store.add("test-known", [("pdq", hashes.pdq[0].hash, "bridge"), ("md5", hashes.md5, "")])
-    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
+    sluice, base = await speaking_sluice(tmp_path, sluice_factory, network=LOOPBACK, **BRIDGE_BANK)
+    await bank_the_picture(sluice, BRIDGE.read_bytes())
     document = await _get(sluice, f"{base}/actor")
 
     # Fedify's author posts the known picture to the instance, through Sluice.
@@ -308,7 +271,7 @@ async def test_fedifys_receipt_is_honoured_by_trust(
     inbound door): either way the receipt is considered, by ``[[trust]]``; one changed
     after Fedify signed it is refused even from a trusted peer."""
     trust = [{"peer": "127.0.0.1", "automated": True}] if trusted else []
-    sluice, base = await _sluice(tmp_path, sluice_factory, trust=trust)
+    sluice, base = await speaking_sluice(tmp_path, sluice_factory, network=LOOPBACK, trust=trust)
     to = f"{base}/actor" if inbox == "/inbox" else f"{base}/users/bob"
     sent = await fedify.ask(
         "receipt", inbox=f"{base}{inbox}", to=to, receipt=_receipt(fedify, 1), tamper=tamper
@@ -344,7 +307,7 @@ async def test_fedifys_plain_delete_goes_to_the_instance(
     sluice_factory: Callable[..., Awaitable[Running]],
     upstream: Upstream,
 ) -> None:
-    sluice, base = await _sluice(tmp_path, sluice_factory)
+    sluice, base = await speaking_sluice(tmp_path, sluice_factory, network=LOOPBACK)
     sent = await fedify.ask("delete", inbox=f"{base}/users/bob/inbox", to=f"{base}/users/bob")
     assert "error" not in sent, sent
     await wait_for(lambda: sent["sent"] in upstream.ids(), timeout=20)

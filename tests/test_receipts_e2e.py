@@ -17,8 +17,6 @@ from aiohttp import web
 
 from relay.actor import Actor as SluiceActor
 from relay.actor.routes import actor_routes
-from relay.banks import BankStore
-from relay.evidence import EvidenceKey
 from relay.media.hashes import hash_media
 from relay.network import NetworkPolicy, client_session, fetch_json_document
 from relay.receipt import (
@@ -37,7 +35,12 @@ from tests.conftest import (
     start_server,
     wait_for,
 )
-from tests.receipt_support import peer_receipt
+from tests.receipt_support import (
+    BRIDGE_BANK,
+    bank_the_picture,
+    peer_receipt,
+    speaking_sluice,
+)
 
 PDQ = Path(__file__).resolve().parent / "fixtures" / "pdq"
 BRIDGE = (PDQ / "bridge-mods" / "aaa-orig.jpg").read_bytes()
@@ -105,24 +108,6 @@ def _post(actor: Actor, media: str) -> dict[str, Any]:
     return activity
 
 
-async def _sluice(
-    tmp_path: Path, sluice_factory: Callable[..., Awaitable[Running]], **sections: Any
-) -> tuple[Running, str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    key = tmp_path / "evidence.key"
-    EvidenceKey.generate(key)
-    sections.setdefault("receipts", {"jurisdictions": ["EU"]})
-    sluice = await sluice_factory(
-        port=port,
-        actor={"base_url": base},
-        evidence={"key_file": str(key)},
-        outbox={"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2},
-        **sections,
-    )
-    return sluice, base
-
-
 async def _to_sluice(sluice: Running, actor: Any, activity: dict[str, Any], sign: Any) -> int:
     """POST an activity to Sluice's own inbox, signed by ``sign`` (method, url, headers, body)."""
     body = json.dumps(activity).encode()
@@ -150,17 +135,9 @@ async def test_a_quarantine_tells_the_origin_its_followers_and_the_collection(
     origin: Origin,
     upstream: Upstream,
 ) -> None:
-    sluice, base = await _sluice(
-        tmp_path,
-        sluice_factory,
-        bank=[{"name": "test-known", "category": "test"}],
-        rule=[{"match": "category:test", "action": "quarantine"}],
-    )
-    store = BankStore(sluice.parts.pool)
-    await store.ensure("test-known", category="test")
+    sluice, base = await speaking_sluice(tmp_path, sluice_factory, **BRIDGE_BANK)
+    await bank_the_picture(sluice, BRIDGE)
     hashes = hash_media(BRIDGE)
-    await store.add("test-known", [("pdq", hashes.pdq[0].hash, "bridge"), ("md5", hashes.md5, "")])
-    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
 
     # A peer follows Sluice's actor: accepted, answered with an Accept.
     carol = origin.actor("carol", 1)
@@ -273,7 +250,7 @@ async def test_a_trusted_peers_receipt_quarantines_the_same_picture_from_elsewhe
 ) -> None:
     peer, peer_inbox = peer  # type: ignore[assignment]
     monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
-    sluice, base = await _sluice(
+    sluice, base = await speaking_sluice(
         tmp_path,
         sluice_factory,
         receipts={"jurisdictions": ["EU"], "follow": [peer.id]},
@@ -384,7 +361,7 @@ async def test_what_waits_for_a_moderator_is_decided_by_a_trusted_receipt(
     receipt about the post: the post goes through the checks again and the policy
     quarantines it, without a moderator."""
     actor, _ = peer
-    sluice, _ = await _sluice(
+    sluice, _ = await speaking_sluice(
         tmp_path,
         sluice_factory,
         hold={"max_seconds": 1, "on_timeout": "review"},
@@ -420,16 +397,8 @@ async def test_an_author_with_no_inbox_still_gets_the_receipt_published(
     origin: Origin,
 ) -> None:
     """No inbox to send the Flag to: the receipt is kept in the collection all the same."""
-    sluice, base = await _sluice(
-        tmp_path,
-        sluice_factory,
-        bank=[{"name": "test-known", "category": "test"}],
-        rule=[{"match": "category:test", "action": "quarantine"}],
-    )
-    store = BankStore(sluice.parts.pool)
-    await store.ensure("test-known", category="test")
-    await store.add("test-known", [("md5", hash_media(BRIDGE).md5, "bridge")])
-    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
+    sluice, base = await speaking_sluice(tmp_path, sluice_factory, **BRIDGE_BANK)
+    await bank_the_picture(sluice, BRIDGE, pdq=False)
     mallory = origin.actor("mallory", 0)
     mallory.profile = {"inbox": None}
     assert (await sluice.post(mallory, _post(mallory, f"{origin.base}/media/bridge.jpg")))[0] == 202
