@@ -27,9 +27,15 @@ if TYPE_CHECKING:
     from relay.media.hashes import Hashes
     from relay.media.media import Media
 
-__all__ = ["BankIndex", "BankMatch"]
+__all__ = ["ALLOW", "BankIndex", "BankMatch"]
 
 log = structlog.get_logger(__name__)
+
+#: The category of banks that list media known to be harmless (a moderator's false
+#: positives): an exact match in one suppresses the file's other bank matches
+#: (relay.banks.matcher.BankMatcher). Here, not in the matcher, so that
+#: ``relay.banks`` can export it without importing ``relay.media``.
+ALLOW = "allow"
 
 # What BankIndex reads of a bank's row.
 _BANK_COLUMNS = "id, name, category, changed_at"
