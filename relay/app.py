@@ -54,6 +54,8 @@ from relay.outbound.proxy import ForwardProxy
 from relay.outbox import Outbox
 from relay.policy import Policy
 from relay.resend import Resend
+from relay.review.decide import Decisions
+from relay.review.session import session_key
 from relay.signature import KeyCache, Verified
 from relay.signature.objects import ObjectVerifier
 from relay.store import connect
@@ -84,6 +86,7 @@ class Sluice:
     outbound: ForwardProxy | None = None  # the instance's forward proxy, when [outbound] listen
     outbound_url: str | None = None  # its address, once it listens
     receipts: ReceiptStore | None = None  # receipts issued, followers, peers' receipts
+    decisions: Decisions | None = None  # moderators' confirm, false positive, escalate
 
 
 SLUICE = web.AppKey("sluice", Sluice)
@@ -397,6 +400,18 @@ def build_app(
                 outbox=outbox,
                 upload=upload,
                 receipts=receipts,
+                decisions=Decisions(
+                    store,
+                    flow.evidence,
+                    BankStore(pool),
+                    outbox,
+                    plans,
+                    quarantine_effects=_effects_on(config, speaks=actor is not None).get(
+                        "quarantine", ()
+                    ),
+                    notify_escalations=bool(config.notify.webhooks),
+                    report_categories=config.review.report_categories,
+                ),
             )
             app[SLUICE] = parts
             admin_door = AdminDoor(parts)
@@ -428,7 +443,7 @@ def build_app(
                 passthrough.routes(),
             ):
                 app.router.add_routes(door)
-            admin = await _start_admin(config.admin.listen, admin_door)
+            admin = await _start_admin(config.admin.listen, admin_door, pool)
             if admin is not None:
                 opened.push_async_callback(admin.cleanup)
             parts.outbound = await _start_outbound(config, policy, parts)
@@ -462,11 +477,12 @@ def build_app(
     return app
 
 
-async def _start_admin(listen: str, door: AdminDoor) -> web.AppRunner | None:
-    """The admin listener ([admin] listen): metrics, readiness and the admin API."""
+async def _start_admin(listen: str, door: AdminDoor, pool: asyncpg.Pool) -> web.AppRunner | None:
+    """The admin listener ([admin] listen): metrics, readiness, the admin API and the
+    review UI (its session cookies sealed by a key every process shares)."""
     if not listen:
         return None
-    runner = web.AppRunner(door.app(), access_log=None)
+    runner = web.AppRunner(door.app(await session_key(pool)), access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
     try:

@@ -310,7 +310,7 @@ CASES = [
         "network.alow",
         "unknown key `alow`; did you mean `allow`?",
     ),
-    ("[server]\ncolour = 1\n", 2, "server.colour", "unknown key `colour`"),
+    ("[server]\nflavour = 1\n", 2, "server.flavour", "unknown key `flavour`"),
     (
         '[server]\nurl = "http://x"\n',
         2,

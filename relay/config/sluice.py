@@ -320,9 +320,28 @@ class RuleConfig:
 class AdminConfig:
     listen: str
     token_file: Path | None
+    session_hours: float = 12.0
+    secure_cookies: bool = True
     # From $SLUICE_ADMIN_TOKEN, else the contents of token_file; None: the
     # admin API refuses every request.
     token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """The review UI's instance defaults; each moderator may change the first four."""
+
+    blur: int = 12
+    greyscale: bool = True
+    autoplay: bool = False
+    muted: bool = True
+    reveal_seconds: int = 60
+    exposure_minutes_per_day: int = 300
+    reveals_per_day: int = 100
+    break_every_minutes: int = 60
+    support: tuple[str, ...] = ()
+    page_size: int = 50
+    report_categories: tuple[str, ...] = ("csam",)
 
 
 @dataclass(frozen=True)
@@ -341,6 +360,7 @@ class Config:
     delivery: DeliveryConfig
     hold: HoldConfig
     admin: AdminConfig
+    review: ReviewConfig
     log: LogConfig
     media: MediaConfig
     evidence: EvidenceConfig
@@ -579,7 +599,41 @@ SCHEMA: tuple[Section, ...] = (
               check=admin_listen),
         Field("token_file", OPTIONAL_PATH, "",
               "file holding the admin API's bearer token; $SLUICE_ADMIN_TOKEN overrides"),
-    ), "The admin API.", finish=_admin_token),
+        Field("session_hours", NUMBER, 12.0,
+              "how long a login to the review UI lasts", check=positive),
+        Field("secure_cookies", BOOLEAN, True,
+              "send the review UI's session cookie over https only (browsers also allow it "
+              "on http://localhost); false only for plain http on a trusted network"),
+    ), "The admin door: its listener, the admin API and the review UI.", finish=_admin_token),
+    Section("review", ReviewConfig, (
+        Field("blur", INTEGER, 12,
+              "how strongly previews are blurred (Gaussian radius, in pixels of a preview at "
+              "most 320 wide); 0: not blurred. Each moderator may choose their own",
+              check=at_most(64)),
+        Field("greyscale", BOOLEAN, True, "previews in greyscale; each moderator may choose"),
+        Field("autoplay", BOOLEAN, False, "revealed video plays by itself"),
+        Field("muted", BOOLEAN, True, "revealed video starts muted"),
+        Field("reveal_seconds", INTEGER, 60,
+              "how long a revealed original may be seen before it is blurred again",
+              check=positive),
+        Field("exposure_minutes_per_day", INTEGER, 300,
+              "minutes a moderator spends in the queue per day before being asked to stop "
+              "(the IWF limits its graders to 5 hours)", check=positive),
+        Field("reveals_per_day", INTEGER, 100,
+              "originals a moderator reveals per day before being asked to stop",
+              check=positive),
+        Field("break_every_minutes", INTEGER, 60,
+              "minutes in the queue after which a break is suggested", check=positive),
+        Field("support", STRINGS,
+              ("https://www.nctsn.org/resources/coping-with-child-sexual-abuse-material-exposure",
+               "https://tsjournal.org/index.php/jots/article/view/91"),
+              "links to support for moderators, shown with every break prompt",
+              each=http_url),
+        Field("page_size", INTEGER, 50, "items per page of the queue", check=positive),
+        Field("report_categories", STRINGS, ("csam",),
+              "bank categories whose confirmed cases get NCMEC and UK report drafts (every "
+              "confirmed case gets a DSA statement of reasons)"),
+    ), "The review UI: what protects the moderators who must look."),
     Section("log", LogConfig, (
         Field("level", STRING, "info", "the least severe level logged",
               check=one_of("debug", "info", "warning", "error")),

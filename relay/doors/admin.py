@@ -25,13 +25,19 @@ from typing import TYPE_CHECKING
 import asyncpg
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiohttp_session import session_middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.errors import StoreUnavailable
 from relay.outbox import STATES, Outbox
-from relay.people import ApiTokens, AuditLog, Principal
+from relay.people import Accounts, ApiTokens, AuditLog, Principal
 from relay.people.tokens import PREFIX
 from relay.release import ReleaseError, release
+from relay.review.decide import DECISIONS, DecisionError
+from relay.review.session import storage
+from relay.review.ui import PREFIX as UI_PREFIX
+from relay.review.ui import ReviewUI
 from relay.store.activities import ActivityStore
 from relay.store.db import translated
 
@@ -83,6 +89,9 @@ async def database_unavailable(
 class AdminDoor:
     def __init__(self, parts: Sluice) -> None:
         self.parts = parts
+        self.ui: ReviewUI | None = None
+        # One per process: its login rate limits are the process's.
+        self.accounts = Accounts(parts.pool)
 
     def _parts(self, request: web.Request) -> Sluice:
         return self.parts
@@ -90,10 +99,21 @@ class AdminDoor:
     def _store(self, request: web.Request) -> ActivityStore:
         return self.parts.store
 
-    def app(self) -> web.Application:
-        """The admin listener's application: every route, the API behind the token."""
-        app = web.Application(middlewares=[database_unavailable, self._authenticate])
+    def app(self, session_key: bytes | None = None) -> web.Application:
+        """The admin listener's application: every route, the API behind the token, and
+        with ``session_key`` the review UI behind a login."""
+        middlewares: list[Middleware] = [database_unavailable, self._authenticate]
+        if session_key is not None:
+            admin = self.parts.config.admin
+            cookies = storage(
+                session_key, secure=admin.secure_cookies, hours=admin.session_hours, path=UI_PREFIX
+            )
+            middlewares.insert(0, session_middleware(cookies))
+            self.ui = ReviewUI(self.parts, self.accounts)
+        app = web.Application(middlewares=middlewares)
         app.router.add_routes(self.routes())
+        if self.ui is not None:
+            self.ui.setup(app)
         return app
 
     @web.middleware
@@ -105,7 +125,9 @@ class AdminDoor:
         # Fails closed: a path no route knows asks for the token too (no route map).
         resource = request.match_info.route.resource
         route = "" if resource is None else resource.canonical
-        if route not in _OPEN:
+        if self.ui is not None and self.ui.guards(route):
+            await self.ui.guard(request, route)  # a login, not a token
+        elif route not in _OPEN:
             who = await self._authorize(request)
             method = "GET" if request.method == "HEAD" else request.method
             if who.role != "admin" and (method, route) not in _MODERATOR:
@@ -254,11 +276,19 @@ class AdminDoor:
         """``POST /review/ROW/approve`` delivers it, ``/reject`` drops it (recorded),
         audited. A person's token names the moderator; with the shared token the body
         may: ``{"moderator": "alice"}``; ``"reason"`` goes to the audit log."""
-        decision = request.match_info["decision"]
+        decision = request.match_info["decision"].replace("-", "_")
         row = request.match_info["row"]
-        if decision not in ("approve", "reject") or not row.isdigit():
+        if not (row.isascii() and row.isdigit() and len(row) <= 18):
+            return web.json_response({"error": "use POST /review/ROW/DECISION"}, status=404)
+        if decision in DECISIONS:
+            return await self._decide(request, int(row), decision)
+        if decision not in ("approve", "reject"):
             return web.json_response(
-                {"error": "use POST /review/ROW/approve or /review/ROW/reject"}, status=404
+                {
+                    "error": "use POST /review/ROW/DECISION, DECISION one of approve, reject, "
+                    "confirm, false-positive, escalate"
+                },
+                status=404,
             )
         who = request[WHO]
         moderator = who.name if who.is_person else "admin"
@@ -284,6 +314,46 @@ class AdminDoor:
         )
         self._parts(request).flow.wake()
         return web.json_response({"row": int(row), "state": state})
+
+    async def _decide(self, request: web.Request, row: int, decision: str) -> web.Response:
+        """``confirm`` (``{"reason", "bank": true}`` adds the matched files to a local
+        bank), ``false-positive`` and ``escalate`` (both need ``{"reason": TEXT}``):
+        relay.review.decide, the same as the review UI's buttons."""
+        payload: object = {}
+        if request.can_read_body:
+            try:
+                payload = await request.json()
+            except ValueError:
+                raise _bad_request("body is not JSON") from None
+        body = payload if isinstance(payload, dict) else {}
+        given = body.get("reason")
+        reason = given if isinstance(given, str) else ""
+        decisions = self._parts(request).decisions
+        if decisions is None:
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "decisions are not ready yet"}', content_type="application/json"
+            )
+        who = request[WHO]
+        try:
+            if decision == "confirm":
+                outcome = await decisions.confirm(
+                    row, who, why=reason or None, bank=body.get("bank") is True
+                )
+            elif decision == "false_positive":
+                outcome = await decisions.false_positive(row, who, why=reason)
+            else:
+                outcome = await decisions.escalate(row, who, why=reason)
+        except DecisionError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        self._parts(request).flow.wake()
+        return web.json_response(
+            {
+                "row": row,
+                "state": outcome.state,
+                "drafts": list(outcome.drafts),
+                "banked": outcome.banked,
+            }
+        )
 
     async def release(self, request: web.Request) -> web.Response:
         """``POST /quarantine/ROW/release`` with ``{"moderator": NAME, "reason": TEXT}``

@@ -65,11 +65,14 @@ class Decided:
     evidence_id: int | None = None
     #: A lazy check's verdict: the activity was delivered before it ([hold] lazy).
     after: bool = False
+    #: A later decision about the same row (a moderator's ``confirm``): its own key.
+    stage: str = ""
 
     @property
     def key(self) -> str:
-        """The verdict's idempotency key: the hold decides about a row once."""
-        return f"verdict:{self.row}"
+        """The verdict's idempotency key: the hold decides about a row once, and a
+        moderator each stage once."""
+        return f"verdict:{self.row}:{self.stage}" if self.stage else f"verdict:{self.row}"
 
 
 #: Turns a recorded verdict into the outbox rows of one effect (one per webhook…).

@@ -31,6 +31,7 @@ from relay.effects import Decided, EffectFailed, Plan
 from relay.effects.send import sends
 from relay.outbox import Outbox, Pending
 from relay.receipt import (
+    ALGORITHMS,
     AS_CONTEXT,
     LEGAL_GROUNDS,
     ContentHash,
@@ -84,12 +85,23 @@ def planner() -> Plan:
         if not matches:  # a receipt says which material: nothing matched, nothing to say
             return []
         files: dict[str, dict[str, str]] = {}
+        # A moderator's decision is made from the record, without the bytes: the
+        # ``hashed`` signal of the same file says its hashes.
+        hashed = {
+            s.detail.get("url"): s.detail
+            for s in decided.verdict.signals
+            if s.kind == "hashed" and isinstance(s.detail.get("sha256"), str)
+        }
         for signal in matches:
             media = signal.media
-            if media is None:
+            if media is not None:
+                found = {kind: values[0] for kind, values in media.hashes.items() if values}
+                files.setdefault(media.sha256, {"sha256": media.sha256, **found})
                 continue
-            found = {kind: values[0] for kind, values in media.hashes.items() if values}
-            files.setdefault(media.sha256, {"sha256": media.sha256, **found})
+            known = hashed.get(signal.detail.get("url"))
+            if known is not None:
+                found = {k: v for k, v in known.items() if k in ALGORITHMS and isinstance(v, str)}
+                files.setdefault(known["sha256"], found)
         activity = decided.activity
         payload = {
             "row": decided.row,

@@ -43,15 +43,23 @@ class AuditLog:
 
     @translating
     async def entries(
-        self, limit: int = 100, *, who: str | None = None, action: str | None = None
+        self,
+        limit: int = 100,
+        *,
+        who: str | None = None,
+        action: str | None = None,
+        about_row: int | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest entries first, optionally only one person's or one action's."""
+        """The newest entries first, optionally only one person's, one action's, or
+        those about one activity row (``detail.row``: an item's history)."""
         rows = await self.pool.fetch(
             "SELECT id, at, who, action, why, detail FROM audit_log "
             "WHERE ($2::text IS NULL OR who = $2) AND ($3::text IS NULL OR action = $3) "
+            "AND ($4::bigint IS NULL OR detail @> jsonb_build_object('row', $4::bigint)) "
             "ORDER BY at DESC, id DESC LIMIT $1",
             limit,
             who,
             action,
+            about_row,
         )
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]

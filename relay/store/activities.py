@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -403,12 +403,17 @@ class ActivityStore:
         evidence_id: int,
         *,
         source: State = State.RECEIVED,
+        moderated: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record a quarantine within ``conn``'s transaction, the one that records its
         evidence ``evidence_id``: the row keeps ``pointer_verdict`` and loses its body,
         headers and sender address. ``source``: received (the hold's verdict, on a row
-        this worker holds) or review (a moderator's). False when the row is no longer
-        in ``source``."""
+        this worker holds) or review (a moderator's, who and why in ``moderated``, kept
+        in the verdict with ``moderated_at``). False when the row is no longer in
+        ``source``."""
+        kept = pointer_verdict(verdict, evidence_id)
+        if moderated is not None:
+            kept |= {**moderated, "moderated_at": datetime.now(UTC).isoformat()}
         state: str | None = await change(
             conn,
             [(source, State.QUARANTINED)],
@@ -416,7 +421,7 @@ class ActivityStore:
             _QUARANTINE,
             item_id,
             self.owner if source == State.RECEIVED else None,
-            json.dumps(pointer_verdict(verdict, evidence_id)),
+            json.dumps(kept),
             evidence_id,
             source.value,
         )
@@ -600,6 +605,21 @@ class ActivityStore:
             target in RESTING,
         )
         return state
+
+    @translating
+    async def escalate(self, row: int, who: str, why: str) -> bool:
+        """Mark a row in review for an admin (``verdict.escalated``: by, why, at); it
+        stays in review. False when it is no longer there."""
+        done = await self.pool.execute(
+            "UPDATE activity SET verdict = coalesce(verdict, '{}'::jsonb) || "
+            "jsonb_build_object('escalated', jsonb_build_object("
+            "  'by', $2::text, 'why', $3::text, 'at', now())) "
+            f"WHERE id = $1 AND state = {sql_list(State.REVIEW)}",
+            row,
+            who,
+            why,
+        )
+        return str(done).endswith(" 1")
 
     @translating
     async def release_quarantined(
