@@ -186,5 +186,5 @@ def test_check_config_refuses_webhooks_that_are_not_http(tmp_path: Path) -> None
     assert "did you mean `quarantine`" in problems[(3, "notify.on[1]")]
     defaults = load_config(None, environ={})
     assert defaults.notify.webhooks == ()
-    assert defaults.notify.on == ("quarantine",)
+    assert defaults.notify.on == ("review", "quarantine")  # issue 14: new reviews notify too
     assert (defaults.outbox.max_attempts, defaults.outbox.backoff_max_seconds) == (10, 3600.0)

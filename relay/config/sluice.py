@@ -693,7 +693,8 @@ SCHEMA: tuple[Section, ...] = (
     Section("notify", NotifyConfig, (
         Field("webhooks", STRINGS, (), "URLs POSTed a JSON message about verdicts; []: none",
               each=http_url),
-        Field("on", STRINGS, ("quarantine",), "dispositions that notify whatever the rule",
+        Field("on", STRINGS, ("review", "quarantine"),
+              "dispositions that notify whatever the rule (a new review, a quarantine)",
               each=one_of("deliver", "review", "reject", "quarantine")),
         Field("timeout_seconds", NUMBER, 10.0, "the longest one webhook POST may take",
               check=positive),

@@ -47,7 +47,6 @@ log = structlog.get_logger(__name__)
 DECISIONS = ("confirm", "false_positive", "escalate")
 
 
-
 class DecisionError(Exception):
     """The decision was not taken; ``status`` is the HTTP status that says why."""
 

@@ -8,6 +8,7 @@ expression as the queue's index, so a page of 10,000 held items is an index scan
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -67,9 +68,14 @@ class Page:
         return max(0, self.offset - self.limit) if self.offset > 0 else None
 
 
+#: How long the filters' choices are reused: they scan every held item.
+_CHOICES_SECONDS = 10.0
+
+
 class ReviewQueue:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._choices: tuple[float, dict[str, list[str]]] | None = None
 
     @translating
     async def page(self, filters: Filters, *, offset: int = 0, limit: int = 50) -> Page:
@@ -99,9 +105,16 @@ class ReviewQueue:
             items.append(item)
         return Page(items, int(total), offset, limit)
 
-    @translating
     async def choices(self) -> dict[str, list[str]]:
-        """What the filters may choose from, among the items held now."""
+        """What the filters may choose from, among the items held lately (reused for
+        ten seconds: a moderator paging through the queue does not rescan it)."""
+        now = time.monotonic()
+        if self._choices is None or now - self._choices[0] > _CHOICES_SECONDS:
+            self._choices = (now, await self._scan_choices())
+        return self._choices[1]
+
+    @translating
+    async def _scan_choices(self) -> dict[str, list[str]]:
         rows = await self.pool.fetch(
             "SELECT DISTINCT verdict->>'rule' AS rule, lower(split_part(actor, '/', 3)) AS origin "
             f"FROM activity WHERE state = {_REVIEW}"
