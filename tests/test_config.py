@@ -125,7 +125,12 @@ def test_example_header_guides_the_admin():
 def test_schema_matches_the_dataclasses():
     config_fields = {f.name for f in dataclasses.fields(Config)}
     assert config_fields == {s.name for s in SCHEMA} | {"source"}
-    derived = {"admin": {"token"}, "notify": {"key"}, "upstream": {"token"}}
+    derived = {
+        "admin": {"token"},
+        "notify": {"key"},
+        "upstream": {"token"},
+        "reports": {"ncmec_credentials", "dsa_token"},
+    }
     for section in SCHEMA:
         names = {f.name for f in dataclasses.fields(section.type)}
         assert names == {f.name for f in section.fields} | derived.get(section.name, set())

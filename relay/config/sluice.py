@@ -106,6 +106,8 @@ __all__ = [
 DATABASE_URL_ENV = "SLUICE_DATABASE_URL"
 ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
 UPSTREAM_TOKEN_ENV = "SLUICE_UPSTREAM_TOKEN"
+NCMEC_CREDENTIALS_ENV = "SLUICE_NCMEC_CREDENTIALS"
+DSA_TOKEN_ENV = "SLUICE_DSA_TOKEN"
 DEFAULTS_SOURCE = "<defaults>"
 
 
@@ -345,6 +347,37 @@ class ReviewConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    """Who reports (the drafts' contact), and where an admin may submit a draft."""
+
+    contact_name: str = ""
+    contact_email: str = ""
+    contact_phone: str = ""
+    instance_name: str = ""
+    instance_url: str = ""
+    ncmec_url: str = "https://exttest.cybertip.org/ispws"
+    ncmec_credentials_file: Path | None = None
+    dsa_url: str = "https://transparency.dsa.ec.europa.eu"
+    dsa_token_file: Path | None = None
+    # From $SLUICE_NCMEC_CREDENTIALS ("USERNAME:PASSWORD"), else the file's text.
+    ncmec_credentials: str | None = field(default=None, repr=False)
+    # From $SLUICE_DSA_TOKEN, else the file's text.
+    dsa_token: str | None = field(default=None, repr=False)
+
+    @property
+    def reporter(self) -> dict[str, str]:
+        """The drafts' ``reporter`` (relay.review.drafts): the fields that are set."""
+        fields = {
+            "name": self.contact_name,
+            "email": self.contact_email,
+            "phone": self.contact_phone,
+            "instance_name": self.instance_name,
+            "instance_url": self.instance_url,
+        }
+        return {k: v for k, v in fields.items() if v}
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
 
@@ -361,6 +394,7 @@ class Config:
     hold: HoldConfig
     admin: AdminConfig
     review: ReviewConfig
+    reports: ReportsConfig
     log: LogConfig
     media: MediaConfig
     evidence: EvidenceConfig
@@ -437,6 +471,24 @@ def _upstream_token(values: dict[str, Any], ctx: Context) -> list[tuple[str, str
         values["token"] = token
         return []
     return _secret(values, "token_file", "token")
+
+
+def _reports_secrets(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for env, key, into in (
+        (NCMEC_CREDENTIALS_ENV, "ncmec_credentials_file", "ncmec_credentials"),
+        (DSA_TOKEN_ENV, "dsa_token_file", "dsa_token"),
+    ):
+        values[into] = None
+        given = ctx.environ.get(env, "").strip()
+        if given:
+            values[into] = given
+        else:
+            problems += _secret(values, key, into)
+    credentials = values["ncmec_credentials"]
+    if credentials is not None and ":" not in credentials:
+        problems.append(("ncmec_credentials_file", "must hold USERNAME:PASSWORD on one line"))
+    return problems
 
 
 def _notify_key(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
@@ -634,6 +686,25 @@ SCHEMA: tuple[Section, ...] = (
               "bank categories whose confirmed cases get NCMEC and UK report drafts (every "
               "confirmed case gets a DSA statement of reasons)"),
     ), "The review UI: what protects the moderators who must look."),
+    Section("reports", ReportsConfig, (
+        Field("contact_name", STRING, "", "the person reports name as the reporter"),
+        Field("contact_email", STRING, "", "their email address"),
+        Field("contact_phone", STRING, "", "their phone number"),
+        Field("instance_name", STRING, "", "the service reported from; empty: the instance's host"),
+        Field("instance_url", STRING, "", "its public URL", check=optional_http_url),
+        Field("ncmec_url", STRING, "https://exttest.cybertip.org/ispws",
+              "NCMEC's CyberTipline API: its test environment until NCMEC approves you, then "
+              "https://report.cybertip.org/ispws", check=http_url),
+        Field("ncmec_credentials_file", OPTIONAL_PATH, "",
+              "file with USERNAME:PASSWORD from NCMEC; $SLUICE_NCMEC_CREDENTIALS overrides; "
+              "empty: drafts only, no submit button"),
+        Field("dsa_url", STRING, "https://transparency.dsa.ec.europa.eu",
+              "the DSA Transparency Database", check=http_url),
+        Field("dsa_token_file", OPTIONAL_PATH, "",
+              "file with the database's API token; $SLUICE_DSA_TOKEN overrides; empty: "
+              "statements are drafts only"),
+    ), "Report drafts, and where an admin may submit them (never automatically).",
+        finish=_reports_secrets),
     Section("log", LogConfig, (
         Field("level", STRING, "info", "the least severe level logged",
               check=one_of("debug", "info", "warning", "error")),

@@ -102,14 +102,15 @@ class AdminDoor:
     def app(self, session_key: bytes | None = None) -> web.Application:
         """The admin listener's application: every route, the API behind the token, and
         with ``session_key`` the review UI behind a login."""
-        middlewares: list[Middleware] = [database_unavailable, self._authenticate]
+        sessions: list[Middleware] = []
         if session_key is not None:
             admin = self.parts.config.admin
             cookies = storage(
                 session_key, secure=admin.secure_cookies, hours=admin.session_hours, path=UI_PREFIX
             )
-            middlewares.insert(0, session_middleware(cookies))
+            sessions.append(session_middleware(cookies))
             self.ui = ReviewUI(self.parts, self.accounts)
+        middlewares = [*sessions, database_unavailable, self._authenticate]
         app = web.Application(middlewares=middlewares)
         app.router.add_routes(self.routes())
         if self.ui is not None:

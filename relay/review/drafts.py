@@ -30,7 +30,16 @@ from relay.evidence import EvidenceRecord
 from relay.reports import ncmec, sor, uk
 from relay.reports.errors import ReportError
 
-__all__ = ["KINDS", "PLACEHOLDER", "REPORTER_FIELDS", "UNASSIGNED", "Draft", "render"]
+__all__ = [
+    "KINDS",
+    "PLACEHOLDER",
+    "REPORTER_FIELDS",
+    "UNASSIGNED",
+    "Draft",
+    "ncmec_case",
+    "render",
+    "statement_of",
+]
 
 KINDS = ("ncmec", "uk", "sor")
 #: What a draft says where the instance's contact details are not configured.
@@ -84,11 +93,7 @@ def render(
     """
     if kind not in KINDS:
         raise ReportError(f"unknown report kind {kind!r}: one of {', '.join(KINDS)}")
-    if not decided_by.strip():
-        raise ReportError("decided_by must name the moderator who confirmed the case")
-    if decided_at.tzinfo is None:
-        raise ReportError("decided_at must carry its time zone")
-    case = _Case(record, row, viewed, reporter or {}, decided_by.strip(), decided_at)
+    case = _case(record, row, viewed, reporter, decided_by, decided_at)
     if kind == "ncmec":
         return Draft(kind, "application/xml", f"ncmec-case-{row}.xml", _ncmec(case.ncmec()))
     if kind == "uk":
@@ -98,9 +103,59 @@ def render(
             "iwf": uk.iwf_reports(built, reporter_email=case.contact("email")),
         }
         return Draft(kind, "application/json", f"uk-case-{row}.json", _json(document))
+    document = statement_of(
+        record=record,
+        row=row,
+        reporter=reporter,
+        jurisdictions=jurisdictions,
+        decided_by=decided_by,
+        decided_at=decided_at,
+    )
+    return Draft(kind, "application/json", f"sor-case-{row}.json", _json(document))
+
+
+def ncmec_case(
+    *,
+    record: EvidenceRecord,
+    row: int,
+    viewed: Collection[int],
+    reporter: Mapping[str, str] | None = None,
+    decided_by: str,
+    decided_at: datetime,
+) -> ncmec.Case:
+    """The case an admin submits to NCMEC (``CyberTipline.send``), as ``render`` drafts it."""
+    return _case(record, row, viewed, reporter, decided_by, decided_at).ncmec()
+
+
+def statement_of(
+    *,
+    record: EvidenceRecord,
+    row: int,
+    reporter: Mapping[str, str] | None = None,
+    jurisdictions: Sequence[str] = (),
+    decided_by: str,
+    decided_at: datetime,
+) -> dict[str, Any]:
+    """The statement of reasons an admin submits to the Transparency Database, checked."""
+    case = _case(record, row, (), reporter, decided_by, decided_at)
     statement = sor.statement(case.decision(jurisdictions))
     sor.check(statement)
-    return Draft(kind, "application/json", f"sor-case-{row}.json", _json(statement))
+    return statement
+
+
+def _case(
+    record: EvidenceRecord,
+    row: int,
+    viewed: Collection[int],
+    reporter: Mapping[str, str] | None,
+    decided_by: str,
+    decided_at: datetime,
+) -> _Case:
+    if not decided_by.strip():
+        raise ReportError("decided_by must name the moderator who confirmed the case")
+    if decided_at.tzinfo is None:
+        raise ReportError("decided_at must carry its time zone")
+    return _Case(record, row, viewed, reporter or {}, decided_by.strip(), decided_at)
 
 
 class _Case:

@@ -33,6 +33,7 @@ from relay.review.drafts import render
 from relay.review.preview import NoPreview, preview
 from relay.review.queue import Filters, ReviewQueue, text_of
 from relay.review.session import csrf_token, valid_csrf
+from relay.review.submit import Submissions, SubmitError
 from relay.review.wellness import Day, Exposure, Settings
 
 if TYPE_CHECKING:
@@ -70,6 +71,13 @@ class ReviewUI:
         self.exposure = Exposure(parts.pool, parts.config.review)
         self.audit = AuditLog(parts.pool)
         self._previews: OrderedDict[tuple[int, int, int, bool], bytes] = OrderedDict()
+        self.submissions = Submissions(
+            parts.pool,
+            parts.flow.evidence,
+            self.exposure,
+            parts.config.reports,
+            parts.config.receipts.jurisdictions,
+        )
 
     def setup(self, app: web.Application) -> None:
         env = aiohttp_jinja2.setup(
@@ -93,6 +101,7 @@ class ReviewUI:
             web.get(PREFIX + "/item/{row:\\d{1,18}}/original/{n:\\d{1,4}}", self.original),
             web.post(PREFIX + "/item/{row:\\d{1,18}}/decide", self.decide),
             web.get(PREFIX + "/item/{row:\\d{1,18}}/report/{kind:ncmec|uk|sor}", self.report),
+            web.post(PREFIX + "/item/{row:\\d{1,18}}/report/{kind:ncmec|sor}/submit", self.submit),
             web.get(PREFIX + "/settings", self.settings_page),
             web.post(PREFIX + "/settings", self.settings),
             web.get(PREFIX + "/transparency", self.transparency),
@@ -224,7 +233,8 @@ class ReviewUI:
         }
         history = await self.audit.entries(50, about_row=item["id"])
         drafts = await self.parts.pool.fetch(
-            "SELECT kind, status, created_by, created_at FROM report_draft "
+            "SELECT kind, status, created_by, created_at, submitted_by, submitted_at, "
+            "external_id FROM report_draft "
             "WHERE activity_row = $1 ORDER BY id",
             item["id"],
         )
@@ -246,7 +256,9 @@ class ReviewUI:
                 "revealed": open_reveals,
                 "reveals": await self.exposure.reveals_of(item["id"]),
                 "history": history,
-                "drafts": [dict(d) for d in drafts],
+                "drafts": [
+                    {**dict(d), "submittable": self.submissions.can(d["kind"])} for d in drafts
+                ],
                 "decisions": DECISIONS,
                 "message": request.query.get("done", "")[:200],
             },
@@ -379,6 +391,7 @@ class ReviewUI:
                 record=record,
                 row=row,
                 viewed=await self.exposure.viewed(draft["evidence_id"]),
+                reporter=self.parts.config.reports.reporter,
                 jurisdictions=self.parts.config.receipts.jurisdictions,
                 decided_by=draft["created_by"],
                 decided_at=draft["created_at"],
@@ -388,6 +401,15 @@ class ReviewUI:
         await self.audit.record(who.name, "report.draft", detail={"row": row, "kind": kind})
         headers = {**_HEADERS, "Content-Disposition": f'inline; filename="{made.filename}"'}
         return web.Response(body=made.body, content_type=made.media_type, headers=headers)
+
+    async def submit(self, request: web.Request) -> web.Response:
+        """An admin submits a reviewed draft (NCMEC, the Transparency Database)."""
+        row, kind = int(request.match_info["row"]), request.match_info["kind"]
+        try:
+            found = await self.submissions.submit(row, kind, request[WHO])
+        except SubmitError as exc:
+            return web.Response(text=str(exc), status=exc.status, headers=_HEADERS)
+        raise web.HTTPSeeOther(f"{PREFIX}/item/{row}?done={kind} submitted: {found}")
 
     # -- settings, figures, static ------------------------------------------------------
 
@@ -432,7 +454,11 @@ class ReviewUI:
 
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        types = {"review.css": "text/css", "review.js": "text/javascript"}
+        types = {
+            "review.css": "text/css",
+            "review.js": "text/javascript",
+            "favicon.svg": "image/svg+xml",
+        }
         if name not in types:
             raise web.HTTPNotFound()
         body = (_HERE / "static" / name).read_bytes()

@@ -152,9 +152,7 @@ class Browser:
 
     async def submit_injected(self, script: str, *args: Any) -> None:
         """Run ``script`` (which submits a form) and wait for the page it leads to."""
-        await self._run(
-            _navigating, self.driver, lambda d: d.execute_script(script, *args)
-        )
+        await self._run(_navigating, self.driver, lambda d: d.execute_script(script, *args))
 
     async def url(self) -> str:
         return str(await self._run(lambda: self.driver.current_url))
@@ -255,6 +253,12 @@ def _errors(entries: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+async def _record(sluice: Running, row: int) -> dict[str, Any]:
+    record = await sluice.parts.store.get(row)
+    assert record is not None, row
+    return record
+
+
 async def _rows_in_queue(browser: Browser) -> list[str]:
     return list(
         await browser.js(
@@ -308,6 +312,7 @@ async def test_a_moderator_works_the_queue_in_a_browser(
     # The queue: three items, the stylesheet and the script allowed by the page's CSP.
     assert await _rows_in_queue(browser) == [f"#{row}" for row in rows]
     assert "mo (moderator)" in await browser.text("header")
+    queue_shot = await browser.screenshot("review-queue.png")
     header = await browser.js(
         "return getComputedStyle(document.querySelector('header')).backgroundColor"
     )
@@ -317,7 +322,6 @@ async def test_a_moderator_works_the_queue_in_a_browser(
         "document.dispatchEvent(new KeyboardEvent('keydown', {key: '?', bubbles: true}))"
     )
     assert await browser.js("return document.getElementById('help').hidden") is False
-    queue_shot = await browser.screenshot("review-queue.png")
 
     # An item: previews only, and the browser never asked for an original.
     await _open_item(browser, base, rows[0])
@@ -344,17 +348,16 @@ async def test_a_moderator_works_the_queue_in_a_browser(
     assert any("/original/0" in url for url in await browser.resources())
     reveals = await held.parts.pool.fetch("SELECT who, media, activity_row FROM reveal")
     assert [(r["who"], r["media"], r["activity_row"]) for r in reveals] == [("mo", 0, rows[0])]
-    audit = await held.parts.pool.fetch(
-        "SELECT who FROM audit_log WHERE action = 'review.reveal'"
-    )
+    audit = await held.parts.pool.fetch("SELECT who FROM audit_log WHERE action = 'review.reveal'")
     assert [a["who"] for a in audit] == ["mo"]
     assert "1 of 100 reveals" in await browser.text("#exposure")
+    await browser.js("window.scrollTo(0, 0)")
     revealed_shot = await browser.screenshot("review-item-revealed.png")
 
     # Confirm: quarantined, report drafts made, linked from the page.
     await browser.click("#confirm")
     assert "confirm: now quarantined" in await browser.text("#done")
-    assert (await held.parts.store.get(rows[0]))["state"] == "quarantined"
+    assert (await _record(held, rows[0]))["state"] == "quarantined"
     drafts = await held.parts.pool.fetch(
         "SELECT kind, created_by FROM report_draft WHERE activity_row = $1 ORDER BY kind",
         rows[0],
@@ -381,7 +384,7 @@ async def test_a_moderator_works_the_queue_in_a_browser(
     await browser.type("why", "not sure: an admin should look")
     await browser.click("#escalate")
     assert "Escalated by mo" in await browser.text("main")
-    after = await held.parts.store.get(rows[2])
+    after = await _record(held, rows[2])
     assert after["state"] == "review"
     assert after["verdict"]["escalated"]["by"] == "mo"
     assert after["verdict"]["escalated"]["why"] == "not sure: an admin should look"
@@ -391,8 +394,7 @@ async def test_a_moderator_works_the_queue_in_a_browser(
     assert red["id"] not in upstream.ids() and blue["id"] not in upstream.ids()
 
     # Nothing the pages did was refused or broke: no CSP report, no script error.
-    print("CONSOLE", await browser.read_console())
-    assert _errors(browser.console) == []
+    assert _errors(await browser.read_console()) == []
     for shot in (queue_shot, item_shot, revealed_shot):
         assert shot.is_file() and shot.read_bytes().startswith(b"\x89PNG")
 
@@ -443,7 +445,7 @@ async def test_a_browser_sees_nothing_without_a_login_and_a_forged_form_is_refus
     assert (await browser.url()).endswith(f"{PREFIX}/item/{row}/decide")
     assert await browser.status() == 403
     assert "was not ours" in await browser.text()
-    after = await held.parts.store.get(row)
+    after = await _record(held, row)
     assert after["state"] == "review" and "escalated" not in after["verdict"]
     assert await held.parts.pool.fetchval("SELECT count(*) FROM report_draft") == 0
     assert await held.parts.pool.fetchval("SELECT count(*) FROM reveal") == 0
@@ -451,4 +453,3 @@ async def test_a_browser_sees_nothing_without_a_login_and_a_forged_form_is_refus
         "SELECT count(*) FROM audit_log WHERE action LIKE 'review.%'"
     )
     assert decided == 0
-    print("CONSOLE2", await browser.read_console())

@@ -9,6 +9,12 @@
     var rel = document.querySelector(step > 0 ? "a[rel=next]" : "a[rel=prev]");
     if (rel) { window.location = rel.href; }
   }
+  // A reveal is temporary: when it ends, reload, and the server shows the preview again.
+  var revealed = document.querySelector("[data-reblur-seconds]");
+  if (revealed) {
+    window.setTimeout(function () { window.location.reload(); },
+      1000 * Number(revealed.getAttribute("data-reblur-seconds")));
+  }
   document.addEventListener("keydown", function (event) {
     var target = event.target;
     if (event.ctrlKey || event.metaKey || event.altKey) { return; }

@@ -60,6 +60,7 @@ CREATE TABLE report_draft (
     status       text NOT NULL DEFAULT 'draft' CHECK (status IN ('draft', 'submitted', 'retracted')),
     submitted_by text,
     submitted_at timestamptz,
+    external_id  text,  -- NCMEC's report id, the Transparency Database's uuid
     UNIQUE (activity_row, kind)
 );
 
