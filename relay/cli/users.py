@@ -57,6 +57,8 @@ def _on_database(action: _Action, *, asks_password: bool = False) -> Callable[..
         if asks_password:
             args.password = _password(args.name)
 
+        args.admin = config.admin
+
         async def with_pool() -> int:
             async with connected(config) as database:
                 return await action(args, database.pool)
@@ -69,7 +71,7 @@ def _on_database(action: _Action, *, asks_password: bool = False) -> Callable[..
 async def _add(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
     from relay.people import Accounts, AuditLog
 
-    account = await Accounts(pool).add(args.name, args.role, args.password)
+    account = await Accounts.configured(pool, args.admin).add(args.name, args.role, args.password)
     await AuditLog(pool).record(
         _who(), "account.add", detail={"account": account.name, "role": account.role}
     )
@@ -80,7 +82,7 @@ async def _add(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
 async def _set_password(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
     from relay.people import Accounts, AuditLog
 
-    await Accounts(pool).set_password(args.name, args.password)
+    await Accounts.configured(pool, args.admin).set_password(args.name, args.password)
     await AuditLog(pool).record(_who(), "account.password", detail={"account": args.name})
     print(json.dumps({"name": args.name, "password": "changed"}))
     return 0

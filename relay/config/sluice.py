@@ -324,6 +324,9 @@ class AdminConfig:
     token_file: Path | None
     session_hours: float = 12.0
     secure_cookies: bool = True
+    min_password_length: int = 12
+    logins_per_name_per_minute: int = 5
+    logins_per_address_per_minute: int = 20
     # From $SLUICE_ADMIN_TOKEN, else the contents of token_file; None: the
     # admin API refuses every request.
     token: str | None = field(default=None, repr=False)
@@ -656,6 +659,13 @@ SCHEMA: tuple[Section, ...] = (
         Field("secure_cookies", BOOLEAN, True,
               "send the review UI's session cookie over https only (browsers also allow it "
               "on http://localhost); false only for plain http on a trusted network"),
+        Field("min_password_length", INTEGER, 12,
+              "the fewest characters a person's password may have", check=positive),
+        Field("logins_per_name_per_minute", INTEGER, 5,
+              "login attempts per account name and minute, in each process", check=positive),
+        Field("logins_per_address_per_minute", INTEGER, 20,
+              "login attempts per client address and minute, in each process",
+              check=positive),
     ), "The admin door: its listener, the admin API and the review UI.", finish=_admin_token),
     Section("review", ReviewConfig, (
         Field("blur", INTEGER, 12,

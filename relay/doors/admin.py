@@ -91,7 +91,7 @@ class AdminDoor:
         self.parts = parts
         self.ui: ReviewUI | None = None
         # One per process: its login rate limits are the process's.
-        self.accounts = Accounts(parts.pool)
+        self.accounts = Accounts.configured(parts.pool, parts.config.admin)
 
     def _parts(self, request: web.Request) -> Sluice:
         return self.parts

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -22,6 +23,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from relay.errors import SluiceError
 from relay.rate import TokenBuckets
 from relay.store.db import translating
+
+if TYPE_CHECKING:
+    from relay.config.sluice import AdminConfig
 
 __all__ = [
     "ROLES",
@@ -104,6 +108,16 @@ class Accounts:
         self._per_name = TokenBuckets(logins_per_name_per_minute, clock=clock)
         self._per_address = TokenBuckets(logins_per_address_per_minute, clock=clock)
         self._dummy: str | None = None  # a hash verified for unknown names (even timing)
+
+    @classmethod
+    def configured(cls, pool: asyncpg.Pool, admin: AdminConfig) -> Accounts:
+        """Accounts with ``[admin]``'s password length and login limits."""
+        return cls(
+            pool,
+            min_password_length=admin.min_password_length,
+            logins_per_name_per_minute=admin.logins_per_name_per_minute,
+            logins_per_address_per_minute=admin.logins_per_address_per_minute,
+        )
 
     def _check_password(self, password: str) -> None:
         if len(password) < self.min_password_length:

@@ -321,3 +321,29 @@ async def test_the_api_takes_the_same_decisions(
             "drafts": ["ncmec", "uk", "sor"],
             "banked": 0,
         }
+
+
+async def test_the_login_limits_and_password_length_are_the_configs(
+    sluice_factory: Any, evidence_key: Path
+) -> None:
+    from relay.people import Accounts, PeopleError
+
+    sluice = await reviewing(
+        sluice_factory,
+        evidence_key,
+        admin={"logins_per_name_per_minute": 2, "min_password_length": 30},
+    )
+    with pytest.raises(PeopleError, match="at least 30"):
+        await Accounts.configured(sluice.parts.pool, sluice.parts.config.admin).add(
+            "short", "moderator", "only twenty-two chars"
+        )
+    reviewer = Reviewer(sluice)
+    try:
+        await reviewer.get(PREFIX + "/login")
+        statuses = [
+            (await reviewer.post(PREFIX + "/login", {"name": "mo", "password": "wrong"}))[0]
+            for _ in range(3)
+        ]
+        assert statuses == [401, 401, 429]
+    finally:
+        await reviewer.close()
