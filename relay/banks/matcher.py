@@ -14,7 +14,7 @@ from relay.banks.index import ALLOW, BankIndex
 from relay.media.media import Media
 from relay.signal import Signal
 
-__all__ = ["ALLOW", "BankMatcher"]
+__all__ = ["BankMatcher"]
 
 
 class BankMatcher:

@@ -40,7 +40,7 @@ from relay.verdict import Disposition, Verdict
 if TYPE_CHECKING:
     from relay.effects import Plan
 
-__all__ = ["DECISIONS", "DecisionError", "Decisions"]
+__all__ = ["DECISIONS", "DecisionError", "Decisions", "Outcome"]
 
 log = structlog.get_logger(__name__)
 

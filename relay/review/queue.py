@@ -18,7 +18,7 @@ import asyncpg
 from relay.state import State, sql_list
 from relay.store.db import translating
 
-__all__ = ["SEVERITY", "Filters", "Page", "ReviewQueue", "plain_text"]
+__all__ = ["SEVERITY", "Filters", "Page", "ReviewQueue", "plain_text", "text_of"]
 
 #: What a severity number means, for the pages.
 SEVERITY = {4: "csam", 3: "serious", 2: "match", 1: "other"}

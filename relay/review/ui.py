@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 
 from relay.evidence import EvidenceError
+from relay.media.sniff import sniff
 from relay.people import Accounts, AuditLog, Principal, TooManyAttempts
 from relay.reports.errors import ReportError
 from relay.reports.transparency import figures
@@ -60,7 +61,7 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-WHO = web.RequestKey("review_who", Principal)
+_WHO = web.RequestKey("review_who", Principal)
 
 
 class ReviewUI:
@@ -127,13 +128,13 @@ class ReviewUI:
         if request.method == "POST" and not await valid_csrf(request, await request.post()):
             log.warning("csrf_refused", who=account.name, path=request.path)
             raise web.HTTPForbidden(text="this form has expired or was not ours: reload the page")
-        request[WHO] = Principal.of(account)
+        request[_WHO] = Principal.of(account)
 
     async def _page(
         self, request: web.Request, template: str, context: dict[str, Any]
     ) -> web.Response:
         session = await get_session(request)
-        who = request.get(WHO)
+        who = request.get(_WHO)
         day: Day | None = None
         if who is not None and who.account_id is not None:
             day = await self.exposure.seen(who.account_id)
@@ -216,20 +217,16 @@ class ReviewUI:
 
     async def item_page(self, request: web.Request) -> web.Response:
         item = await self._item(request)
-        who = request[WHO]
+        who = request[_WHO]
         assert who.account_id is not None
         settings = await self.exposure.settings(who.account_id)
         verdict = item["verdict"]
-        files = [
-            s["detail"]
-            for s in verdict.get("signals", [])
-            if s.get("kind") == "hashed" and isinstance(s.get("detail"), dict)
-        ]
+        files = await self._files(item)
         open_reveals = {
-            n
-            for n in range(len(files))
-            if item["evidence_id"] is not None
-            and await self.exposure.revealed(who.account_id, item["evidence_id"], n)
+            f["index"]
+            for f in files
+            if f["index"] is not None
+            and await self.exposure.revealed(who.account_id, item["evidence_id"], f["index"])
         }
         history = await self.audit.entries(50, about_row=item["id"])
         drafts = await self.parts.pool.fetch(
@@ -264,6 +261,30 @@ class ReviewUI:
             },
         )
 
+    async def _files(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """The item's files as the page lists them: each ``hashed`` signal's facts, with
+        ``index``, its place among the files the evidence kept (None: its bytes were not
+        kept). Routes, reveals and drafts all number files the evidence's way. A
+        quarantined row keeps no signals in clear: its files are the evidence's."""
+        kept: list[str] = []
+        evidence = self.parts.flow.evidence
+        if item["evidence_id"] is not None and evidence is not None:
+            meta = await evidence.metadata(item["evidence_id"])
+            found = ((meta or {}).get("summary") or {}).get("sha256")
+            kept = [h for h in found if isinstance(h, str)] if isinstance(found, list) else []
+        hashed = [
+            dict(s["detail"])
+            for s in item["verdict"].get("signals", [])
+            if s.get("kind") == "hashed"
+            and isinstance(s.get("detail"), dict)
+            and isinstance(s["detail"].get("sha256"), str)
+        ]
+        if not hashed:  # a quarantine's row keeps only the outline of its signals
+            hashed = [{"sha256": h} for h in kept]
+        for f in hashed:
+            f["index"] = kept.index(f["sha256"]) if f.get("sha256") in kept else None
+        return hashed
+
     async def _media(self, item: dict[str, Any], n: int, who: Principal, what: str) -> bytes:
         """File ``n`` of the item's sealed media, read on the record."""
         evidence = self.parts.flow.evidence
@@ -281,7 +302,7 @@ class ReviewUI:
 
     async def preview(self, request: web.Request) -> web.Response:
         item = await self._item(request)
-        who = request[WHO]
+        who = request[_WHO]
         assert who.account_id is not None
         n = int(request.match_info["n"])
         look = (await self.exposure.settings(who.account_id)).look
@@ -300,11 +321,11 @@ class ReviewUI:
 
     async def reveal(self, request: web.Request) -> web.Response:
         item = await self._item(request)
-        who = request[WHO]
+        who = request[_WHO]
         assert who.account_id is not None
         n = int(request.match_info["n"])
-        if item["evidence_id"] is None:
-            raise web.HTTPNotFound(text="no media kept for this item")
+        if item["evidence_id"] is None or n not in {f["index"] for f in await self._files(item)}:
+            raise web.HTTPNotFound(text="no such file kept for this item")
         until = await self.exposure.reveal(
             who.account_id, who.name, row=item["id"], evidence_id=item["evidence_id"], media=n
         )
@@ -318,7 +339,7 @@ class ReviewUI:
 
     async def original(self, request: web.Request) -> web.Response:
         item = await self._item(request)
-        who = request[WHO]
+        who = request[_WHO]
         assert who.account_id is not None
         n = int(request.match_info["n"])
         if item["evidence_id"] is None or not await self.exposure.revealed(
@@ -326,12 +347,9 @@ class ReviewUI:
         ):
             raise web.HTTPForbidden(text="reveal this file first (each reveal is logged)")
         data = await self._media(item, n, who, f"reveal of file {n}")
-        files = [
-            s["detail"] for s in item["verdict"].get("signals", []) if s.get("kind") == "hashed"
-        ]
-        mime = str(files[n].get("mime") or "") if n < len(files) else ""
-        if not mime.startswith(("image/", "video/", "audio/")):
-            mime = "application/octet-stream"
+        kind, found = sniff(data)  # what the bytes are, not what a sender said
+        mime = found if found and kind in ("image", "video", "audio") else ""
+        mime = mime or "application/octet-stream"
         headers = {
             **_HEADERS,
             "Content-Disposition": "inline",
@@ -349,7 +367,7 @@ class ReviewUI:
         decisions = self.parts.decisions
         if decisions is None:
             raise web.HTTPServiceUnavailable(text="decisions are not ready yet")
-        who = request[WHO]
+        who = request[_WHO]
         try:
             if decision == "confirm":
                 outcome = await decisions.confirm(
@@ -372,7 +390,7 @@ class ReviewUI:
         """A confirmed case's report draft, made now from its evidence (read on the
         record) and the reveal log; never sent from here."""
         row, kind = int(request.match_info["row"]), request.match_info["kind"]
-        who = request[WHO]
+        who = request[_WHO]
         draft = await self.parts.pool.fetchrow(
             "SELECT evidence_id, created_by, created_at FROM report_draft "
             "WHERE activity_row = $1 AND kind = $2",
@@ -406,7 +424,7 @@ class ReviewUI:
         """An admin submits a reviewed draft (NCMEC, the Transparency Database)."""
         row, kind = int(request.match_info["row"]), request.match_info["kind"]
         try:
-            found = await self.submissions.submit(row, kind, request[WHO])
+            found = await self.submissions.submit(row, kind, request[_WHO])
         except SubmitError as exc:
             return web.Response(text=str(exc), status=exc.status, headers=_HEADERS)
         raise web.HTTPSeeOther(f"{PREFIX}/item/{row}?done={kind} submitted: {found}")
@@ -414,13 +432,13 @@ class ReviewUI:
     # -- settings, figures, static ------------------------------------------------------
 
     async def settings_page(self, request: web.Request) -> web.Response:
-        who = request[WHO]
+        who = request[_WHO]
         assert who.account_id is not None
         settings = await self.exposure.settings(who.account_id)
         return await self._page(request, "settings.html", {"settings": settings})
 
     async def settings(self, request: web.Request) -> web.Response:
-        who = request[WHO]
+        who = request[_WHO]
         assert who.account_id is not None
         form = await request.post()
         try:

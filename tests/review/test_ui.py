@@ -226,6 +226,10 @@ async def test_confirm_quarantines_drafts_reports_and_banks_on_request(
     # The NCMEC draft: the file the moderator revealed is marked viewed.
     status, page = await mo.get(where.split("?")[0])
     assert "ncmec" in page
+    # Quarantined, its row keeps no signals in clear: the files are the evidence's.
+    assert f"{PREFIX}/item/{row}/original/0" in page  # revealed a moment ago
+    status, kind, _ = await mo.raw(f"{PREFIX}/item/{row}/preview/0")
+    assert (status, kind) == (200, "image/jpeg")
     status, kind, xml = await mo.raw(f"{PREFIX}/item/{row}/report/ncmec")
     assert status == 200 and kind == "application/xml"
     assert b"<fileViewedByEsp>true</fileViewedByEsp>" in xml
