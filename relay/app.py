@@ -27,6 +27,8 @@ from relay.doors.passthrough import Passthrough
 from relay.doors.receipt import ReceiptDoor
 from relay.doors.upload import UploadDoor
 from relay.effects import IRREVERSIBLE
+from relay.effects.act import Ban, Purge, Remove, Report
+from relay.effects.act import planner as act_planner
 from relay.effects.follow import KIND as FOLLOW
 from relay.effects.follow import Follow, follows
 from relay.effects.honour import KIND as HONOUR
@@ -44,6 +46,8 @@ from relay.flow import Flow
 from relay.hold import Check, Hold
 from relay.hosts import LocalHosts
 from relay.instance import InstanceApi
+from relay.instance_actions import SUPPORTED as ACTS_ON
+from relay.instance_actions import for_software
 from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
@@ -302,6 +306,20 @@ def build_app(
                     config.upstream.url, config.upstream.software, config.upstream.token
                 )
                 opened.push_async_callback(instance.close)
+            if config.upstream.software in ACTS_ON and config.upstream.token:
+                # The instance is the admin's own: no SSRF policy, no redirects followed.
+                acting = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+                opened.push_async_callback(acting.close)
+                actions = for_software(
+                    config.upstream.software,
+                    config.upstream.url,
+                    config.upstream.token,
+                    acting,
+                    timeout=config.upstream.timeout_seconds,
+                )
+                for act in (Ban(actions), Remove(actions), Report(actions), Purge(actions, pool)):
+                    outbox.register(act.name, act)
+                    plans[act.name] = act_planner(act.name)
             opened.push_async_callback(outbox.stop)  # safe before start too
             Retention(store, outbox).schedule()  # one process prunes, each minute
             flow = Flow(

@@ -165,7 +165,8 @@ action = "review"
         ('match_kind = "fuzzy"', "match_kind"),
         ("min_signals = 0", "min_signals"),
         ('effects = "notify"', "effects"),
-        ('effects = ["report"]', "no effect `report`"),
+        ('effects = ["fax"]', "no effect `fax`"),  # "report" exists since issue 16
+        ('effects = ["report"]', r"acts through the instance's admin API"),
         ('effects = ["notify"]', r"set \[notify\] webhooks"),
     ],
 )

@@ -52,9 +52,10 @@ from relay.config.schema import (
     postgresql_url,
     split_listen,
 )
-from relay.effects import EFFECTS
+from relay.effects import EFFECTS, INSTANCE_EFFECTS
 from relay.errors import ConfigError, ConfigProblem
 from relay.instance import SOFTWARE
+from relay.instance_actions import SUPPORTED as ACTS_ON
 from relay.policy import MATCH_KINDS
 from relay.receipt import RECEIPT_CATEGORIES
 
@@ -970,6 +971,16 @@ def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
                 problem(
                     ("rule", index, "effects"),
                     "notify needs somewhere to send to: set [notify] webhooks",
+                )
+            elif effect in INSTANCE_EFFECTS and (
+                getattr(built.get("upstream"), "software", "mastodon") not in ACTS_ON
+                or not getattr(built.get("upstream"), "token", "x")
+            ):
+                problem(
+                    ("rule", index, "effects"),
+                    f"`{effect}` acts through the instance's admin API: set [upstream] "
+                    f"software ({', '.join(ACTS_ON)}) and token_file (or "
+                    f"${UPSTREAM_TOKEN_ENV})",
                 )
             elif effect == "receipt" and not getattr(built.get("actor"), "base_url", "x"):
                 problem(

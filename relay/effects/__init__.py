@@ -19,13 +19,25 @@ if TYPE_CHECKING:
     from relay.outbox import Pending
     from relay.verdict import Verdict
 
-__all__ = ["EFFECTS", "IRREVERSIBLE", "Decided", "Effect", "EffectFailed", "Plan"]
+__all__ = [
+    "EFFECTS",
+    "INSTANCE_EFFECTS",
+    "IRREVERSIBLE",
+    "Decided",
+    "Effect",
+    "EffectFailed",
+    "Plan",
+]
 
-#: Every effect a rule may name (``[[rule]] effects``).
-EFFECTS = ("notify", "receipt")
-#: Those that cannot be taken back once done: a receipt tells peers (later: a report,
-#: a ban).
-IRREVERSIBLE: frozenset[str] = frozenset({"receipt"})
+#: Every effect a rule may name (``[[rule]] effects``): notify the admins, a receipt to
+#: peers, and actions on the instance (relay.effects.act).
+EFFECTS = ("notify", "receipt", "ban", "remove", "purge", "report")
+#: Those that cannot be taken back once done: a receipt tells peers; a suspension cuts
+#: follows that lifting it does not restore; a Misskey note deleted is gone, and its
+#: deletion federates; a purge deletes for good.
+IRREVERSIBLE: frozenset[str] = frozenset({"receipt", "ban", "remove", "purge"})
+#: The effects that act through the instance's admin API ([upstream] software, token).
+INSTANCE_EFFECTS = ("ban", "remove", "purge", "report")
 
 
 class EffectFailed(Exception):

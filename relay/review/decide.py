@@ -119,11 +119,14 @@ class Decisions:
             if isinstance(s, dict)
         )
         category = _category(signals)
+        # A person confirmed it: what the policy withheld from a perceptual-only match
+        # (a receipt, a ban…) may now run, beside what every quarantine does.
+        withheld = [e for e in held.get("withheld") or [] if isinstance(e, str)]
         verdict = Verdict(
             Disposition.QUARANTINE,
             f"moderator: confirmed by {who.name} (held by {held.get('rule')})",
             signals,
-            effects=self.quarantine_effects,
+            effects=tuple(dict.fromkeys((*self.quarantine_effects, *withheld))),
         )
         evidence_id = int(record["evidence_id"])
         # Every decision gets a statement of reasons; abuse material, the law's reports.

@@ -111,6 +111,26 @@ class Submissions:
         log.info("report_submitted", row=row, kind=kind, id=external, who=who.name)
         return external
 
+    async def filed(self, row: int, kind: str, who: Principal, reference: str) -> None:
+        """An admin filed the draft by hand (the UK's, or any other): it is no longer a
+        draft, so nothing waits for it (a purge, relay.effects.act)."""
+        if who.role != "admin":
+            raise SubmitError("only an admin marks a report filed", 403)
+        done = await self.pool.execute(
+            "UPDATE report_draft SET status = 'submitted', submitted_by = $3, "
+            "submitted_at = now(), external_id = $4 "
+            "WHERE activity_row = $1 AND kind = $2 AND status = 'draft'",
+            row,
+            kind,
+            who.name,
+            reference.strip()[:200] or "filed by hand",
+        )
+        if not str(done).endswith(" 1"):
+            raise SubmitError(f"no {kind} draft of item {row} waits to be filed", 409)
+        await self.audit.record(
+            who.name, "report.filed", why=reference, detail={"row": row, "kind": kind}
+        )
+
     async def _ncmec(self, row: int, draft: asyncpg.Record, who: Principal, why: str) -> str:
         assert self.evidence is not None and self.config.ncmec_credentials is not None
         record, files = await self.evidence.read(

@@ -103,6 +103,7 @@ class ReviewUI:
             web.post(PREFIX + "/item/{row:\\d{1,18}}/decide", self.decide),
             web.get(PREFIX + "/item/{row:\\d{1,18}}/report/{kind:ncmec|uk|sor}", self.report),
             web.post(PREFIX + "/item/{row:\\d{1,18}}/report/{kind:ncmec|sor}/submit", self.submit),
+            web.post(PREFIX + "/item/{row:\\d{1,18}}/report/{kind:ncmec|uk|sor}/filed", self.filed),
             web.get(PREFIX + "/settings", self.settings_page),
             web.post(PREFIX + "/settings", self.settings),
             web.get(PREFIX + "/transparency", self.transparency),
@@ -428,6 +429,16 @@ class ReviewUI:
         except SubmitError as exc:
             return web.Response(text=str(exc), status=exc.status, headers=_HEADERS)
         raise web.HTTPSeeOther(f"{PREFIX}/item/{row}?done={kind} submitted: {found}")
+
+    async def filed(self, request: web.Request) -> web.Response:
+        """An admin filed a draft by hand (with the authority's reference, if any)."""
+        row, kind = int(request.match_info["row"]), request.match_info["kind"]
+        form = await request.post()
+        try:
+            await self.submissions.filed(row, kind, request[_WHO], str(form.get("reference", "")))
+        except SubmitError as exc:
+            return web.Response(text=str(exc), status=exc.status, headers=_HEADERS)
+        raise web.HTTPSeeOther(f"{PREFIX}/item/{row}?done={kind} marked filed")
 
     # -- settings, figures, static ------------------------------------------------------
 

@@ -106,6 +106,21 @@ async def test_an_admin_submits_a_confirmed_case_once_a_moderator_cannot(
             "SELECT who, what FROM evidence_access WHERE what = 'submit to NCMEC'"
         )
         assert [(r["who"], r["what"]) for r in reads] == [("ada", "submit to NCMEC")]
+        # The UK draft has no API: an admin marks it filed, with the NCA's reference.
+        await mo.get(f"{PREFIX}/item/{row}")
+        status, _, _ = await mo.post(f"{PREFIX}/item/{row}/report/uk/filed", {"reference": "x"})
+        assert status == 403
+        await ada.get(f"{PREFIX}/item/{row}")
+        status, _, _ = await ada.post(
+            f"{PREFIX}/item/{row}/report/uk/filed", {"reference": "NCA-2026-42"}
+        )
+        assert status == 303
+        filed = await sluice.parts.pool.fetchrow(
+            "SELECT status, submitted_by, external_id FROM report_draft "
+            "WHERE activity_row = $1 AND kind = 'uk'",
+            row,
+        )
+        assert tuple(filed) == ("submitted", "ada", "NCA-2026-42")
     finally:
         await mo.close()
         await ada.close()
