@@ -18,6 +18,7 @@ from relay.activity import Activity
 from relay.actor import Actor
 from relay.actor.routes import actor_routes
 from relay.banks import BankStore, BankWatcher
+from relay.checkers.configured import checkers
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
 from relay.doors import Handler
@@ -53,7 +54,13 @@ from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher
 from relay.metrics import Metrics
-from relay.network import JsonDocument, NetworkPolicy, client_session, fetch_json_document
+from relay.network import (
+    DEFAULT_USER_AGENT,
+    JsonDocument,
+    NetworkPolicy,
+    client_session,
+    fetch_json_document,
+)
 from relay.outbound.proxy import ForwardProxy
 from relay.outbox import Outbox
 from relay.policy import Policy
@@ -182,6 +189,12 @@ def build_app(
                 sender_pixels_per_minute=config.media.sender_pixels_per_minute,
             )
             opened.callback(hasher.close)
+            checker_session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                headers={"User-Agent": DEFAULT_USER_AGENT},
+            )
+            opened.push_async_callback(checker_session.close)
             media = MediaCheck(
                 MediaFetcher(
                     media_session,
@@ -203,6 +216,7 @@ def build_app(
                 dereference_seconds=config.media.dereference_seconds,
                 dereference_cache_seconds=config.media.dereference_cache_seconds,
                 object_session=object_session,
+                matchers=checkers(config, checker_session),
             )
             store = ActivityStore(
                 pool,

@@ -130,6 +130,9 @@ def test_schema_matches_the_dataclasses():
         "notify": {"key"},
         "upstream": {"token"},
         "reports": {"ncmec_credentials", "dsa_token"},
+        "photodna": {"key"},
+        "arachnid": {"credentials"},
+        "classifier": {"token"},
     }
     for section in SCHEMA:
         names = {f.name for f in dataclasses.fields(section.type)}

@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from relay.config import main_check_config
 
-    return main_check_config(args.file)
+    return main_check_config(args.file, summary=args.summary)
 
 
 def register(commands: Commands) -> None:
@@ -45,4 +45,9 @@ def register(commands: Commands) -> None:
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
+    check.add_argument(
+        "--summary",
+        action="store_true",
+        help="also say, per door and external checker, what happens when a check fails",
+    )
     check.set_defaults(run=_check_config)

@@ -35,6 +35,7 @@ from relay.config.schema import (
     STRINGS,
     Context,
     Field,
+    Finish,
     Section,
     admin_listen,
     at_most,
@@ -61,19 +62,24 @@ from relay.receipt import RECEIPT_CATEGORIES
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "ARACHNID_CREDENTIALS_ENV",
     "BANKS_MATCHER",
+    "CLASSIFIER_TOKEN_ENV",
     "DATABASE_URL_ENV",
     "DEFAULTS_SOURCE",
     "DEFAULT_INBOX_PATHS",
     "DSA_TOKEN_ENV",
     "MATCHERS",
     "NCMEC_CREDENTIALS_ENV",
+    "PHOTODNA_KEY_ENV",
     "SCHEMA",
     "SIGNAL_MATCHES",
     "UPSTREAM_TOKEN_ENV",
     "ActorConfig",
     "AdminConfig",
+    "ArachnidConfig",
     "BankConfig",
+    "ClassifierConfig",
     "Config",
     "DatabaseConfig",
     "DeliveryConfig",
@@ -85,6 +91,7 @@ __all__ = [
     "NotifyConfig",
     "OutboundConfig",
     "OutboxConfig",
+    "PhotoDnaConfig",
     "ReceiptsConfig",
     "ReportsConfig",
     "ReviewConfig",
@@ -102,6 +109,7 @@ __all__ = [
     "jurisdiction",
     "load_config",
     "main_check_config",
+    "on_failure",
     "parse",
     "startup_problems",
     "trust_peer",
@@ -112,6 +120,9 @@ DATABASE_URL_ENV = "SLUICE_DATABASE_URL"
 ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
 UPSTREAM_TOKEN_ENV = "SLUICE_UPSTREAM_TOKEN"
 NCMEC_CREDENTIALS_ENV = "SLUICE_NCMEC_CREDENTIALS"
+PHOTODNA_KEY_ENV = "SLUICE_PHOTODNA_KEY"
+ARACHNID_CREDENTIALS_ENV = "SLUICE_ARACHNID_CREDENTIALS"
+CLASSIFIER_TOKEN_ENV = "SLUICE_CLASSIFIER_TOKEN"
 DSA_TOKEN_ENV = "SLUICE_DSA_TOKEN"
 DEFAULTS_SOURCE = "<defaults>"
 
@@ -355,6 +366,58 @@ class ReviewConfig:
 
 
 @dataclass(frozen=True)
+class PhotoDnaConfig:
+    enabled: bool = False
+    endpoint: str = "https://api.microsoftmoderator.com/photodna/v1.0/Match"
+    key_file: Path | None = None
+    category: str = "csam"
+    small: str = "upscale"
+    enhance: bool = False
+    rate_per_second: float = 5.0
+    timeout_seconds: float = 10.0
+    max_answer_bytes: int = 65_536
+    cache_seconds: int = 86_400
+    cache_entries: int = 100_000
+    # From $SLUICE_PHOTODNA_KEY, else the contents of key_file.
+    key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ArachnidConfig:
+    enabled: bool = False
+    endpoint: str = "https://shield.projectarachnid.com/"
+    credentials_file: Path | None = None
+    send: str = "bytes"
+    rate_per_second: float = 5.0
+    timeout_seconds: float = 10.0
+    max_answer_bytes: int = 262_144
+    cache_seconds: int = 86_400
+    cache_entries: int = 100_000
+    # From $SLUICE_ARACHNID_CREDENTIALS ("USERNAME:PASSWORD"), else the file's text.
+    credentials: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    endpoint: str = ""  # empty: no classifier
+    token_file: Path | None = None
+    token_header: str = "Authorization"
+    token_prefix: str = "Bearer "
+    score_key: str = "score"
+    match_at: float = 0.9
+    review_at: float = -1.0  # negative: no suspect signals
+    category: str = "csam"
+    kinds: tuple[str, ...] = ("image",)
+    rate_per_second: float = 10.0
+    timeout_seconds: float = 10.0
+    max_answer_bytes: int = 65_536
+    cache_seconds: int = 86_400
+    cache_entries: int = 100_000
+    # From $SLUICE_CLASSIFIER_TOKEN, else the file's text; None: no token header.
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class ReportsConfig:
     """Who reports (the drafts' contact), and where an admin may submit a draft."""
 
@@ -403,6 +466,9 @@ class Config:
     admin: AdminConfig
     review: ReviewConfig
     reports: ReportsConfig
+    photodna: PhotoDnaConfig
+    arachnid: ArachnidConfig
+    classifier: ClassifierConfig
     log: LogConfig
     media: MediaConfig
     evidence: EvidenceConfig
@@ -497,6 +563,29 @@ def _reports_secrets(values: dict[str, Any], ctx: Context) -> list[tuple[str, st
     if credentials is not None and ":" not in credentials:
         problems.append(("ncmec_credentials_file", "must hold USERNAME:PASSWORD on one line"))
     return problems
+
+
+def _checker_secret(env: str, key: str, into: str, needed: str | None) -> Finish:
+    """A checker's credential: ``$env``, else the file at ``key``; needed when the
+    field ``needed`` (its switch) is on."""
+
+    def finish(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
+        values[into] = None
+        given = ctx.environ.get(env, "").strip()
+        problems: list[tuple[str, str]] = []
+        if given:
+            values[into] = given
+        else:
+            problems = _secret(values, key, into)
+        if needed and values[needed] and values[into] is None and not problems:
+            problems.append((key, f"needed when {needed} is on: a file, or ${env}"))
+        if into == "credentials" and values[into] and ":" not in values[into]:
+            problems.append((key, "must hold USERNAME:PASSWORD on one line"))
+        if "review_at" in values and 0 <= values["review_at"] > values["match_at"]:
+            problems.append(("review_at", "must not be above match_at"))
+        return problems
+
+    return finish
 
 
 def _notify_key(values: dict[str, Any], ctx: Context) -> list[tuple[str, str]]:
@@ -720,6 +809,74 @@ SCHEMA: tuple[Section, ...] = (
               "statements are drafts only"),
     ), "Report drafts, and where an admin may submit them (never automatically).",
         finish=_reports_secrets),
+    Section("photodna", PhotoDnaConfig, (
+        Field("enabled", BOOLEAN, False, "send each picture to PhotoDNA Cloud's Match (paid)"),
+        Field("endpoint", STRING, "https://api.microsoftmoderator.com/photodna/v1.0/Match",
+              "the Match operation (your region's URI)", check=http_url),
+        Field("key_file", OPTIONAL_PATH, "",
+              "file with the Ocp-Apim-Subscription-Key; $SLUICE_PHOTODNA_KEY overrides"),
+        Field("category", STRING, "csam", "the category of its matches", check=not_empty),
+        Field("small", STRING, "upscale",
+              "pictures under 160x160: upscale, or skip (unchecked)",
+              check=one_of("upscale", "skip")),
+        Field("enhance", BOOLEAN, False, "PhotoDNA's enhance: more detection, slower answers"),
+        Field("rate_per_second", NUMBER, 5.0, "requests a second (the service allows 5)",
+              check=positive),
+        Field("timeout_seconds", NUMBER, 10.0,
+              "the longest one request may take, and its wait for a turn", check=positive),
+        Field("max_answer_bytes", INTEGER, 65_536, "larger answers are errors", check=positive),
+        Field("cache_seconds", INTEGER, 86_400,
+              "answers kept by the file's SHA-256 (never asked twice meanwhile); keep it at "
+              "least [media] cache_seconds", check=not_negative),
+        Field("cache_entries", INTEGER, 100_000, "answers kept at most", check=not_negative),
+    ), "PhotoDNA Cloud, an external checker (rules name it `photodna`).",
+        finish=_checker_secret(PHOTODNA_KEY_ENV, "key_file", "key", "enabled")),
+    Section("arachnid", ArachnidConfig, (
+        Field("enabled", BOOLEAN, False, "ask Arachnid Shield (C3P) about each file"),
+        Field("endpoint", STRING, "https://shield.projectarachnid.com/", "its base URL",
+              check=http_url),
+        Field("credentials_file", OPTIONAL_PATH, "",
+              "file with USERNAME:PASSWORD; $SLUICE_ARACHNID_CREDENTIALS overrides"),
+        Field("send", STRING, "bytes",
+              "bytes (the file), or pdq (its PDQ hash only: the bytes never leave)",
+              check=one_of("bytes", "pdq")),
+        Field("rate_per_second", NUMBER, 5.0, "requests a second", check=positive),
+        Field("timeout_seconds", NUMBER, 10.0, "the longest one request may take",
+              check=positive),
+        Field("max_answer_bytes", INTEGER, 262_144, "larger answers are errors",
+              check=positive),
+        Field("cache_seconds", INTEGER, 86_400, "answers kept by SHA-256",
+              check=not_negative),
+        Field("cache_entries", INTEGER, 100_000, "answers kept at most", check=not_negative),
+    ), "Arachnid Shield, an external checker (rules name it `arachnid`).",
+        finish=_checker_secret(
+            ARACHNID_CREDENTIALS_ENV, "credentials_file", "credentials", "enabled")),
+    Section("classifier", ClassifierConfig, (
+        Field("endpoint", STRING, "", "where files are POSTed for a score; empty: none",
+              check=optional_http_url),
+        Field("token_file", OPTIONAL_PATH, "",
+              "file with its token; $SLUICE_CLASSIFIER_TOKEN overrides"),
+        Field("token_header", STRING, "Authorization", "the header carrying the token"),
+        Field("token_prefix", STRING, "Bearer ", "what precedes the token in it"),
+        Field("score_key", STRING, "score", "dotted path of the score in the JSON answer",
+              check=not_empty),
+        Field("match_at", NUMBER, 0.9, "scores from this up are match signals (never exact)"),
+        Field("review_at", NUMBER, -1.0,
+              "scores from this up are suspect signals (signal:suspect); negative: none"),
+        Field("category", STRING, "csam", "the category of its matches", check=not_empty),
+        Field("kinds", STRINGS, ("image",), "media kinds sent",
+              each=one_of("image", "video", "audio")),
+        Field("rate_per_second", NUMBER, 10.0, "requests a second", check=positive),
+        Field("timeout_seconds", NUMBER, 10.0, "the longest one request may take",
+              check=positive),
+        Field("max_answer_bytes", INTEGER, 65_536, "larger answers are errors",
+              check=positive),
+        Field("cache_seconds", INTEGER, 86_400, "answers kept by SHA-256",
+              check=not_negative),
+        Field("cache_entries", INTEGER, 100_000, "answers kept at most", check=not_negative),
+    ), "A classifier over HTTP, an external checker (rules name it `classifier`); its "
+       "signals are perceptual, never irreversible on their own.",
+        finish=_checker_secret(CLASSIFIER_TOKEN_ENV, "token_file", "token", None)),
     Section("log", LogConfig, (
         Field("level", STRING, "info", "the least severe level logged",
               check=one_of("debug", "info", "warning", "error")),
@@ -913,11 +1070,11 @@ SCHEMA: tuple[Section, ...] = (
 )
 
 #: Rule targets that are not banks: signals the media checks raise themselves.
-SIGNAL_MATCHES = ("signal:unchecked",)
+SIGNAL_MATCHES = ("signal:unchecked", "signal:suspect")
 #: The banks' matcher: a rule naming it fires on a match in any bank.
 BANKS_MATCHER = "banks"
 #: Matchers a rule may name (external checkers add theirs with their sections).
-MATCHERS = (BANKS_MATCHER,)
+MATCHERS = (BANKS_MATCHER, "photodna", "arachnid", "classifier")
 # fmt: on
 
 
@@ -940,6 +1097,13 @@ def _relations(built: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
     categories = {b.category for b in banks}
     if built.get("trust"):  # honoured receipts fill banks of these categories
         categories |= set(RECEIPT_CATEGORIES)
+    # The external checkers' matches carry categories too.
+    if getattr(built.get("photodna"), "enabled", False):
+        categories.add(built["photodna"].category)
+    if getattr(built.get("arachnid"), "enabled", False):
+        categories |= {"csam", "harmful-abusive-material"}
+    if getattr(built.get("classifier"), "endpoint", ""):
+        categories.add(built["classifier"].category)
     targets = sorted(seen) + [f"category:{c}" for c in sorted(categories)]
     notify = built.get("notify")
     for index, rule in enumerate(built.get("rule") or ()):
@@ -1171,8 +1335,31 @@ def startup_problems(config: Config, *, evidence_key: bool = True) -> list[Confi
     return problems
 
 
-def main_check_config(path: str) -> int:
+def on_failure(config: Config) -> dict[str, str]:
+    """What happens, per door and per external checker, when a check cannot decide (a
+    service down, a file that cannot be fetched): an admin can always tell, from
+    ``sluice check-config`` and ``/readyz``."""
+    hold = f"held; what fails goes to [hold] on_error = {config.hold.on_error}"
+    lazy = "lazy: delivered at once, checked after (a hit runs the policy's effects)"
+    errors = f"its errors are error signals: [hold] on_error = {config.hold.on_error}"
+    return {
+        "inbound door": lazy if config.hold.lazy else hold,
+        "upload door": lazy
+        if config.upload.lazy
+        else f"checked before storage; undecided: [upload] on_error = {config.upload.on_error}",
+        "outbound door": "off"
+        if not config.outbound.listen
+        else f"media checked; undecided: [outbound] media_on_error = "
+        f"{config.outbound.media_on_error}",
+        "photodna": errors if config.photodna.enabled else "off",
+        "arachnid": errors if config.arachnid.enabled else "off",
+        "classifier": errors if config.classifier.endpoint else "off",
+    }
+
+
+def main_check_config(path: str, *, summary: bool = False) -> int:
     """``sluice check-config FILE``: OK on stdout and 0, or the problems on stderr and 1.
+    ``summary`` (``--summary``): then, per door and checker, what a failure does.
 
     It checks what ``serve`` checks before it starts (``startup_problems``). Warnings go
     to stderr too, but leave the answer OK.
@@ -1186,6 +1373,9 @@ def main_check_config(path: str) -> int:
         for warning in config_warnings(config):
             print(warning, file=sys.stderr)
         print(f"OK: {path}")
+        if summary:
+            for part, what in on_failure(config).items():
+                print(f"  {part}: {what}")
         return 0
     for problem in problems:
         print(problem, file=sys.stderr)

@@ -29,6 +29,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp_session import session_middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.config.sluice import on_failure
 from relay.errors import StoreUnavailable
 from relay.outbox import STATES, Outbox
 from relay.people import Accounts, ApiTokens, AuditLog, Principal
@@ -175,7 +176,10 @@ class AdminDoor:
             # The reason goes to the log, not to whoever asked.
             log.warning("not_ready", error=str(exc))
             return web.json_response({"status": "database unavailable"}, status=503)
-        return web.json_response({"status": "ready"})
+        # What happens when a check cannot decide: per door, per external checker.
+        return web.json_response(
+            {"status": "ready", "on_failure": on_failure(self._parts(request).config)}
+        )
 
     async def prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self._parts(request).metrics.registry)
