@@ -42,24 +42,26 @@ PICTURES = {
 
 
 async def reviewing(sluice_factory: Any, evidence_key: Any, **sections: Any) -> Running:
-    """Sluice holding ``PICTURES`` for review, a ``test`` category drafting reports."""
+    """Sluice holding ``PICTURES`` for review, a ``test`` category drafting reports
+    (``bank`` and ``rule`` replace the bank ``test-review`` and its rule)."""
     sluice = await sluice_factory(
         evidence={"key_file": str(evidence_key)},
         media={"fetch_timeout_seconds": 2.0},
         hold={"max_seconds": 10.0, "on_error": "reject"},
-        bank=[{"name": "test-review", "category": "test"}],
-        rule=[{"match": "test-review", "action": "review"}],
+        bank=sections.pop("bank", [{"name": "test-review", "category": "test"}]),
+        rule=sections.pop("rule", [{"match": "test-review", "action": "review"}]),
         review={"report_categories": ["test"], **sections.pop("review", {})},
         admin={"secure_cookies": False, **sections.pop("admin", {})},
         **sections,
     )
-    store = BankStore(sluice.parts.pool)
-    await store.ensure("test-review", category="test")
-    await store.add(
-        "test-review",
-        [("sha256", hash_media(data).sha256, name) for name, data in PICTURES.items()],
-    )
-    await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
+    if any(b.name == "test-review" for b in sluice.parts.config.bank):
+        store = BankStore(sluice.parts.pool)
+        await store.ensure("test-review", category="test")
+        await store.add(
+            "test-review",
+            [("sha256", hash_media(data).sha256, name) for name, data in PICTURES.items()],
+        )
+        await wait_for(lambda: len(sluice.parts.banks.index) >= 1, timeout=5)
     accounts = Accounts(sluice.parts.pool)
     await accounts.add("ada", "admin", PASSWORD)
     await accounts.add("mo", "moderator", PASSWORD)
