@@ -18,6 +18,7 @@ from relay.activity import Activity
 from relay.actor import Actor
 from relay.actor.routes import actor_routes
 from relay.banks import BankStore, BankWatcher
+from relay.banks.sync import bank_syncs
 from relay.checkers.configured import checkers
 from relay.config import Config
 from relay.deliver import HttpUpstream, Upstream
@@ -358,6 +359,8 @@ def build_app(
             opened.push_async_callback(flow.stop)  # safe before start: nothing to stop
             if config.hold.lazy:  # a lazy check a stopped process never recorded
                 outbox.every("lazy-checks", 60.0, flow.check_overdue)
+            for synced in await bank_syncs(config, pool):  # banks that fill themselves
+                outbox.every(f"bank-sync:{synced.bank}", synced.every, synced.run)
             if flow.evidence is not None:  # past retention and not held: purged, audited
                 outbox.every(
                     "evidence-purge", config.evidence.purge_every_seconds, flow.evidence.purge

@@ -321,6 +321,12 @@ class BankConfig:
     category: str
     pdq_max_distance: int
     dihedral: bool
+    source: str = ""  # "": filled by hand (sluice bank import); else synced from it
+    source_url: str = ""
+    source_credentials_file: Path | None = None
+    source_environment: str = ""
+    source_privacy_group: str = ""
+    sync_every_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -1036,6 +1042,19 @@ SCHEMA: tuple[Section, ...] = (
         Field("pdq_max_distance", INTEGER, 31, "PDQ matches within this Hamming distance",
               check=at_most(128)),
         Field("dihedral", BOOLEAN, False, "also match rotated and flipped copies"),
+        Field("source", STRING, "",
+              "where the bank fills itself from, on a schedule: ncmec, stopncii or "
+              "threatexchange (pip install sluice[exchanges]); empty: by hand",
+              check=one_of("", "ncmec", "stopncii", "threatexchange")),
+        Field("source_url", STRING, "", "the source's API base URL; empty: its own",
+              check=optional_http_url),
+        Field("source_credentials_file", OPTIONAL_PATH, "",
+              "file with the source's credentials (ncmec USER:PASSWORD, stopncii "
+              "FETCH_KEY,SUBSCRIPTION_KEY, threatexchange APP_ID|TOKEN)"),
+        Field("source_environment", STRING, "", "ncmec: the hash-sharing environment"),
+        Field("source_privacy_group", STRING, "", "threatexchange: the privacy group"),
+        Field("sync_every_seconds", NUMBER, 3600.0, "how often the bank syncs",
+              check=positive),
     ), "Hash lists to match media against.", array=True),
     Section("rule", RuleConfig, (
         Field("match", STRING, REQUIRED,
