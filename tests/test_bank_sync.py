@@ -394,8 +394,13 @@ async def test_threatexchange_needs_a_privacy_group(
 
 
 async def test_a_configured_source_fills_its_bank_in_a_running_sluice(
-    need_threatexchange: None, sluice_factory: Any, ncmec: Ncmec, tmp_path: Any
+    need_threatexchange: None,
+    sluice_factory: Any,
+    ncmec: Ncmec,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "sync-admin")
     secret = tmp_path / "ncmec.secret"
     secret.write_text(f"{ncmec.user}:{ncmec.password}\n")
     listed = pdq()
@@ -419,4 +424,11 @@ async def test_a_configured_source_fills_its_bank_in_a_running_sluice(
     await wait_for(filled, timeout=15)
     [status] = await sync_status(pool)
     assert status["bank"] == "shared" and status["last_error"] is None
+    admin = {"Authorization": "Bearer sync-admin"}
+    async with sluice.session.get(
+        sluice.admin_url + "/_sluice/api/banks/sync", headers=admin
+    ) as response:
+        assert response.status == 200
+        [listed] = (await response.json())["banks"]
+    assert listed["bank"] == "shared" and listed["added"] == 1
     await wait_for(lambda: "shared" in sluice.parts.banks.index.counts(), timeout=5)

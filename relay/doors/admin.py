@@ -29,6 +29,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp_session import session_middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.banks.sync import sync_status
 from relay.config.sluice import on_failure
 from relay.errors import StoreUnavailable
 from relay.outbox import STATES, Outbox
@@ -162,6 +163,7 @@ class AdminDoor:
             web.post(API_PREFIX + "/review/{row}/{decision}", self.moderate),
             web.post(API_PREFIX + "/quarantine/{row}/release", self.release),
             web.get(API_PREFIX + "/me", self.me),
+            web.get(API_PREFIX + "/banks/sync", self.bank_syncs),
             web.get(API_PREFIX + "/audit", self.audit),
         ]
 
@@ -454,6 +456,11 @@ class AdminDoor:
 
     def _audit(self, request: web.Request) -> AuditLog:
         return AuditLog(self._store(request).pool)
+
+    async def bank_syncs(self, request: web.Request) -> web.Response:
+        """Banks that fill themselves ([[bank]] source): each one's checkpoint, last run,
+        last success, last error and counts."""
+        return _json({"banks": await sync_status(self._store(request).pool)})
 
     async def me(self, request: web.Request) -> web.Response:
         """Who this token is: ``{"name", "role"}`` (``shared-token`` for the shared one)."""
