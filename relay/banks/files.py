@@ -1,11 +1,14 @@
 """Hash list files, the lists admins get: ThreatExchange "local file" lines
-(``pdq <hex>``), bare hashes of one kind, and CSV with a header; and ``BankError``,
-which every bank operation raises.
+(``pdq <hex>``), bare hashes of one kind, CSV with a header, and vPDQ hashes of
+videos (vpdq's file format, read as the PDQ hashes of their frames); and
+``BankError``, which every bank operation raises.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +25,12 @@ _CSV_TYPE = ("type", "kind", "signal_type", "hash_type", "indicator_type")
 _CSV_NOTE = ("note", "notes", "comment", "description")
 _CSV_EXTRA = ("id", "category")  # kept in the note, as id=... category=...
 _MAX_PROBLEMS = 20  # listed in one error; the rest are counted
+# vpdq's file format: frame_number,quality,pdq_hex,timestamp_seconds (relay.hashing.vpdq).
+_VPDQ_LINE = re.compile(
+    r"\s*\d{1,12}\s*,\s*\d{1,3}\s*,\s*[0-9a-fA-F]{64}\s*,\s*[0-9.eE+-]{1,24}\s*"
+)
+#: Frames of lower PDQ quality in a vPDQ file are not made entries (vpdq's tolerance).
+VPDQ_QUALITY = 50
 
 
 class BankError(SluiceError):
@@ -57,8 +66,10 @@ def parse_hash_file(
     Accepted: ThreatExchange local-file lines ``<type> <hash> [anything]``, bare
     ``<hash> [anything]`` when ``default_kind`` is given, and CSV whose first line is a
     header naming a hash column (``hash``, ``value``, ``signal_value``) and optionally
-    a type (``type``, ``kind``, ``signal_type``) and a ``note``. Blank lines and lines
-    starting with ``#`` are skipped. Nothing is returned unless every line is good,
+    a type (``type``, ``kind``, ``signal_type``) and a ``note``; and vpdq's files
+    (``frame_number,quality,pdq_hex,timestamp``, told by their first line), each frame
+    of quality >= ``VPDQ_QUALITY`` a ``pdq`` entry. Blank lines and lines starting
+    with ``#`` are skipped. Nothing is returned unless every line is good,
     so an import is all or nothing.
     """
     if default_kind is not None and default_kind not in KINDS:
@@ -68,7 +79,9 @@ def parse_hash_file(
     if first is None:
         return []
     problems: list[str] = []
-    if "," in lines[first] and not _is_hash_line(lines[first], default_kind):
+    if _VPDQ_LINE.fullmatch(lines[first]) and default_kind in (None, "pdq"):
+        entries = _parse_vpdq(lines, source, problems)
+    elif "," in lines[first] and not _is_hash_line(lines[first], default_kind):
         entries = _parse_csv(lines, first, default_kind, source, problems)
     else:
         entries = _parse_lines(lines, default_kind, source, problems)
@@ -152,6 +165,33 @@ def _guess(value: str) -> str | None:
     fits = [name for name in KINDS if _valid(name, value) is not None]
     fits.sort(key=lambda name: (not KINDS[name].exact, name))  # digests first
     return " or ".join(fits) if fits else None
+
+
+def _parse_vpdq(lines: list[str], source: str, problems: list[str]) -> list[Entry]:
+    """A video's frames as PDQ entries, noted with their frame number and time."""
+    entries: list[Entry] = []
+    for number, line in enumerate(lines, 1):
+        if not _is_content(line):
+            continue
+        where = f"{source}:{number}"
+        if not _VPDQ_LINE.fullmatch(line):
+            problems.append(f"{where}: not a vPDQ line (frame_number,quality,pdq_hex,timestamp)")
+            continue
+        frame, quality, value, when = (cell.strip() for cell in line.split(","))
+        try:
+            seconds = float(when)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds >= 0) or int(quality) > 100:
+            problems.append(f"{where}: quality must be 0-100 and the time seconds")
+            continue
+        if int(quality) < VPDQ_QUALITY:
+            continue
+        note = f"vpdq frame {int(frame)} at {seconds:.3f} s, quality {int(quality)}"
+        entry = _entry("pdq", value, note, where, problems)
+        if entry is not None:
+            entries.append(entry)
+    return entries
 
 
 def _parse_csv(

@@ -19,7 +19,7 @@ import structlog
 
 from relay.banks.files import BankError
 from relay.config import BankConfig
-from relay.hashing import KINDS, HashKind, KindIndex
+from relay.hashing import KINDS, Found, HashKind, KindIndex
 from relay.signal import Signal
 from relay.store.db import Connection, translating
 
@@ -246,6 +246,29 @@ class BankIndex:
                         )
                     )
         found.sort(key=lambda m: (m.distance, m.bank, m.kind))
+        return found
+
+    def each(self, kind_name: str, values: Sequence[str]) -> list[tuple[str, str, list[Found]]]:
+        """Per bank holding entries of kind ``kind_name``: its name, its category, and
+        the nearest entry within its radius of each value (one lookup per distinct
+        value; ``Found.query`` is the value's place in ``values``), for media matched
+        as shares of their frames (vPDQ). Banks with no hit are left out."""
+        found: list[tuple[str, str, list[Found]]] = []
+        for bank in self.banks.values():
+            index = bank.indexes.get(kind_name)
+            if index is None or not len(index):
+                continue
+            radius = bank.radius[kind_name]
+            nearest: dict[str, Found | None] = {}
+            hits: list[Found] = []
+            for number, value in enumerate(values):
+                if value not in nearest:
+                    nearest[value] = index.best([value], radius)
+                best = nearest[value]
+                if best is not None:
+                    hits.append(best._replace(query=number))
+            if hits:
+                found.append((bank.name, bank.category, hits))
         return found
 
 

@@ -4,13 +4,22 @@ Banks of category ``ALLOW`` list media known to be harmless (a moderator's false
 positives, by SHA-256): an exact match in one suppresses every bank match of that
 file, so that the same file never holds again; the matcher says so with one
 ``allowed`` signal instead.
+
+A video's vPDQ hash (``relay.hashing.vpdq``) is matched frame by frame against the
+PDQ banks: a bank matches when at least ``THRESHOLD`` percent of the video's usable
+frames (quality >= ``QUALITY``) are within the bank's PDQ distance of its entries.
+Only the video's share is known (a bank of frames says nothing of which video they
+came from), so vpdq's "compared match percent" is not asked. A perceptual match,
+never an exact one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from relay.banks.index import ALLOW, BankIndex
+from relay.hashing.vpdq import THRESHOLD, VpdqHash
 from relay.media.media import Media
 from relay.signal import Signal
 
@@ -28,7 +37,12 @@ class BankMatcher:
 
     async def match(self, media: Media) -> list[Signal]:
         found = []
-        matches = self.index().match(media)
+        index = self.index()
+        matches = index.match(media)
+        videos: list[Signal] = []
+        if media.vpdq is not None and media.vpdq.usable():
+            # Thousands of lookups for an hour of video: off the event loop.
+            videos = await asyncio.to_thread(_video_matches, index, media.vpdq, media)
         # Only an exact match in an allow bank vouches for the file: a perceptual one
         # could be a crafted near-collision of an allowed picture, which must not wave a
         # listed file through. Allow-bank matches are never "match" signals either (a
@@ -40,7 +54,9 @@ class BankMatcher:
                 "category": ALLOW,
                 "hash_kind": allowed.kind,
                 "entry": allowed.entry_id,
-                "suppressed": sorted({m.bank for m in matches if m.category != ALLOW}),
+                "suppressed": sorted(
+                    {m.bank for m in matches if m.category != ALLOW} | {v.source for v in videos}
+                ),
             }
             return [Signal("allowed", allowed.bank, detail, media=media)]
         for m in matches:
@@ -49,4 +65,35 @@ class BankMatcher:
             fact = m.as_signal(media)
             detail = {"matcher": self.name, **fact.detail, "exact": m.exact}
             found.append(Signal(fact.kind, fact.source, detail, media=media))
-        return found
+        return found + videos
+
+
+def _video_matches(index: BankIndex, vpdq: VpdqHash, media: Media) -> list[Signal]:
+    """One ``match`` per PDQ bank holding enough of the video's usable frames."""
+    usable = vpdq.usable()
+    found = []
+    for bank, category, hits in index.each("pdq", [f.hash for f in usable]):
+        if category == ALLOW:  # a perceptual match never vouches for a file
+            continue
+        percent = 100.0 * len(hits) / len(usable)
+        if percent < THRESHOLD:
+            continue
+        best = min(hits, key=lambda h: (h.distance, h.entry_id))
+        detail = {
+            "matcher": BankMatcher.name,
+            "category": category,
+            "hash_kind": "vpdq",
+            "exact": False,
+            "query_percent": round(percent, 1),
+            "frames": len(hits),
+            "usable_frames": len(usable),
+            "complete": vpdq.complete,
+            "distance": best.distance,
+            "entry": best.entry_id,
+            "value": best.value,
+            "timestamp": usable[best.query].timestamp,
+            "category_rule": f"category:{category}",
+        }
+        found.append(Signal("match", bank, detail, media=media))
+    found.sort(key=lambda s: (s.detail["distance"], s.source))
+    return found

@@ -2,15 +2,20 @@
 
 Decoding costs what the sender chooses: a 5760x5760 PNG of one colour with a
 little noise is 270 kB to send, 0.5 CPU-s and 130 MiB to decode, and within the
-limits of hash_media. So every file is first surveyed (its header read, nothing
-decoded; bombs refused there), then:
+limits of hash_media; a video costs its every frame decoded. So every file is first
+surveyed (its header read, nothing decoded; bombs refused there), then:
 
 - a sender past its budget of decoded pixels a minute gets OverBudget, and
   nothing more is spent on it: the caller sends the activity to review;
 - it waits until the memory its decoding will take is free, so that many large
   images decode a few at a time instead of all at once;
 - it is decoded on a thread pool of its own: the event loop's default executor
-  stays free for the database, the evidence store and the rest.
+  stays free for the database, the evidence store and the rest; videos, which hold
+  a worker for up to their time budget, take at most all workers but one, so that
+  pictures are still hashed while they are read.
+
+A video's header may lie about its length (the survey charges what it says): what
+bounds a liar is the video limits' time budget and the workers videos may take.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import TypeVar
 from relay.errors import DecodeError
 from relay.media.decode import DENSE_ABOVE, MAX_PIXELS, MAX_PIXELS_PER_BYTE, Survey, survey
 from relay.media.hashes import Hashes, hash_media
+from relay.media.sniff import sniff
+from relay.media.video import VIDEO_TYPES, VideoLimits, cost
 from relay.rate import TokenBuckets
 
 __all__ = ["MediaHasher", "OverBudget", "default_workers"]
@@ -66,12 +73,16 @@ class MediaHasher:
         memory: int = 512 << 20,
         sender_pixels_per_minute: int = 400_000_000,
         clock: Callable[[], float] = time.monotonic,
+        video: VideoLimits | None = None,
     ) -> None:
         limits = (max_pixels, max_frames, max_pixels_per_byte, dense_above)
-        self._survey = partial(_survey, limits=limits)
-        self._hash = partial(_hash, limits=limits)
+        self.video = video or VideoLimits()
+        self._survey = partial(_survey, limits=limits, video=self.video)
+        self._hash = partial(_hash, limits=limits, video=self.video)
         self.workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sluice-hash")
+        # Videos read at once: never every worker (one pool of one worker aside).
+        self._videos = asyncio.Semaphore(max(1, self.workers - 1))
         self._memory = _MemoryGate(memory)
         self._budget = _SenderBudget(sender_pixels_per_minute, clock)
         self.decoding = 0
@@ -95,10 +106,18 @@ class MediaHasher:
         cost: Survey = await self._run(self._survey, data)
         if sender is not None:
             self._budget.take(sender, cost.pixels)
-        granted = await self._memory.acquire(cost.memory)
+        video = _is_video(data)
+        if video:
+            await self._videos.acquire()
+        try:
+            granted = await self._memory.acquire(cost.memory)
+        except BaseException:
+            if video:
+                self._videos.release()
+            raise
         self.decoded += 1
         self.decoding += 1
-        return await self._run(self._decode, data, lambda: self._decoded(granted))
+        return await self._run(self._decode, data, lambda: self._decoded(granted, video))
 
     def close(self) -> None:
         """Stop the pool; images queued on it are dropped."""
@@ -108,9 +127,11 @@ class MediaHasher:
         """In a pool thread (a test may hold it there)."""
         return self._hash(data)
 
-    def _decoded(self, granted: int) -> None:
+    def _decoded(self, granted: int, video: bool = False) -> None:
         self.decoding -= 1
         self._memory.release(granted)
+        if video:
+            self._videos.release()
 
     async def _run(
         self, call: Callable[[bytes], _T], data: bytes, done: Callable[[], None] | None = None
@@ -137,7 +158,14 @@ class MediaHasher:
 _Limits = tuple[int, int, float, int]
 
 
-def _survey(data: bytes, limits: _Limits) -> Survey:
+def _is_video(data: bytes) -> bool:
+    kind, mime = sniff(data)
+    return kind == "video" and mime in VIDEO_TYPES
+
+
+def _survey(data: bytes, limits: _Limits, video: VideoLimits) -> Survey:
+    if _is_video(data):
+        return Survey(*cost(data, video))
     max_pixels, max_frames, per_byte, dense_above = limits
     return survey(
         data,
@@ -148,7 +176,7 @@ def _survey(data: bytes, limits: _Limits) -> Survey:
     )
 
 
-def _hash(data: bytes, limits: _Limits) -> Hashes:
+def _hash(data: bytes, limits: _Limits, video: VideoLimits) -> Hashes:
     max_pixels, max_frames, per_byte, dense_above = limits
     return hash_media(
         data,
@@ -156,6 +184,7 @@ def _hash(data: bytes, limits: _Limits) -> Hashes:
         max_frames=max_frames,
         max_pixels_per_byte=per_byte,
         dense_above=dense_above,
+        video=video,
     )
 
 

@@ -1,7 +1,10 @@
-"""Hash fetched media in memory: SHA-256 and MD5 of the bytes, PDQ of the picture.
+"""Hash fetched media in memory: SHA-256 and MD5 of the bytes, PDQ of the picture,
+vPDQ of the video.
 
 ``hash_media`` sniffs what the bytes are (``relay.media.sniff``), decodes a picture
-within limits (``relay.media.decode``) and hashes its frames (``relay.hashing.pdq``).
+within limits (``relay.media.decode``) and hashes its frames (``relay.hashing.pdq``),
+or reads a video within limits (``relay.media.video``) and hashes one frame a second
+(``relay.hashing.vpdq``).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.hashing import pdq
 from relay.hashing.pdq import PdqHash
@@ -22,6 +25,10 @@ from relay.media.decode import (
     opened,
 )
 from relay.media.sniff import Kind, sniff
+from relay.media.video import VIDEO_TYPES, VideoLimits
+
+if TYPE_CHECKING:  # imported when used: relay.hashing.vpdq imports relay.media
+    from relay.hashing.vpdq import VpdqHash
 
 __all__ = ["Hashes", "hash_file", "hash_media"]
 
@@ -45,6 +52,8 @@ class Hashes:
     """As displayed (after EXIF orientation), before any shrinking."""
     frames: int
     """Frames in the file (1 for a still image, 0 when not an image)."""
+    vpdq: VpdqHash | None = None
+    """A video's vPDQ hash; None when not a video Sluice reads."""
 
     @property
     def digests(self) -> dict[str, str]:
@@ -60,18 +69,26 @@ def hash_media(
     max_frames: int = 8,
     max_pixels_per_byte: float = MAX_PIXELS_PER_BYTE,
     dense_above: int = DENSE_ABOVE,
+    video: VideoLimits | None = None,
 ) -> Hashes:
-    """Hash ``data``; DecodeError if it is an image that cannot be decoded.
+    """Hash ``data``; DecodeError if it is an image or a video that cannot be decoded
+    (a video within ``video``'s limits).
 
     Decompression bombs (a frame of more than ``max_pixels``, or of more than
     ``dense_above`` pixels and more than ``max_pixels_per_byte`` of them per byte
-    of ``data``) raise DecodeError before their pixels are decoded. Video, audio
-    and unknown bytes get SHA-256 and MD5 only; the caller decides what unhashed
-    media means.
+    of ``data``) raise DecodeError before their pixels are decoded. A video of a
+    container Sluice reads (``VIDEO_TYPES``) gets its vPDQ hash too. Other video,
+    audio and unknown bytes get SHA-256 and MD5 only; the caller decides what
+    unhashed media means.
     """
     sha256 = hashlib.sha256(data).hexdigest()
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     kind, mime = sniff(data)
+    if kind == "video" and mime in VIDEO_TYPES:
+        from relay.hashing.vpdq import hash_video
+
+        vpdq = hash_video(data, video)
+        return Hashes(sha256, md5, kind, mime, (), (), None, None, 0, vpdq)
     if kind != "image" or mime is None:
         return Hashes(sha256, md5, kind, mime, (), (), None, None, 0)
     limits = Limits(max_pixels, max_frames, max_pixels_per_byte, dense_above)

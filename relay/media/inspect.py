@@ -1,7 +1,8 @@
 """One path from a Media to its signals, for every door that looks at media.
 
 ``Inspector.inspect`` says what was looked at (``hashed``, with the Media attached),
-that video and audio were checked by exact hashes only (``unchecked``), and what
+that a file was checked by exact hashes only (``unchecked``: audio, and video without
+a whole vPDQ hash with frames to match on), and what
 every matcher found. A matcher that fails is an ``error`` signal naming it, never a
 file let through unlooked at.
 """
@@ -39,8 +40,9 @@ class Inspector:
     async def inspect(self, media: Media) -> list[Signal]:
         where = _where(media)
         signals = [Signal("hashed", self.source, {**where, **media.facts()}, media=media)]
-        if media.kind in ("video", "audio"):
-            detail = {**where, "kind": media.kind, "mime": media.mime}
+        why = _unchecked(media)
+        if why is not None:
+            detail = {**where, "kind": media.kind, "mime": media.mime, "reason": why}
             signals.append(Signal("unchecked", self.source, detail))
         answers = await asyncio.gather(
             *(m.match(media) for m in self.matchers), return_exceptions=True
@@ -61,6 +63,21 @@ class Inspector:
                     detail.setdefault("matcher", matcher.name)
                 signals.append(Signal(found.kind, found.source, detail, media=found.media or media))
         return signals
+
+
+def _unchecked(media: Media) -> str | None:
+    """Why ``media`` met the exact hashes only; None when it was looked at."""
+    if media.kind == "audio":
+        return "audio is checked by exact hashes only"
+    if media.kind != "video":
+        return None
+    if media.vpdq is None:
+        return "video not read: exact hashes only"
+    if not media.vpdq.complete:
+        return "video read in part (a limit stopped it): the rest is unchecked"
+    if not media.vpdq.usable():
+        return "no frame of the video is good enough to match on (PDQ quality < 50)"
+    return None
 
 
 def _where(media: Media) -> dict[str, object]:

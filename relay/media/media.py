@@ -11,12 +11,15 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.hashing import KINDS
 from relay.media.hashes import Hashes
 from relay.media.refs import MediaRef
 from relay.media.sniff import Kind, sniff
+
+if TYPE_CHECKING:  # relay.hashing.vpdq reads videos with relay.media.video
+    from relay.hashing.vpdq import VpdqHash
 
 __all__ = ["Media"]
 
@@ -49,6 +52,9 @@ class Media:
     frames: int = 0
     quality: int | None = None
     """The first frame's PDQ quality (0-100), None when not a decoded picture."""
+    vpdq: VpdqHash | None = None
+    """A video's vPDQ hash (not a registered kind: a list of frames, matched as
+    shares of them by the banks' matcher); None when not a video that was read."""
 
     @property
     def url(self) -> str | None:
@@ -75,6 +81,7 @@ class Media:
                 "height": decoded.height,
                 "frames": decoded.frames,
                 "quality": first.quality if first else None,
+                "vpdq": decoded.vpdq,
                 **facts,
             }
         else:
@@ -109,4 +116,13 @@ class Media:
             "bytes": self.size,
             "cached": self.cached,
             "seconds": self.seconds,
+            **(self._video() if self.vpdq is not None else {}),
+        }
+
+    def _video(self) -> dict[str, object]:
+        assert self.vpdq is not None
+        return {
+            "vpdq_frames": len(self.vpdq.frames),
+            "vpdq_usable": len(self.vpdq.usable()),
+            "vpdq_complete": self.vpdq.complete,
         }

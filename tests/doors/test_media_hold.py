@@ -264,15 +264,20 @@ async def test_unfetchable_or_undecodable_media_follows_on_error(
     assert upstream.requests == []
 
 
-async def test_video_is_unchecked_and_the_policy_acts_on_it(
+async def test_an_unreadable_video_is_unchecked_and_follows_on_error(
     guarded: Running, fediverse: Fediverse, origin: Origin
 ) -> None:
+    # An MP4 header and nothing else: its frames cannot be read (a readable video is
+    # matched by vPDQ: tests/media/test_video_match.py).
     alice = fediverse.actor("alice")
     activity = with_media(alice, origin.url("clip.mp4"), media_type="video/mp4")
     assert (await guarded.post(alice, activity))[0] == 202
     record = await _settled(guarded, activity["id"])
-    assert record["state"] == "review"
-    assert record["verdict"]["rule"] == "rule[2] signal:unchecked -> review"
+    assert record["state"] == "rejected"
+    assert record["verdict"]["rule"] == "hold.on_error"
+    kinds = {s["kind"]: s["detail"] for s in record["verdict"]["signals"]}
+    assert kinds["error"]["stage"] == "decode"
+    assert kinds["unchecked"]["kind"] == "video"
 
 
 async def test_lying_content_type_is_judged_by_the_bytes(

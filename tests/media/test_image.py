@@ -566,10 +566,15 @@ def test_sniff_reads_real_files(bridge: Image.Image) -> None:
         assert sniff(encode(small, fmt)) == ("image", mime)
 
 
+def test_a_video_that_cannot_be_read_is_a_decode_error() -> None:
+    # An MP4 header and nothing else: a video is read for its vPDQ hash, or refused.
+    with pytest.raises(DecodeError):
+        hash_media(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64))
+
+
 @pytest.mark.parametrize(
     "data",
     [
-        b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64),
         b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(64),
         b"<!DOCTYPE html>",
     ],

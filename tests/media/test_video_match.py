@@ -1,0 +1,198 @@
+"""Videos matched by vPDQ against PDQ banks: a bank filled from a video's vPDQ file,
+the same film re-encoded found in it, another film not, and the hold acting on it end
+to end (a signed activity, its video fetched from an origin on loopback).
+
+The films are drawn and encoded in memory (tests/media/test_video.py): moving bands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from relay.banks import BankIndex, BankStore, parse_hash_file, read_hash_file
+from relay.banks.matcher import BankMatcher
+from relay.errors import DecodeError
+from relay.hashing.vpdq import format_hash, hash_video
+from relay.media.hasher import MediaHasher
+from relay.media.inspect import Inspector
+from relay.media.media import Media
+from relay.policy import exact
+from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
+from tests.doors.test_media_hold import Origin, with_media
+from tests.media.test_video import mp4, other, reencoded
+
+
+@pytest.fixture
+def vpdq_file(tmp_path: Path) -> Path:
+    """The known film's vPDQ hash, as vpdq writes it."""
+    path = tmp_path / "known.vpdq"
+    path.write_text(format_hash(hash_video(mp4())))
+    return path
+
+
+def test_a_vpdq_file_reads_as_the_pdq_hashes_of_its_good_frames(vpdq_file: Path) -> None:
+    value = hash_video(mp4())
+    entries = read_hash_file(vpdq_file)
+    assert [v for _, v, _ in entries] == [f.hash for f in value.usable()]
+    assert {k for k, _, _ in entries} == {"pdq"}
+    assert entries[0][2] is not None and entries[0][2].startswith("vpdq frame 0 at 0.000 s")
+    h = value.frames[0].hash
+    # Frames of low quality are no entries; a bad line is named, nothing is returned.
+    assert parse_hash_file(f"0,49,{h},0.000\n1,50,{h},1.000\n") == [
+        ("pdq", h, "vpdq frame 1 at 1.000 s, quality 50")
+    ]
+    with pytest.raises(Exception, match=r"<text>:2: not a vPDQ line"):
+        parse_hash_file(f"0,90,{h},0.000\n1,90,{h[:-1]},1.000\n")
+    # Other formats are read as before.
+    assert parse_hash_file(f"pdq {h}\n") == [("pdq", h, None)]
+
+
+@pytest.fixture
+async def known(migrated_pool: asyncpg.Pool, vpdq_file: Path) -> BankIndex:
+    store = BankStore(migrated_pool)
+    await store.ensure("known-videos", category="test")
+    assert await store.add("known-videos", read_hash_file(vpdq_file)) > 0
+    return await BankIndex.load(migrated_pool)
+
+
+async def _signals(index: BankIndex, data: bytes) -> list[Any]:
+    hasher = MediaHasher(workers=2)
+    try:
+        media = Media.of(data, await hasher.hash(data, sender="https://a.example/actor"))
+    finally:
+        hasher.close()
+    return await Inspector([BankMatcher(lambda: index)]).inspect(media)
+
+
+async def test_the_same_film_reencoded_matches_by_vpdq(known: BankIndex) -> None:
+    signals = await _signals(known, reencoded())
+    assert [s.kind for s in signals] == ["hashed", "match"]  # checked: no "unchecked"
+    [found] = [s for s in signals if s.kind == "match"]
+    assert found.source == "known-videos"
+    detail = found.detail
+    assert (detail["matcher"], detail["category"], detail["hash_kind"]) == (
+        "banks",
+        "test",
+        "vpdq",
+    )
+    assert detail["exact"] is False and not exact(found)  # perceptual: never alone final
+    assert detail["query_percent"] >= 80
+    assert 0 < detail["frames"] <= detail["usable_frames"]
+    assert 0 <= detail["distance"] <= 31
+    assert found.media is not None and found.media.vpdq is not None
+    assert signals[0].detail["vpdq_complete"] is True
+
+
+async def test_another_film_does_not_match(known: BankIndex) -> None:
+    signals = await _signals(known, other())
+    assert [s.kind for s in signals] == ["hashed"]
+
+
+async def test_a_corrupt_video_is_a_decode_error_never_a_crash() -> None:
+    hasher = MediaHasher(workers=2)
+    try:
+        with pytest.raises(DecodeError):
+            await hasher.hash(mp4()[: len(mp4()) // 3], sender="https://a.example/actor")
+        with pytest.raises(DecodeError):
+            await hasher.hash(mp4()[:64] + bytes(500), sender="https://a.example/actor")
+    finally:
+        hasher.close()
+
+
+# -- end to end ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    media = Origin(
+        files={
+            "known.webm": (reencoded(), "video/webm"),
+            "other.mp4": (other(), "video/mp4"),
+            "broken.mp4": (mp4()[:64] + bytes(2000), "video/mp4"),
+        }
+    )
+    app = web.Application()
+    app.router.add_get("/media/{name}", media.handle)
+    server = await start_server(app)
+    media.base = str(server.make_url("")).rstrip("/")
+    yield media
+    await server.close()
+
+
+@pytest.fixture
+async def guarded(sluice_factory: Any, vpdq_file: Path) -> Running:
+    sluice = await sluice_factory(
+        media={"fetch_timeout_seconds": 5.0},
+        hold={"max_seconds": 30.0, "on_error": "reject"},
+        bank=[{"name": "known-videos", "category": "test"}],
+        rule=[
+            {"match": "category:test", "action": "review"},
+            {"match": "signal:unchecked", "action": "review"},
+        ],
+    )
+    store = BankStore(sluice.parts.pool)
+    await store.ensure("known-videos", category="test")
+    await store.add("known-videos", read_hash_file(vpdq_file))
+    await wait_for(lambda: len(sluice.parts.banks.index) >= 2, timeout=5)
+    return sluice
+
+
+async def _settled(sluice: Running, ap_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        record = await sluice.parts.store.get(ap_id)
+        return record if record and record["state"] not in ("received", "queued") else None
+
+    return await wait_for(done, timeout=30)
+
+
+async def test_a_known_video_is_held_for_review_never_delivered(
+    guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url("known.webm"), media_type="video/webm")
+    assert (await guarded.post(alice, activity))[0] == 202
+    record = await _settled(guarded, activity["id"])
+    assert record["state"] == "review"
+    assert record["verdict"]["rule"] == "rule[0] category:test -> review"
+    [found] = [s for s in record["verdict"]["signals"] if s["kind"] == "match"]
+    assert found["source"] == "known-videos"
+    assert found["detail"]["hash_kind"] == "vpdq"
+    assert found["detail"]["query_percent"] >= 80
+    assert not [s for s in record["verdict"]["signals"] if s["kind"] == "unchecked"]
+    await asyncio.sleep(0.2)
+    assert upstream.requests == []
+
+
+async def test_another_video_is_delivered(
+    guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url("other.mp4"), media_type="video/mp4")
+    assert (await guarded.post(alice, activity))[0] == 202
+    record = await _settled(guarded, activity["id"])
+    assert record["state"] == "delivered", record["verdict"]
+    [hashed] = [s for s in record["verdict"]["signals"] if s["kind"] == "hashed"]
+    assert hashed["detail"]["kind"] == "video"
+    assert hashed["detail"]["vpdq_complete"] is True
+
+
+async def test_a_corrupt_video_goes_where_on_error_says(
+    guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
+) -> None:
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url("broken.mp4"), media_type="video/mp4")
+    assert (await guarded.post(alice, activity))[0] == 202
+    record = await _settled(guarded, activity["id"])
+    assert record["state"] == "rejected"
+    assert record["verdict"]["rule"] == "hold.on_error"
+    kinds = {s["kind"]: s["detail"] for s in record["verdict"]["signals"]}
+    assert kinds["error"]["stage"] == "decode"
+    assert kinds["unchecked"]["kind"] == "video"
+    assert upstream.requests == []
