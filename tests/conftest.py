@@ -148,6 +148,10 @@ class Upstream:
         return web.Response(status=self.status, text=f"upstream says {self.status}")
 
 
+#: ``[outbox]`` for tests that wait on an effect: retries a moment apart, not seconds.
+FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
+
+
 def free_port() -> int:
     """A loopback port free now (a server that must know its URL before it starts)."""
     with socket.socket() as probe:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from relay.banks import BankStore
 from relay.media.hashes import hash_media
-from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
+from tests.conftest import FAST_OUTBOX, Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors import test_upload as upload_door
 from tests.doors.test_media_hold import BRIDGE, PEN, read_evidence, with_media
@@ -30,8 +30,6 @@ from tests.webhook_support import Webhook, serving
 
 evidence_key = media_hold.evidence_key
 instance, start = upload_door.instance, upload_door.start
-FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
-
 SLOW = 0.5  # seconds the origin takes to answer each fetch
 
 

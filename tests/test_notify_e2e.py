@@ -18,15 +18,13 @@ import pytest
 
 from relay.banks import BankStore
 from relay.media.hashes import hash_media
-from tests.conftest import Fediverse, Running, config_text, wait_for
+from tests.conftest import FAST_OUTBOX, Fediverse, Running, config_text, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import BRIDGE, Origin, with_media
 from tests.test_crash import free_port, start_sluice
 from tests.webhook_support import Webhook, serving
 
 origin, evidence_key, settled = media_hold.origin, media_hold.evidence_key, media_hold._settled
-
-FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
 
 
 async def test_a_quarantine_notifies_the_webhook_retrying_through_5xx(

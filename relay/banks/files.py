@@ -14,6 +14,7 @@ from pathlib import Path
 
 from relay.errors import SluiceError
 from relay.hashing import KINDS, by_alias
+from relay.hashing.vpdq import QUALITY as VPDQ_QUALITY  # frames below it make no entry
 
 __all__ = ["BankError", "Entry", "parse_hash_file", "read_hash_file"]
 
@@ -29,8 +30,6 @@ _MAX_PROBLEMS = 20  # listed in one error; the rest are counted
 _VPDQ_LINE = re.compile(
     r"\s*\d{1,12}\s*,\s*\d{1,3}\s*,\s*[0-9a-fA-F]{64}\s*,\s*[0-9.eE+-]{1,24}\s*"
 )
-#: Frames of lower PDQ quality in a vPDQ file are not made entries (vpdq's tolerance).
-VPDQ_QUALITY = 50
 
 
 class BankError(SluiceError):

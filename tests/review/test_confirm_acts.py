@@ -12,15 +12,13 @@ import pytest
 from relay.banks import BankStore
 from relay.media.hashes import hash_media
 from relay.people import ApiTokens
-from tests.conftest import Fediverse, wait_for
+from tests.conftest import FAST_OUTBOX, Fediverse, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import Origin, with_media
 from tests.review.support import PICTURES, reviewing
 from tests.test_instance_actions import TOKEN, _serve
 
 origin, evidence_key, settled = media_hold.origin, media_hold.evidence_key, media_hold._settled
-
-FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
 
 
 async def test_a_ban_withheld_from_a_perceptual_match_runs_once_a_moderator_confirms(

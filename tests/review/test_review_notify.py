@@ -9,15 +9,13 @@ from typing import Any
 
 from relay.media.hashes import hash_media
 from relay.people import ApiTokens
-from tests.conftest import Fediverse, wait_for
+from tests.conftest import FAST_OUTBOX, Fediverse, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import Origin
 from tests.review.support import PICTURES, hold, reviewing
 from tests.webhook_support import serving
 
 origin, evidence_key = media_hold.origin, media_hold.evidence_key
-
-FAST_OUTBOX = {"backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2}
 
 
 async def test_a_review_an_escalation_and_a_confirmation_each_notify_once(
