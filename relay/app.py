@@ -360,7 +360,7 @@ def build_app(
             if config.hold.lazy:  # a lazy check a stopped process never recorded
                 outbox.every("lazy-checks", 60.0, flow.check_overdue)
             for synced in await bank_syncs(config, pool):  # banks that fill themselves
-                outbox.every(f"bank-sync:{synced.bank}", synced.every, synced.run)
+                outbox.every(f"bank-sync:{synced.bank}", synced.every, synced.sync.run)
             if flow.evidence is not None:  # past retention and not held: purged, audited
                 outbox.every(
                     "evidence-purge", config.evidence.purge_every_seconds, flow.evidence.purge

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import json
 import os
 import random
 import sys
@@ -432,3 +433,28 @@ async def test_a_configured_source_fills_its_bank_in_a_running_sluice(
         [listed] = (await response.json())["banks"]
     assert listed["bank"] == "shared" and listed["added"] == 1
     await wait_for(lambda: "shared" in sluice.parts.banks.index.counts(), timeout=5)
+
+
+async def test_sluice_bank_sync_runs_a_source_once_and_says_what_it_did(
+    need_threatexchange: None, make_config: Any, ncmec: Ncmec, tmp_path: Any
+) -> None:
+    from tests.test_cli_bank import run
+
+    secret = tmp_path / "ncmec.secret"
+    secret.write_text(f"{ncmec.user}:{ncmec.password}\n")
+    ncmec.entries = [NcmecEntry("1", 42, int(time.time()) - 600, {"pdq": pdq(), "md5": md5()})]
+    bank = {
+        "name": "shared",
+        "category": "test",
+        "source": "ncmec",
+        "source_url": ncmec.url,
+        "source_credentials_file": str(secret),
+    }
+    config = make_config(bank=[bank]).source
+    done = await asyncio.to_thread(run, "bank", "sync", "--config", config)
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    counts = json.loads(line)
+    assert (counts["bank"], counts["added"], counts["caught_up"]) == ("shared", 2, True)
+    missing = await asyncio.to_thread(run, "bank", "sync", "--config", config, "nope")
+    assert missing.returncode == 1 and "no [[bank]] with a source named nope" in missing.stderr

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -556,7 +556,7 @@ class Scheduled:
 
     bank: str
     every: float
-    run: Callable[[], Awaitable[object]]
+    sync: BankSync
 
 
 async def bank_syncs(config: Config, pool: asyncpg.Pool) -> list[Scheduled]:
@@ -590,5 +590,5 @@ async def bank_syncs(config: Config, pool: asyncpg.Pool) -> list[Scheduled]:
         sync = BankSync(
             pool, bank.name, bank.source, credentials, url=bank.source_url or None, options=options
         )
-        found.append(Scheduled(bank.name, bank.sync_every_seconds, sync.run))
+        found.append(Scheduled(bank.name, bank.sync_every_seconds, sync))
     return found

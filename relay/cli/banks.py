@@ -1,5 +1,5 @@
-"""``sluice bank`` (import, list, add-image): the hash lists media is matched against;
-and ``sluice hash``, which prints the hashes a bank would hold for a file."""
+"""``sluice bank`` (import, list, add-image, sync): the hash lists media is matched
+against; and ``sluice hash``, which prints the hashes a bank would hold for a file."""
 
 from __future__ import annotations
 
@@ -196,8 +196,37 @@ def _hash(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bank_sync(args: argparse.Namespace) -> int:
+    """Sync the named banks (every bank with a ``source`` without names) once, now."""
+    from relay.banks.sync import SyncError, bank_syncs
+
+    async def run(store, config) -> int:  # type: ignore[no-untyped-def]
+        syncs = await bank_syncs(config, store.pool)
+        chosen = [s for s in syncs if not args.banks or s.bank in args.banks]
+        unknown = sorted(set(args.banks) - {s.bank for s in syncs})
+        if unknown:
+            print(f"no [[bank]] with a source named {', '.join(unknown)}", file=sys.stderr)
+            return 1
+        failed = False
+        for scheduled in chosen:
+            try:
+                done = await scheduled.sync.run()
+            except SyncError as exc:
+                print(json.dumps({"bank": scheduled.bank, "error": str(exc)}))
+                failed = True
+                continue
+            print(json.dumps(done.counts()))
+        return 1 if failed else 0
+
+    try:
+        return _with_banks(args.config, run)
+    except SyncError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
 def register(commands: Commands) -> None:
-    """``hash`` and ``bank import|list|add-image``."""
+    """``hash`` and ``bank import|list|add-image|sync``."""
     hash_ = commands.add_parser(
         "hash", help="print the SHA-256, MD5 and PDQ of files, one JSON object per line"
     )
@@ -234,3 +263,10 @@ def register(commands: Commands) -> None:
     add.add_argument("--note", help="kept with each hash (default: the image's file name)")
     add.add_argument("images", nargs="+", metavar="IMAGE")
     add.set_defaults(run=_bank_add_image)
+
+    sync = banks.add_parser(
+        "sync", help="sync banks that fill themselves ([[bank]] source) now, once"
+    )
+    sync.add_argument("--config", "-c", help="TOML configuration file")
+    sync.add_argument("banks", nargs="*", metavar="BANK", help="default: every one")
+    sync.set_defaults(run=_bank_sync)
