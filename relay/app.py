@@ -73,6 +73,7 @@ from relay.signature.objects import ObjectVerifier
 from relay.store import connect
 from relay.store.activities import ActivityStore
 from relay.store.receipts import ReceiptStore
+from relay.store.uploads import UploadRecords
 from relay.trust import TrustRule
 
 __all__ = ["SLUICE", "Sluice", "build_app"]
@@ -336,7 +337,7 @@ def build_app(
                     outbox.register(act.name, act)
                     plans[act.name] = act_planner(act.name)
             opened.push_async_callback(outbox.stop)  # safe before start too
-            Retention(store, outbox).schedule()  # one process prunes, each minute
+            Retention(store, outbox, UploadRecords(pool)).schedule()  # one process, each minute
             flow = Flow(
                 store,
                 hold,
@@ -422,6 +423,7 @@ def build_app(
                 timeout=config.upload.timeout_seconds,
                 concurrency=config.upload.concurrency,
                 lazy=config.upload.lazy,
+                records=UploadRecords(pool),
             )
             parts = Sluice(
                 config,

@@ -42,6 +42,7 @@ from relay.review.ui import PREFIX as UI_PREFIX
 from relay.review.ui import ReviewUI
 from relay.store.activities import ActivityStore
 from relay.store.db import translated
+from relay.store.uploads import UploadRecords
 
 if TYPE_CHECKING:
     from relay.app import Sluice
@@ -164,6 +165,7 @@ class AdminDoor:
             web.post(API_PREFIX + "/quarantine/{row}/release", self.release),
             web.get(API_PREFIX + "/me", self.me),
             web.get(API_PREFIX + "/banks/sync", self.bank_syncs),
+            web.get(API_PREFIX + "/uploads", self.uploads),
             web.get(API_PREFIX + "/audit", self.audit),
         ]
 
@@ -456,6 +458,13 @@ class AdminDoor:
 
     def _audit(self, request: web.Request) -> AuditLog:
         return AuditLog(self._store(request).pool)
+
+    async def uploads(self, request: web.Request) -> web.Response:
+        """What the upload door decided, newest first: ``?outcome=reject&limit=N``
+        (outcomes: deliver, review, reject, quarantine, timeout, error, too_large)."""
+        outcome = request.query.get("outcome") or None
+        records = UploadRecords(self._store(request).pool)
+        return _json({"uploads": await records.recent(_limit(request), outcome)})
 
     async def bank_syncs(self, request: web.Request) -> web.Response:
         """Banks that fill themselves ([[bank]] source): each one's checkpoint, last run,

@@ -54,6 +54,7 @@ from relay.media.refs import MediaRef
 from relay.outbox import Outbox, enqueue_now
 from relay.policy import Policy
 from relay.signal import Signal
+from relay.store.uploads import UploadRecords
 from relay.verdict import Disposition, Verdict
 
 __all__ = [
@@ -278,10 +279,12 @@ class UploadDoor:
         timeout: float = 20.0,
         concurrency: int = 4,
         lazy: bool = False,
+        records: UploadRecords | None = None,
     ) -> None:
         """At most ``concurrency`` uploads are read and judged at once, each of at most
         ``max_bytes``: the memory uploads may take is bounded by their product (a lazy
-        check holds its turn until it ends)."""
+        check holds its turn until it ends). ``records`` keeps each decision for the
+        admin API."""
         if on_error not in ("accept", "refuse"):
             raise ValueError(f"on_error must be accept or refuse, not {on_error!r}")
         self.base = upstream_url.rstrip("/")
@@ -301,6 +304,7 @@ class UploadDoor:
         self._turns = asyncio.Semaphore(concurrency)
         self._guard = self._in_turn(self.guard)
         self.lazy = lazy
+        self.records = records
 
     def routes(self) -> list[web.RouteDef]:
         # Mounted before the inbound door: pict-rs's POSTs are no inbox's. The upload
@@ -401,19 +405,20 @@ class UploadDoor:
         """The whole body, or 413 as soon as it is known to exceed ``max_bytes``."""
         declared = request.content_length
         if declared is not None and declared > self.max_bytes:
-            return self._too_big(upload, declared)
+            return await self._too_big(upload, declared)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > self.max_bytes:
-                return self._too_big(upload, size)
+                return await self._too_big(upload, size)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_big(self, upload: _Upload, size: int) -> web.StreamResponse:
+    async def _too_big(self, upload: _Upload, size: int) -> web.StreamResponse:
         reason = f"This upload is larger than the {self.max_bytes} bytes this server accepts."
         self._log(upload, "too_large", size=size)
+        await self._record(upload, "too_large", size=size)
         if upload.family == "pict-rs" and self.on_error == "accept":
             return web.json_response({"ok": True, "unchecked": "too large"}, status=200)
         return _refusal(upload.family, reason, status=413)
@@ -437,10 +442,15 @@ class UploadDoor:
             async with asyncio.timeout(self.timeout):
                 verdict = await self._decide(upload)
         except TimeoutError:
-            self._log(upload, "timeout", size=size, seconds=time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._log(upload, "timeout", size=size, seconds=seconds)
+            await self._record(
+                upload, "timeout", rule="upload.on_error", size=size, seconds=seconds
+            )
             return None if self.on_error == "accept" else _refusal(upload.family, UNCHECKED)
         except Exception as exc:
             log.exception("upload_check_failed", path=upload.path, error=type(exc).__name__)
+            await self._record(upload, "error", rule="upload.on_error", size=size)
             return None if self.on_error == "accept" else _refusal(upload.family, UNCHECKED)
         evidence_id = await self._preserve(upload, verdict)
         await self._effects(upload, verdict, evidence_id)
@@ -452,6 +462,15 @@ class UploadDoor:
             evidence=evidence_id,
             seconds=time.perf_counter() - started,
             **({"checked_after": True} if self.lazy else {}),
+        )
+        await self._record(
+            upload,
+            verdict.disposition.value,
+            rule=verdict.rule,
+            signals=verdict.signals,
+            evidence_id=evidence_id,
+            size=size,
+            seconds=time.perf_counter() - started,
         )
         if verdict.disposition == Disposition.DELIVER:
             return None
@@ -510,6 +529,39 @@ class UploadDoor:
             evidence_id=evidence_id,
         )
         await enqueue_now(self.outbox, pending, path=upload.path)
+
+    async def _record(
+        self,
+        upload: _Upload,
+        outcome: str,
+        *,
+        rule: str | None = None,
+        signals: Sequence[Signal] = (),
+        evidence_id: int | None = None,
+        size: int = 0,
+        seconds: float | None = None,
+    ) -> None:
+        """Keep the decision for the admin API; a record that cannot be written is
+        logged, never a reason to refuse or delay the upload further."""
+        if self.records is None:
+            return
+        account = upload.account
+        try:
+            await self.records.record(
+                path=upload.path,
+                family=upload.family,
+                remote=upload.remote,
+                account=account.as_json() if account else None,
+                outcome=outcome,
+                rule=rule,
+                signals=signals,
+                evidence_id=evidence_id,
+                size=size,
+                seconds=seconds,
+                checked_after=self.lazy,
+            )
+        except Exception as exc:
+            log.warning("upload_not_recorded", path=upload.path, error=str(exc))
 
     def _log(self, upload: _Upload, outcome: str, **facts: object) -> None:
         account = upload.account

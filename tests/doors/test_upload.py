@@ -349,3 +349,34 @@ async def test_unknown_token_is_no_reason_to_refuse(start: Start, instance: Inst
     )
     assert status == 200
     assert instance.at("/api/v2/media")[0].body == body
+
+
+async def test_every_decision_is_on_the_admin_api_without_hashes(
+    start: Start, instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "uploads-admin")
+    sluice = await start()
+    known, known_type = multipart(("file", "b.jpg", BRIDGE))
+    clean, clean_type = multipart(("file", "pen.png", PEN))
+    assert (await send(sluice, "POST", "/api/v2/media", known, known_type))[0] == 422
+    assert (await send(sluice, "POST", "/api/v2/media", clean, clean_type))[0] == 200
+    headers = {"Authorization": "Bearer uploads-admin"}
+    async with sluice.session.get(
+        sluice.admin_url + "/_sluice/api/uploads", headers=headers
+    ) as response:
+        assert response.status == 200
+        text = await response.text()
+    listed = json.loads(text)["uploads"]
+    assert [(u["path"], u["outcome"], u["family"]) for u in listed] == [
+        ("/api/v2/media", "deliver", "mastodon"),
+        ("/api/v2/media", "quarantine", "mastodon"),
+    ]
+    refused = listed[1]
+    assert refused["rule"] == "rule[0] category:test -> quarantine"
+    assert refused["evidence_id"] is not None and refused["bytes"] == len(known)
+    assert {"kind": "match", "source": "test-known", "detail": {}} in refused["signals"]
+    no_hash_in(text)
+    async with sluice.session.get(
+        sluice.admin_url + "/_sluice/api/uploads?outcome=quarantine", headers=headers
+    ) as response:
+        assert [u["outcome"] for u in (await response.json())["uploads"]] == ["quarantine"]
