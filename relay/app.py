@@ -332,6 +332,7 @@ def build_app(
                     config.upstream.token,
                     acting,
                     timeout=config.upstream.timeout_seconds,
+                    ban_removes_data=config.upstream.ban_removes_data,
                 )
                 for act in (Ban(actions), Remove(actions), Report(actions), Purge(actions, pool)):
                     outbox.register(act.name, act)

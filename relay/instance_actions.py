@@ -311,11 +311,16 @@ class LemmyActions(InstanceActions):
     purges = frozenset({"post", "person"})
     _MISSING = ("couldnt_find_object", "couldnt_find_post", "couldnt_find_person")
 
-    def __init__(self, *args: Any, version: str = "v3", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, version: str = "v3", remove_data: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         if version not in ("v3", "v4"):
             raise ValueError(f"Lemmy API version {version!r} (known: v3, v4)")
         self.version = version
+        #: A ban also removes the person's posts and comments ([upstream]
+        #: ban_removes_data); a removal, unlike a purge, a moderator can restore.
+        self.remove_data = remove_data
 
     async def _resolve(self, uri: str) -> dict[str, Any]:
         try:
@@ -351,10 +356,11 @@ class LemmyActions(InstanceActions):
     async def ban(self, account_id: str, reason: str) -> None:
         person = int(account_id)
         if self.version == "v3":
-            path, body = "user/ban", {"person_id": person, "ban": True, "remove_data": False}
+            path = "user/ban"
+            body = {"person_id": person, "ban": True, "remove_data": self.remove_data}
         else:
             path = "admin/ban"
-            body = {"person_id": person, "ban": True, "remove_or_restore_data": False}
+            body = {"person_id": person, "ban": True, "remove_or_restore_data": self.remove_data}
         await self._admin(path, {**body, "reason": _text(reason)}, f"ban person {person}")
 
     async def remove(self, post_id: str, actor: str, reason: str) -> None:
@@ -463,10 +469,14 @@ def for_software(
     session: aiohttp.ClientSession,
     *,
     timeout: float = 30.0,
+    ban_removes_data: bool = False,
 ) -> InstanceActions:
     """The actions for ``[upstream] software``; ValueError for a family Sluice cannot
-    act on (GoToSocial, Pleroma and Akkoma speak other admin APIs)."""
+    act on (GoToSocial, Pleroma and Akkoma speak other admin APIs). ``ban_removes_data``:
+    a Lemmy ban also removes the person's content (others have no such choice)."""
     family = _FAMILIES.get(software)
     if family is None:
         raise ValueError(f"no instance actions for {software!r} (supported: {SUPPORTED})")
+    if family is LemmyActions:
+        return LemmyActions(base_url, token, session, timeout=timeout, remove_data=ban_removes_data)
     return family(base_url, token, session, timeout=timeout)

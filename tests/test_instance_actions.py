@@ -472,3 +472,17 @@ def test_planner() -> None:
 async def test_unsupported_software(http: aiohttp.ClientSession) -> None:
     with pytest.raises(ValueError, match="gotosocial"):
         for_software("gotosocial", "http://127.0.0.1:1", TOKEN, http)
+
+
+async def test_a_lemmy_ban_removes_the_persons_content_when_configured(
+    http: aiohttp.ClientSession,
+) -> None:
+    stand_in = await _serve("lemmy")
+    try:
+        actions = for_software("lemmy", stand_in.url, TOKEN, http, ban_removes_data=True)
+        await Ban(actions).run(payload("ban"))
+        [ban] = [c for c in stand_in.calls if c.path == "/api/v3/user/ban"]
+        assert ban.fields["remove_data"] is True
+    finally:
+        assert stand_in.server is not None
+        await stand_in.server.close()

@@ -155,6 +155,7 @@ class UpstreamConfig:
     concurrency: int
     software: str = ""
     token_file: Path | None = None
+    ban_removes_data: bool = False
     # From $SLUICE_UPSTREAM_TOKEN, else the contents of token_file; None: no API calls.
     token: str | None = field(default=None, repr=False)
 
@@ -659,6 +660,9 @@ SCHEMA: tuple[Section, ...] = (
               check=lambda v: one_of(*SOFTWARE)(v) if v else None),
         Field("token_file", OPTIONAL_PATH, "",
               "file with an API token of the instance (or $SLUICE_UPSTREAM_TOKEN)"),
+        Field("ban_removes_data", BOOLEAN, False,
+              "Lemmy: the `ban` effect also removes the person's posts and comments "
+              "(restorable; `purge` deletes for good)"),
     ), "The instance Sluice protects.", finish=_upstream_token),
     Section("database", DatabaseConfig, (
         Field("url", STRING, "", "postgresql:// URL; empty: embedded PostgreSQL under data_dir",
