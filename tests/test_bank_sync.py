@@ -423,7 +423,13 @@ async def test_a_configured_source_fills_its_bank_in_a_running_sluice(
         return ("pdq", listed) in await entries(pool, "shared")
 
     await wait_for(filled, timeout=15)
-    [status] = await sync_status(pool)
+
+    async def recorded() -> dict[str, Any] | None:
+        # The entries commit first, the run's bookkeeping a moment after.
+        rows = await sync_status(pool)
+        return rows[0] if rows and rows[0]["last_ok_at"] is not None else None
+
+    status = await wait_for(recorded, timeout=15)
     assert status["bank"] == "shared" and status["last_error"] is None
     admin = {"Authorization": "Bearer sync-admin"}
     async with sluice.session.get(
