@@ -464,3 +464,24 @@ async def test_sluice_bank_sync_runs_a_source_once_and_says_what_it_did(
     assert (counts["bank"], counts["added"], counts["caught_up"]) == ("shared", 2, True)
     missing = await asyncio.to_thread(run, "bank", "sync", "--config", config, "nope")
     assert missing.returncode == 1 and "no [[bank]] with a source named nope" in missing.stderr
+
+
+def test_check_config_reads_a_synced_banks_credentials_as_serve_would(tmp_path: Any) -> None:
+    from relay.config import load_config, startup_problems
+
+    def problems_of(path: Any, environ: dict[str, str]) -> list[Any]:
+        return startup_problems(load_config(path, environ=environ), evidence_key=False)
+
+    path = tmp_path / "sluice.toml"
+    path.write_text(
+        "[[bank]]\n"
+        'name = "ncmec"\n'
+        'category = "csam"\n'
+        'source = "ncmec"\n'
+        f'source_credentials_file = "{tmp_path / "missing.secret"}"\n'
+    )
+    [problem] = [p for p in problems_of(path, environ={}) if p.key.startswith("bank")]
+    assert (problem.line, problem.key) == (5, "bank[0].source_credentials_file")
+    assert "cannot read" in problem.message and "missing.secret" in problem.message
+    (tmp_path / "missing.secret").write_text("esp:s3cret\n")
+    assert not [p for p in problems_of(path, environ={}) if p.key.startswith("bank")]

@@ -32,6 +32,7 @@ from relay.store.db import translating
 
 if TYPE_CHECKING:
     from relay.config import Config
+    from relay.config.sluice import BankConfig
 
 __all__ = [
     "INSTALL_HINT",
@@ -43,6 +44,7 @@ __all__ = [
     "SyncError",
     "SyncRun",
     "bank_syncs",
+    "source_credentials",
     "sync_status",
 ]
 
@@ -559,6 +561,21 @@ class Scheduled:
     sync: BankSync
 
 
+def source_credentials(bank: BankConfig) -> str:
+    """The text of a synced bank's ``source_credentials_file``; SyncError saying what is
+    wrong (``check-config`` asks here too, so a missing file is caught before start)."""
+    path = bank.source_credentials_file
+    if path is None:
+        raise SyncError(f"bank `{bank.name}`: source `{bank.source}` needs source_credentials_file")
+    try:
+        credentials = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SyncError(f"bank `{bank.name}`: cannot read {path}: {exc}") from exc
+    if not credentials:
+        raise SyncError(f"bank `{bank.name}`: {path} is empty")
+    return credentials
+
+
 async def bank_syncs(config: Config, pool: asyncpg.Pool) -> list[Scheduled]:
     """Each ``[[bank]]`` with a ``source``: its sync, ready to schedule (the bank made
     first if new). SyncError when its credentials cannot be read: Sluice does not start
@@ -567,17 +584,7 @@ async def bank_syncs(config: Config, pool: asyncpg.Pool) -> list[Scheduled]:
     for bank in config.bank:
         if not bank.source:
             continue
-        path = bank.source_credentials_file
-        if path is None:
-            raise SyncError(
-                f"bank `{bank.name}`: source `{bank.source}` needs source_credentials_file"
-            )
-        try:
-            credentials = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SyncError(f"bank `{bank.name}`: cannot read {path}: {exc}") from exc
-        if not credentials:
-            raise SyncError(f"bank `{bank.name}`: {path} is empty")
+        credentials = source_credentials(bank)
         await BankStore(pool).ensure(bank.name, bank.category, bank.source)
         options = {
             name: value

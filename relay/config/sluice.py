@@ -1342,6 +1342,14 @@ def startup_problems(config: Config, *, evidence_key: bool = True) -> list[Confi
             EvidenceKey.load(config.evidence.key_file)
         except EvidenceError as exc:
             problems.append(locate(("evidence", "key_file"), str(exc)))
+    for index, bank in enumerate(config.bank):
+        if bank.source:
+            from relay.banks.sync import SyncError, source_credentials  # as serve reads it
+
+            try:
+                source_credentials(bank)
+            except SyncError as exc:
+                problems.append(locate(("bank", index, "source_credentials_file"), str(exc)))
     admin = config.admin.listen
     if admin and not admin.endswith(":0"):
         host, port = split_listen(admin)
