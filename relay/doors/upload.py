@@ -66,10 +66,10 @@ __all__ = [
     "UNCHECKED",
     "UNREADABLE",
     "VALIDATE_PATH",
-    "Account",
-    "Accounts",
     "Family",
     "UploadDoor",
+    "Uploader",
+    "Uploaders",
     "upload_route",
 ]
 
@@ -158,7 +158,7 @@ def _refusal(family: Family, reason: str, *, status: int | None = None) -> web.R
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
+class Uploader:
     """Who uploaded, as the instance knows them (Mastodon's verify_credentials)."""
 
     id: str | None
@@ -169,7 +169,7 @@ class Account:
         return {"id": self.id, "acct": self.acct, "url": self.url}
 
 
-class Accounts:
+class Uploaders:
     """The account behind a bearer token, asked of the instance
     (``GET /api/v1/accounts/verify_credentials``) and remembered by a hash of the token
     for ``ttl`` seconds, at most ``size`` of them. Failing to learn it is not a reason
@@ -191,10 +191,10 @@ class Accounts:
         self.size = size
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.clock = clock
-        self._known: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
+        self._known: OrderedDict[str, tuple[float, Uploader | None]] = OrderedDict()
         self.asked = 0
 
-    async def of(self, authorization: str | None) -> Account | None:
+    async def of(self, authorization: str | None) -> Uploader | None:
         if not authorization or not authorization.lower().startswith("bearer "):
             return None
         key = hashlib.sha256(authorization.encode()).hexdigest()
@@ -210,7 +210,7 @@ class Accounts:
             self._known.popitem(last=False)
         return account
 
-    async def _ask(self, authorization: str) -> Account | None:
+    async def _ask(self, authorization: str) -> Uploader | None:
         self.asked += 1
         try:
             async with self.session.get(
@@ -232,7 +232,7 @@ class Accounts:
             value = body.get(name)
             return str(value) if isinstance(value, str | int) else None
 
-        return Account(text("id"), text("acct") or text("username"), text("url"))
+        return Uploader(text("id"), text("acct") or text("username"), text("url"))
 
 
 @dataclass
@@ -243,7 +243,7 @@ class _Upload:
     family: Family
     remote: str | None
     headers: dict[str, str]
-    account: Account | None = None
+    account: Uploader | None = None
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (label, bytes)
     signals: list[Signal] = field(default_factory=list)
     undecodable: bool = False
@@ -272,7 +272,7 @@ class UploadDoor:
         outbox: Outbox | None = None,
         webhooks: Sequence[str] = (),
         admin_url: Callable[[], str | None] = lambda: None,
-        accounts: Accounts | None = None,
+        accounts: Uploaders | None = None,
         trusted_proxies: Iterable[str] = (),
         on_error: str = "refuse",
         max_bytes: int = 41_943_040,
@@ -296,7 +296,7 @@ class UploadDoor:
         self.outbox = outbox
         self.webhooks = tuple(webhooks)
         self.admin_url = admin_url
-        self.accounts = accounts or Accounts(passthrough.session, upstream_url)
+        self.accounts = accounts or Uploaders(passthrough.session, upstream_url)
         self.proxies = Proxies(trusted_proxies)
         self.on_error = on_error
         self.max_bytes = max_bytes
@@ -392,7 +392,7 @@ class UploadDoor:
         remote = self.proxies.client(request.remote, request.headers)
         return _Upload(request.path, family, remote, kept)
 
-    async def _account(self, request: web.Request, family: Family) -> Account | None:
+    async def _account(self, request: web.Request, family: Family) -> Uploader | None:
         if family != "mastodon":  # Misskey's token is a form field; Lemmy's a cookie
             return None
         try:
