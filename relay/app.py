@@ -447,7 +447,6 @@ def build_app(
                     quarantine_effects=_effects_on(config, speaks=actor is not None).get(
                         "quarantine", ()
                     ),
-                    notify_escalations=bool(config.notify.webhooks),
                     report_categories=config.review.report_categories,
                 ),
             )

@@ -79,6 +79,8 @@ class Decided:
     after: bool = False
     #: A later decision about the same row (a moderator's ``confirm``): its own key.
     stage: str = ""
+    #: What a notification about it says happened (``escalated``: a moderator's call).
+    event: str = "verdict"
 
     @property
     def key(self) -> str:

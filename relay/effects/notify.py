@@ -207,6 +207,7 @@ def planner(webhooks: Sequence[str], admin_url: Callable[[], str | None]) -> Pla
             signals=verdict.signals,
             admin_url=admin_url() or "",
             evidence_id=decided.evidence_id,
+            event=decided.event,
         )
         if decided.after:  # the disposition is what the hold would have done
             body["checked_after"] = True

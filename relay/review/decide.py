@@ -77,7 +77,6 @@ class Decisions:
         plans: Mapping[str, Plan],
         *,
         quarantine_effects: Sequence[str] = (),
-        notify_escalations: bool = False,
         report_categories: Sequence[str] = ("csam",),
     ) -> None:
         self.store = store
@@ -86,7 +85,6 @@ class Decisions:
         self.outbox = outbox
         self.plans = plans
         self.quarantine_effects = tuple(quarantine_effects)
-        self.notify_escalations = notify_escalations
         self.report_categories = frozenset(report_categories)
         self.audit = AuditLog(store.pool)
         self.queue = ReviewQueue(store.pool)
@@ -224,14 +222,17 @@ class Decisions:
         marked = await self.store.escalate(row, who.name, why)
         if not marked:
             raise DecisionError(f"row {row} left review meanwhile")
-        if self.notify_escalations and self.outbox is not None and "notify" in self.plans:
+        if self.outbox is not None:  # the admins' webhooks hear of it, if any are set
             verdict = Verdict(Disposition.REVIEW, f"escalated by {who.name}: {why}")
-            decided = Decided(row, _about(record), verdict, record.get("evidence_id"))
-            pending = [
-                Pending(p.kind, f"{p.key}:escalated", _escalated(p.payload))
-                for p in self.plans["notify"](decided)
-            ]
-            await self.outbox.enqueue(pending)
+            decided = Decided(
+                row,
+                _about(record),
+                verdict,
+                record.get("evidence_id"),
+                stage="escalate",
+                event="escalated",
+            )
+            await self.outbox.enqueue(self._plan("notify", decided))
         await self.audit.record(who.name, "review.escalate", why=why, detail={"row": row})
         return Outcome(row, State.REVIEW.value)
 
@@ -241,12 +242,6 @@ class Decisions:
             log.error("effect_not_configured", effect=name, row=decided.row)
             return []
         return plan(decided)
-
-
-def _escalated(payload: dict[str, Any]) -> dict[str, Any]:
-    """A notification's payload as an escalation: its own event and idempotency key."""
-    message = {**payload.get("message", {}), "event": "escalated"}
-    return {**payload, "message": message, "key": f"{payload.get('key')}:escalated"}
 
 
 def _about(record: Mapping[str, Any]) -> dict[str, Any]:
