@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from relay.checkers.arachnid import ArachnidShield
@@ -9,8 +11,13 @@ from relay.checkers.base import Checker
 from relay.checkers.classifier import Classifier
 from relay.checkers.photodna import PhotoDna
 from relay.config import Config
+from relay.config.sluice import ArachnidConfig, ClassifierConfig, PhotoDnaConfig
 
 __all__ = ["checkers"]
+
+#: What every checker's section bounds alike (relay.checkers.base.Checker's arguments).
+_LIMITS = ("rate_per_second", "timeout_seconds", "max_answer_bytes", "cache_seconds",
+           "cache_entries")  # fmt: skip
 
 
 def checkers(config: Config, session: aiohttp.ClientSession) -> list[Checker]:
@@ -28,11 +35,7 @@ def checkers(config: Config, session: aiohttp.ClientSession) -> list[Checker]:
                 category=p.category,
                 small="skip" if p.small == "skip" else "upscale",
                 enhance=p.enhance,
-                rate_per_second=p.rate_per_second,
-                timeout_seconds=p.timeout_seconds,
-                max_answer_bytes=p.max_answer_bytes,
-                cache_seconds=p.cache_seconds,
-                cache_entries=p.cache_entries,
+                **_limits(p),
             )
         )
     a = config.arachnid
@@ -43,11 +46,7 @@ def checkers(config: Config, session: aiohttp.ClientSession) -> list[Checker]:
                 a.credentials,
                 url=a.endpoint,
                 send="pdq" if a.send == "pdq" else "bytes",
-                rate_per_second=a.rate_per_second,
-                timeout_seconds=a.timeout_seconds,
-                max_answer_bytes=a.max_answer_bytes,
-                cache_seconds=a.cache_seconds,
-                cache_entries=a.cache_entries,
+                **_limits(a),
             )
         )
     c = config.classifier
@@ -64,11 +63,12 @@ def checkers(config: Config, session: aiohttp.ClientSession) -> list[Checker]:
                 review_at=c.review_at if c.review_at >= 0 else None,
                 category=c.category,
                 kinds=c.kinds,
-                rate_per_second=c.rate_per_second,
-                timeout_seconds=c.timeout_seconds,
-                max_answer_bytes=c.max_answer_bytes,
-                cache_seconds=c.cache_seconds,
-                cache_entries=c.cache_entries,
+                **_limits(c),
             )
         )
     return found
+
+
+def _limits(section: PhotoDnaConfig | ArachnidConfig | ClassifierConfig) -> dict[str, Any]:
+    """A section's rate, timeout, answer bound and cache, as the checker takes them."""
+    return {name: getattr(section, name) for name in _LIMITS}
