@@ -136,12 +136,12 @@ async def guarded(sluice_factory: Any, evidence_key: Path) -> Running:
     return sluice
 
 
-async def _settled(sluice: Running, ap_id: str) -> dict[str, Any]:
+async def _settled(sluice: Running, ap_id: str, timeout: float = 15) -> dict[str, Any]:
     async def done() -> dict[str, Any] | None:
         record = await sluice.parts.store.get(ap_id)
         return record if record and record["state"] not in ("received", "queued") else None
 
-    return await wait_for(done, timeout=15)
+    return await wait_for(done, timeout=timeout)
 
 
 async def test_known_image_is_quarantined_never_delivered_and_evidence_kept(

@@ -25,6 +25,7 @@ from relay.media.inspect import Inspector
 from relay.media.media import Media
 from relay.policy import exact
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
+from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import Origin, with_media
 from tests.media.test_video import mp4, other, reencoded
 
@@ -145,11 +146,7 @@ async def guarded(sluice_factory: Any, vpdq_file: Path) -> Running:
 
 
 async def _settled(sluice: Running, ap_id: str) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        record = await sluice.parts.store.get(ap_id)
-        return record if record and record["state"] not in ("received", "queued") else None
-
-    return await wait_for(done, timeout=30)
+    return await media_hold._settled(sluice, ap_id, timeout=30)  # decoding video takes longer
 
 
 async def test_a_known_video_is_held_for_review_never_delivered(
