@@ -319,7 +319,10 @@ def build_app(
             instance = None
             if config.upstream.software and config.upstream.token:
                 instance = InstanceApi(
-                    config.upstream.url, config.upstream.software, config.upstream.token
+                    config.upstream.url,
+                    config.upstream.software,
+                    config.upstream.token,
+                    lemmy_api=config.upstream.lemmy_api,
                 )
                 opened.push_async_callback(instance.close)
             if config.upstream.software in ACTS_ON and config.upstream.token:
@@ -333,6 +336,7 @@ def build_app(
                     acting,
                     timeout=config.upstream.timeout_seconds,
                     ban_removes_data=config.upstream.ban_removes_data,
+                    lemmy_api=config.upstream.lemmy_api,
                 )
                 for act in (Ban(actions), Remove(actions), Report(actions), Purge(actions, pool)):
                     outbox.register(act.name, act)

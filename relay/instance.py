@@ -33,6 +33,8 @@ class InstanceApi:
     software: str
     token: str
     timeout: float = 30.0
+    #: Lemmy's API version, [upstream] lemmy_api: "v3" (0.19) or "v4" (1.0).
+    lemmy_api: str = "v3"
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
@@ -57,8 +59,9 @@ class InstanceApi:
         if self.software in _MASTODON_API:
             method, target = "GET", base / "api/v2/search"
             params = {"q": url, "resolve": "true", "limit": "1"}
-        elif self.software == "lemmy":  # 0.19: the bearer token; 1.0 the same
-            method, target, params = "GET", base / "api/v3/resolve_object", {"q": url}
+        elif self.software == "lemmy":  # the bearer token, 0.19 and 1.0 alike
+            target = base / f"api/{self.lemmy_api}/resolve_object"
+            method, params = "GET", {"q": url}
         else:  # misskey: the token in the body
             method, target, headers = "POST", base / "api/ap/show", None
             body = {"uri": url, "i": self.token}

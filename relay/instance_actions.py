@@ -165,7 +165,9 @@ class InstanceActions:
         missing: tuple[str, ...] = (),
     ) -> Any:
         """One request; the answer's JSON (None when empty). ``missing``: error codes
-        that mean "no such object" (answered as ``_Missing``)."""
+        that mean "no such object" (answered as ``_Missing``); without them a 404 does.
+        With them a bare 404 is an endpoint the instance lacks (a wrong API version),
+        which must not read as "not found"."""
         sent = self._headers() if headers is None else headers
         try:
             async with self.session.request(
@@ -206,7 +208,7 @@ class InstanceActions:
                 permanent=True,
                 status=status,
             )
-        if status == 404 or (missing and any(code in text for code in missing)):
+        if any(code in text for code in missing) if missing else status == 404:
             raise _Missing(said, permanent=True, status=status)
         raise InstanceRefused(
             said, permanent=not (status >= 500 or status in _RETRIED), status=status
@@ -303,9 +305,11 @@ class MastodonActions(InstanceActions):
 
 class LemmyActions(InstanceActions):
     """Lemmy's API (an admin's JWT as a bearer token, 0.19+). ``version`` "v3" is Lemmy
-    0.19; "v4" (Lemmy 1.0, in beta) moves the ban to ``admin/ban`` with
-    ``remove_or_restore_data`` and a required reason. A removal is reversible (a
-    moderator restores it), a purge is not."""
+    0.19; "v4" is Lemmy 1.0 ([upstream] lemmy_api), which moves the ban to ``admin/ban``
+    with ``remove_or_restore_data``, answers ``resolve_object`` with the found view
+    itself (tagged by ``type_``), and lets a report go to the instance's admins alone
+    (``violates_instance_rules``: not to the community's moderators, not federated).
+    A removal is reversible (a moderator restores it), a purge is not."""
 
     software = "lemmy"
     purges = frozenset({"post", "person"})
@@ -342,11 +346,18 @@ class LemmyActions(InstanceActions):
         ident = found.get("id") if isinstance(found, dict) else None
         return str(ident) if isinstance(ident, int) else None
 
+    async def _find(self, uri: str, kind: str) -> str | None:
+        answer = await self._resolve(uri)
+        if self.version == "v3":  # {"person": PersonView} or {"post": PostView}
+            return self._id(answer.get(kind), kind)
+        # v4: the view itself, {"type_": "person", "person": {...}, ...}
+        return self._id(answer, kind) if answer.get("type_") == kind else None
+
     async def _find_account(self, uri: str) -> str | None:
-        return self._id((await self._resolve(uri)).get("person"), "person")
+        return await self._find(uri, "person")
 
     async def _find_post(self, uri: str) -> str | None:
-        return self._id((await self._resolve(uri)).get("post"), "post")
+        return await self._find(uri, "post")
 
     async def _admin(self, path: str, body: dict[str, Any], what: str) -> None:
         await self._call(
@@ -379,7 +390,9 @@ class LemmyActions(InstanceActions):
     ) -> None:
         if post_id is None:
             raise self._unsupported("reporting an account without a post (post/report only)")
-        body = {"post_id": int(post_id), "reason": _text(comment)}
+        body: dict[str, Any] = {"post_id": int(post_id), "reason": _text(comment)}
+        if self.version == "v4":
+            body["violates_instance_rules"] = True
         await self._call(
             "POST",
             f"api/{self.version}/post/report",
@@ -470,13 +483,22 @@ def for_software(
     *,
     timeout: float = 30.0,
     ban_removes_data: bool = False,
+    lemmy_api: str = "v3",
 ) -> InstanceActions:
     """The actions for ``[upstream] software``; ValueError for a family Sluice cannot
     act on (GoToSocial, Pleroma and Akkoma speak other admin APIs). ``ban_removes_data``:
-    a Lemmy ban also removes the person's content (others have no such choice)."""
+    a Lemmy ban also removes the person's content (others have no such choice);
+    ``lemmy_api``: "v3" (Lemmy 0.19) or "v4" (Lemmy 1.0)."""
     family = _FAMILIES.get(software)
     if family is None:
         raise ValueError(f"no instance actions for {software!r} (supported: {SUPPORTED})")
     if family is LemmyActions:
-        return LemmyActions(base_url, token, session, timeout=timeout, remove_data=ban_removes_data)
+        return LemmyActions(
+            base_url,
+            token,
+            session,
+            timeout=timeout,
+            version=lemmy_api,
+            remove_data=ban_removes_data,
+        )
     return family(base_url, token, session, timeout=timeout)

@@ -42,6 +42,8 @@ class StandIn:
     statuses the next calls to a path answer with (then it behaves again)."""
 
     software: str
+    #: Lemmy's API version: "v3" (0.19) or "v4" (1.0).
+    version: str = "v3"
     calls: list[Call] = field(default_factory=list)
     fail: dict[str, list[int]] = field(default_factory=dict)
     delay: float = 0.0
@@ -103,21 +105,32 @@ class StandIn:
         return web.json_response({"error": "Record not found"}, status=404)
 
     def lemmy(self, path: str) -> web.StreamResponse:
-        if path == "/api/v3/resolve_object":
+        api = f"/api/{self.version}"
+        if path == f"{api}/resolve_object":
             q = self.calls[-1].fields["q"]
             found = self.known.get(q)
             if found is None:
                 return web.json_response({"error": "couldnt_find_object"}, status=400)
+            if self.version == "v4":  # the view itself, tagged by type_ (ResolveObjectView)
+                if found[0] == "account":
+                    person = {"id": found[1], "ap_id": q}
+                    view = {"type_": "person", "person": person, "is_admin": False}
+                    return web.json_response({**view, "banned": False})
+                post = {"id": found[1], "ap_id": q}
+                return web.json_response({"type_": "post", "post": post, "can_mod": True})
             if found[0] == "account":
                 return web.json_response({"person": {"person": {"id": found[1], "actor_id": q}}})
             return web.json_response({"post": {"post": {"id": found[1], "ap_id": q}}})
+        ban = "/api/v3/user/ban" if self.version == "v3" else "/api/v4/admin/ban"
         if path in (
-            "/api/v3/user/ban",
-            "/api/v3/post/remove",
-            "/api/v3/admin/purge/post",
-            "/api/v3/admin/purge/person",
-            "/api/v3/post/report",
+            ban,
+            f"{api}/post/remove",
+            f"{api}/admin/purge/post",
+            f"{api}/admin/purge/person",
+            f"{api}/post/report",
         ):
+            if self.version == "v4":  # reasons are required in v4
+                assert self.calls[-1].fields["reason"]
             return web.json_response({"success": True})
         return web.json_response({"error": "unknown"}, status=404)
 
@@ -133,8 +146,8 @@ class StandIn:
         return web.json_response({"error": {"code": "NO_SUCH_ENDPOINT"}}, status=404)
 
 
-async def _serve(software: str) -> StandIn:
-    stand_in = StandIn(software)
+async def _serve(software: str, version: str = "v3") -> StandIn:
+    stand_in = StandIn(software, version)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stand_in.handle)
     stand_in.server = await start_server(app)
@@ -486,3 +499,41 @@ async def test_a_lemmy_ban_removes_the_persons_content_when_configured(
     finally:
         assert stand_in.server is not None
         await stand_in.server.close()
+
+
+async def test_lemmy_1_0_is_spoken_to_in_api_v4(
+    http: aiohttp.ClientSession, migrated_pool: asyncpg.Pool
+) -> None:
+    """Lemmy 1.0 ([upstream] lemmy_api = "v4"): the ban is admin/ban, resolve_object
+    answers the view itself, and a report goes to the instance's admins alone."""
+    stand_in = await _serve("lemmy", version="v4")
+    try:
+        made = for_software("lemmy", stand_in.url, TOKEN, http, lemmy_api="v4")
+        await Ban(made).run(payload("ban"))
+        assert stand_in.paths() == ["GET /api/v4/resolve_object", "POST /api/v4/admin/ban"]
+        ban = stand_in.calls[-1].fields
+        assert (ban["person_id"], ban["ban"], ban["remove_or_restore_data"]) == (7, True, False)
+        assert "remove_data" not in ban and "csam" in ban["reason"]
+        await Remove(made).run(payload("remove"))
+        assert stand_in.paths()[-2:] == ["GET /api/v4/resolve_object", "POST /api/v4/post/remove"]
+        assert stand_in.calls[-1].fields["post_id"] == 42
+        await Report(made).run(payload("report"))
+        assert stand_in.paths()[-1] == "POST /api/v4/post/report"
+        assert stand_in.calls[-1].fields["violates_instance_rules"] is True
+        await Purge(made, migrated_pool).run(payload("purge", row=3))
+        assert stand_in.paths()[-1] == "POST /api/v4/admin/purge/post"
+        assert stand_in.calls[-1].fields["post_id"] == 42
+        assert not any("/api/v3/" in path for path in stand_in.paths())
+        # A version mismatch is not misread as "not found": the v3 path is a 404.
+        v3 = for_software("lemmy", stand_in.url, TOKEN, http)
+        with pytest.raises(EffectFailed) as failed:
+            await Ban(v3).run(payload("ban", row=4))
+        assert failed.value.permanent and "404" in failed.value.reason
+    finally:
+        assert stand_in.server is not None
+        await stand_in.server.close()
+
+
+async def test_lemmy_api_version_is_checked(http: aiohttp.ClientSession) -> None:
+    with pytest.raises(ValueError, match="v5"):
+        for_software("lemmy", "http://127.0.0.1:1", TOKEN, http, lemmy_api="v5")

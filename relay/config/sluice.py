@@ -156,6 +156,7 @@ class UpstreamConfig:
     software: str = ""
     token_file: Path | None = None
     ban_removes_data: bool = False
+    lemmy_api: str = "v3"
     # From $SLUICE_UPSTREAM_TOKEN, else the contents of token_file; None: no API calls.
     token: str | None = field(default=None, repr=False)
 
@@ -663,6 +664,9 @@ SCHEMA: tuple[Section, ...] = (
         Field("ban_removes_data", BOOLEAN, False,
               "Lemmy: the `ban` effect also removes the person's posts and comments "
               "(restorable; `purge` deletes for good)"),
+        Field("lemmy_api", STRING, "v3",
+              "Lemmy's API version: v3 (Lemmy 0.19) or v4 (Lemmy 1.0)",
+              check=one_of("v3", "v4")),
     ), "The instance Sluice protects.", finish=_upstream_token),
     Section("database", DatabaseConfig, (
         Field("url", STRING, "", "postgresql:// URL; empty: embedded PostgreSQL under data_dir",
