@@ -530,6 +530,15 @@ def _threatexchange(
     if not group.isdigit():
         raise SyncError("threatexchange needs the option privacy_group (a number)")
     client = api.ThreatExchangeAPI(token, endpoint_override=url.rstrip("/") if url else None)
+    client.get_json_from_url = _graph_get
+    pages = client.get_threat_updates
+
+    def nonempty_pages(*args: Any, **kwargs: Any) -> Any:
+        # fetch_iter asserts every page has updates; the Graph API answers {"data": []}
+        # when nothing changed since start_time (or the group is empty).
+        return (batch for batch in pages(*args, **kwargs) if batch)
+
+    client.get_threat_updates = nonempty_pages
     collab = impl.FBThreatExchangeCollabConfig(name="sluice", privacy_group=int(group))
     exchange = impl.FBThreatExchangeSignalExchangeAPI(client, collab)
     for delta in exchange.fetch_iter([], _restore(impl.FBThreatExchangeCheckpoint, checkpoint)):
@@ -540,7 +549,8 @@ def _threatexchange(
             kind = _THREATEXCHANGE_KINDS.get(threat_type)
             if len(key) > _MAX_KEY:
                 ignored[0] += 1
-            elif record is None:
+            elif record is None or _all_negative(record):
+                # Gone upstream, or every member now calls it a false positive.
                 changes.append(Change(key, None))
             elif kind is None:
                 ignored[0] += 1
@@ -550,6 +560,33 @@ def _threatexchange(
                 entries = frozenset([found] if found else [])
                 changes.append(Change(key, entries, _note("threatexchange", *tags)))
         yield Page(changes, ignored[0], _saved(delta.checkpoint))
+
+
+def _all_negative(record: Any) -> bool:
+    """Every opinion on the indicator is NEGATIVE_CLASS (a false positive, test data)."""
+    opinions = getattr(record, "opinions", None) or ()
+    return bool(opinions) and all(int(o.category) == 0 for o in opinions)
+
+
+def _graph_get(url: str, params: Any = None, *, json_obj_hook: Any = None) -> Any:
+    """ThreatExchangeAPI.get_json_from_url, bounded (the client's has no timeout) and with
+    errors that name the Graph API's error, never the URL: it carries the access token."""
+    requests = _tx("requests")
+    try:
+        response = requests.get(url, params=params or {}, timeout=60)
+    except requests.RequestException as exc:
+        raise SyncError(f"ThreatExchange cannot be reached ({type(exc).__name__})") from None
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            said = _note(error.get("type"), "code", error.get("code"), error.get("message"))
+        except Exception:
+            said = "no Graph API error in the answer"
+        raise SyncError(f"ThreatExchange answered {response.status_code}: {said}")
+    try:
+        return response.json(object_hook=json_obj_hook)
+    except ValueError:
+        raise SyncError(f"ThreatExchange answered {response.status_code}, not JSON") from None
 
 
 @dataclass(frozen=True)
