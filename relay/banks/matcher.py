@@ -5,12 +5,17 @@ positives, by SHA-256): an exact match in one suppresses every bank match of tha
 file, so that the same file never holds again; the matcher says so with one
 ``allowed`` signal instead.
 
-A video's vPDQ hash (``relay.hashing.vpdq``) is matched frame by frame against the
-PDQ banks: a bank matches when at least ``THRESHOLD`` percent of the video's usable
-frames (quality >= ``QUALITY``) are within the bank's PDQ distance of its entries.
-Only the video's share is known (a bank of frames says nothing of which video they
-came from), so vpdq's "compared match percent" is not asked. A perceptual match,
-never an exact one.
+A video's vPDQ hash (``relay.hashing.vpdq``), or an animated picture's, is matched
+frame by frame against the PDQ banks: a bank matches when at least ``THRESHOLD``
+percent of the video's usable frames (quality >= ``QUALITY``) are within the bank's
+PDQ distance of its entries. A perceptual match, never an exact one; a bank that
+already matched one of an animation's frames on its own says so once, not twice.
+
+vpdq also asks the other way ("compared match percent": how much of the listed video
+the query holds). Sluice does not, by design: a clip cut from a listed video, or a
+GIF made of its few seconds, is the listed material all the same, and a bank of
+frames says nothing of which video they came from. What guards against chance is
+the share of the query's own frames that must each lie within distance.
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ class BankMatcher:
             fact = m.as_signal(media)
             detail = {"matcher": self.name, **fact.detail, "exact": m.exact}
             found.append(Signal(fact.kind, fact.source, detail, media=media))
-        return found + videos
+        matched = {s.source for s in found}
+        return found + [v for v in videos if v.source not in matched]
 
 
 def _video_matches(index: BankIndex, vpdq: VpdqHash, media: Media) -> list[Signal]:

@@ -84,10 +84,15 @@ class PdqHash:
     quality: int
 
 
-def hash_frames(frames: Iterable[Frame]) -> tuple[tuple[PdqHash, ...], tuple[str, ...]]:
-    """Each frame's hash, and the first frame's variants (from the same pass)."""
+def hash_frames(
+    frames: Iterable[Frame],
+) -> tuple[tuple[PdqHash, ...], tuple[str, ...], tuple[tuple[int, int, PdqHash], ...]]:
+    """Each hashed frame's hash, the first frame's variants (from the same pass), and
+    an animation's timeline: (second, frame number, hash) for each whole second of
+    playback (``Frame.seconds``), each frame hashed once whatever it is used for."""
     hashes: list[PdqHash] = []
     dihedral: tuple[str, ...] = ()
+    timeline: list[tuple[int, int, PdqHash]] = []
     for frame in frames:
         first = frame.index == 0
         variants, quality = hash_pixels(
@@ -95,8 +100,11 @@ def hash_frames(frames: Iterable[Frame]) -> tuple[tuple[PdqHash, ...], tuple[str
         )
         if first:
             dihedral = variants
-        hashes.append(PdqHash(variants[0], quality))
-    return tuple(hashes), dihedral
+        value = PdqHash(variants[0], quality)
+        if frame.hashed:
+            hashes.append(value)
+        timeline.extend((second, frame.index, value) for second in frame.seconds)
+    return tuple(hashes), dihedral, tuple(timeline)
 
 
 # -- computing PDQ ------------------------------------------------------------------

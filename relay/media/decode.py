@@ -23,11 +23,19 @@ refused before its pixels are decoded when it has more than ``max_pixels``, or
 when it is large and has far more pixels than its bytes could honestly carry
 (``max_pixels_per_byte``). ``survey`` reads the same header to tell a caller what
 decoding will cost (relay/media/hasher.py budgets by it).
+
+An animation (GIF, APNG, animated WebP) is also a short video: asked for its
+timeline, ``decoded`` walks its frames in order up to the last one hashed and
+says which whole seconds of playback each is on screen at, so that vPDQ can hash
+one frame a second of it as it hashes a video's. Walking costs no more than
+reaching the last frame hashed did: each frame is drawn over the one before, so
+reaching frame n decodes every frame before it anyway (the survey's price).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from collections.abc import Iterator
@@ -43,6 +51,7 @@ from relay.errors import DecodeError
 from relay.media.sniff import sniff
 
 __all__ = [
+    "ANIMATED_FORMATS",
     "DENSE_ABOVE",
     "HASH_SIZE",
     "JPEG_HASH_SIZE",
@@ -81,6 +90,13 @@ MAX_PIXELS = 33_177_600
 DENSE_ABOVE = 8_294_400
 MAX_PIXELS_PER_BYTE = 256
 
+#: Pillow formats whose frames are an animation played in time (a TIFF's pages and
+#: an MPO's views are not).
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+# Browsers show a frame of 10 ms or less (GIF's "as fast as you can") for 100 ms.
+_FASTEST_MS = 10
+_SHOWN_MS = 100
+
 
 @dataclass(frozen=True, slots=True)
 class Survey:
@@ -114,6 +130,11 @@ class Frame:
     pixels: np.ndarray
     full: tuple[int, int]
     scale: int
+    seconds: tuple[int, ...] = ()
+    """An animation's frame: the whole seconds of playback it is on screen at (vPDQ
+    hashes the frame shown at each); empty otherwise."""
+    hashed: bool = True
+    """One of the frames hashed as PDQ; False: walked for the timeline alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +147,9 @@ class Picture:
     frames: int
     """Frames in the file (1 for a still image)."""
     chosen: Iterator[Frame]
+    reached: int = 1
+    """Frames decoded to reach the last one hashed: fewer than ``frames`` when the
+    pixel budget sampled an animation's start only."""
 
 
 def survey(
@@ -286,9 +310,13 @@ def _coefficient_bytes(img: JpegImageFile) -> float:
     return 2 * sum(max(h, 1) * max(v, 1) for _, h, v, _ in layers) / (across * down)
 
 
-def decoded(img: ImageFile, size: int, limits: Limits) -> Picture:
+def decoded(img: ImageFile, size: int, limits: Limits, max_seconds: int = 0) -> Picture:
     """The picture ``img`` (of ``size`` bytes) shows, its pixels decoded now (a broken
-    file fails here) and its frames as they are read; DecodeError for a bomb."""
+    file fails here) and its frames as they are read; DecodeError for a bomb.
+
+    ``max_seconds`` > 0: an animation's frames come with its timeline (``Frame.seconds``,
+    at most that many seconds in all), every frame on screen at a whole second among
+    them."""
     width, height = img.size
     plan = _plan(img, size, limits)
     # Decode now, so that a broken file fails here: getexif() would otherwise
@@ -297,8 +325,13 @@ def decoded(img: ImageFile, size: int, limits: Limits) -> Picture:
     orientation = _orientation(img)
     if orientation in (5, 6, 7, 8):  # shown on its side
         width, height = height, width
-    chosen = _frames(img, size, limits, plan, orientation, (height, width))
-    return Picture(width, height, plan.frames, chosen)
+    upright = (height, width)
+    reached = plan.chosen[-1] + 1
+    if max_seconds > 0 and plan.frames > 1 and img.format in ANIMATED_FORMATS:
+        timeline = _timeline(img, size, limits, plan, orientation, max_seconds)
+        return Picture(width, height, plan.frames, timeline, reached)
+    chosen = _frames(img, size, limits, plan, orientation, upright)
+    return Picture(width, height, plan.frames, chosen, reached)
 
 
 def _frames(
@@ -317,6 +350,36 @@ def _frames(
         if plan.scale > 1:  # drafted: the frame's pixels already stand for blocks of the file's
             full, shrunk = upright, plan.scale * shrunk
         yield Frame(index, pixels, full, shrunk)
+
+
+def _timeline(
+    img: ImageFile, size: int, limits: Limits, plan: _Plan, orientation: int, max_seconds: int
+) -> Iterator[Frame]:
+    """Every frame up to the last one hashed, in order; those hashed or on screen at a
+    whole second of playback are yielded, each with those seconds."""
+    hashed = set(plan.chosen)
+    clock = 0.0  # milliseconds of playback before this frame
+    left = max_seconds
+    for index in range(plan.chosen[-1] + 1):
+        if index:
+            img.seek(index)
+            _check_size(img, size, limits)
+        img.load()  # WebP reads a frame's duration as it decodes it
+        start = math.ceil(clock / 1000)
+        clock += _shown_for(img)
+        seconds = tuple(range(start, min(math.ceil(clock / 1000), start + left)))
+        left -= len(seconds)
+        if seconds or index in hashed:  # not an animation's JPEG: never drafted
+            pixels, full, shrunk = _pixels(img, orientation)
+            yield Frame(index, pixels, full, shrunk, seconds, index in hashed)
+
+
+def _shown_for(img: Image.Image) -> float:
+    """How long a browser shows the current frame, in milliseconds."""
+    duration = img.info.get("duration")
+    if not isinstance(duration, int | float) or not math.isfinite(duration):
+        return _SHOWN_MS
+    return _SHOWN_MS if duration <= _FASTEST_MS else float(duration)
 
 
 def _draft_scale(full: tuple[int, int], drafted: tuple[int, int]) -> int:

@@ -4,7 +4,9 @@ vPDQ of the video.
 ``hash_media`` sniffs what the bytes are (``relay.media.sniff``), decodes a picture
 within limits (``relay.media.decode``) and hashes its frames (``relay.hashing.pdq``),
 or reads a video within limits (``relay.media.video``) and hashes one frame a second
-(``relay.hashing.vpdq``).
+(``relay.hashing.vpdq``). An animated GIF, APNG or WebP is both: its sampled frames
+get PDQ, and the frame on screen at each whole second of its playback gets vPDQ, so
+a GIF cut from a listed video is matched as a share of the video's frames.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Hashes:
     frames: int
     """Frames in the file (1 for a still image, 0 when not an image)."""
     vpdq: VpdqHash | None = None
-    """A video's vPDQ hash; None when not a video Sluice reads."""
+    """A video's or an animation's vPDQ hash; None when neither (or unreadable)."""
 
     @property
     def digests(self) -> dict[str, str]:
@@ -79,11 +81,13 @@ def hash_media(
     of ``data``) raise DecodeError before their pixels are decoded. A video of a
     container Sluice reads (``VIDEO_TYPES``) gets its vPDQ hash too. Other video,
     audio and unknown bytes get SHA-256 and MD5 only; the caller decides what
-    unhashed media means.
+    unhashed media means. An animated image gets a vPDQ hash of its playback too,
+    within the same pixel budget and ``video``'s limit of samples.
     """
     sha256 = hashlib.sha256(data).hexdigest()
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     kind, mime = sniff(data)
+    video = video or VideoLimits()
     if kind == "video" and mime in VIDEO_TYPES:
         from relay.hashing.vpdq import hash_video
 
@@ -93,10 +97,23 @@ def hash_media(
         return Hashes(sha256, md5, kind, mime, (), (), None, None, 0)
     limits = Limits(max_pixels, max_frames, max_pixels_per_byte, dense_above)
     with opened(data, mime, limits) as img:
-        picture = decoded(img, len(data), limits)
-        hashed, dihedral = pdq.hash_frames(picture.chosen)
+        picture = decoded(img, len(data), limits, max_seconds=video.max_samples)
+        hashed, dihedral, timeline = pdq.hash_frames(picture.chosen)
     width, height, frames = picture.width, picture.height, picture.frames
-    return Hashes(sha256, md5, "image", mime, hashed, dihedral, width, height, frames)
+    played = _played(timeline, picture.reached == frames, video.max_samples)
+    return Hashes(sha256, md5, "image", mime, hashed, dihedral, width, height, frames, played)
+
+
+def _played(
+    timeline: tuple[tuple[int, int, PdqHash], ...], whole: bool, max_samples: int
+) -> VpdqHash | None:
+    """An animation's vPDQ hash from its timeline; None for a still picture."""
+    if not timeline:
+        return None
+    from relay.hashing.vpdq import VpdqFrame, VpdqHash
+
+    frames = tuple(VpdqFrame(n, h.quality, h.hash, float(s)) for s, n, h in timeline)
+    return VpdqHash(frames, complete=whole and len(frames) < max_samples)
 
 
 def hash_file(path: str | Path) -> dict[str, Any]:
