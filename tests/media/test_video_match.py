@@ -27,7 +27,7 @@ from relay.policy import exact
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors import test_media_hold as media_hold
 from tests.doors.test_media_hold import Origin, with_media
-from tests.media.test_video import mp4, other, reencoded
+from tests.media.test_video import encode, mp4, other, reencoded
 
 
 @pytest.fixture
@@ -89,6 +89,16 @@ async def test_the_same_film_reencoded_matches_by_vpdq(known: BankIndex) -> None
     assert 0 <= detail["distance"] <= 31
     assert found.media is not None and found.media.vpdq is not None
     assert signals[0].detail["vpdq_complete"] is True
+
+
+async def test_a_trimmed_resized_reencoded_copy_matches(known: BankIndex) -> None:
+    """The listed film's first 4 of 6 seconds, larger, as VP9: all its frames are the
+    film's, so it matches, though vpdq's compared share (4/6) would say no."""
+    trimmed = encode(seconds=4, size=(480, 360), codec="libvpx-vp9", container="webm")
+    signals = await _signals(known, trimmed)
+    [found] = [s for s in signals if s.kind == "match"]
+    assert found.source == "known-videos" and found.detail["hash_kind"] == "vpdq"
+    assert found.detail["usable_frames"] == 4 and found.detail["query_percent"] >= 80
 
 
 async def test_another_film_does_not_match(known: BankIndex) -> None:
