@@ -428,6 +428,7 @@ def build_app(
                 timeout=config.upload.timeout_seconds,
                 concurrency=config.upload.concurrency,
                 lazy=config.upload.lazy,
+                cache=media.cache,
                 records=UploadRecords(pool),
             )
             parts = Sluice(
@@ -620,6 +621,7 @@ async def _start_outbound(
             max_bytes=config.media.max_bytes,
             timeout=config.outbound.media_timeout_seconds,
             concurrency=config.outbound.media_concurrency,
+            cache=checked.cache,
         )
     # The instance's deliveries are held and checked, then sent on by the flow.
     from relay.deliver import RemoteUpstream

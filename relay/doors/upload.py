@@ -47,6 +47,7 @@ from relay.doors.passthrough import Passthrough, forwarded
 from relay.effects.notify import right_away
 from relay.envelope import Proxies
 from relay.evidence import EvidenceStore, MediaItem
+from relay.media.fetch import HashCache
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
 from relay.media.judge import decide, inspect_bytes, keep_evidence
@@ -280,17 +281,19 @@ class UploadDoor:
         concurrency: int = 4,
         lazy: bool = False,
         records: UploadRecords | None = None,
+        cache: HashCache | None = None,
     ) -> None:
         """At most ``concurrency`` uploads are read and judged at once, each of at most
         ``max_bytes``: the memory uploads may take is bounded by their product (a lazy
         check holds its turn until it ends). ``records`` keeps each decision for the
-        admin API."""
+        admin API; ``cache`` is the hold's hashes by SHA-256."""
         if on_error not in ("accept", "refuse"):
             raise ValueError(f"on_error must be accept or refuse, not {on_error!r}")
         self.base = upstream_url.rstrip("/")
         self.inspector = inspector
         self.policy = policy
         self.hasher = hasher
+        self.cache = cache
         self.passthrough = passthrough
         self.evidence = evidence
         self.outbox = outbox
@@ -486,6 +489,7 @@ class UploadDoor:
                 hasher=self.hasher,
                 sender=upload.uploader,
                 source="upload",
+                cache=self.cache,
             )
             upload.signals += inspected.signals
             upload.undecodable = upload.undecodable or inspected.undecodable

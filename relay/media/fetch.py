@@ -105,11 +105,18 @@ class HashCache:
     def by_sha256(self, sha256: str) -> Media | None:
         return self._get("sha256 " + sha256)
 
-    def put(self, url: str, hashes: Media) -> None:
+    def put(self, url: str | None, hashes: Media) -> None:
+        """Remember ``hashes`` by its SHA-256, and by ``url`` unless None (a file with no
+        URL of its own: an upload)."""
         if self.ttl <= 0:
             return
         expires = time.monotonic() + self.ttl
-        for key in ("url " + url, "sha256 " + hashes.sha256):
+        keys = (
+            ("sha256 " + hashes.sha256,)
+            if url is None
+            else ("url " + url, "sha256 " + hashes.sha256)
+        )
+        for key in keys:
             self._entries[key] = (expires, hashes)
             self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:

@@ -4,10 +4,16 @@ cannot wait for the hold (an upload, a fetch through the outbound proxy).
 The bytes are decoded on the hold's ``MediaHasher`` (charged to ``sender``), met by the
 hold's ``Inspector``, and what could not be decoded becomes a signal beside ``hashed``,
 as the hold's media check puts it, so the same ``Policy`` decides.
+
+A file the hold (or a door) already decoded is known by its SHA-256 in the hold's
+``HashCache``: its hashes are reused, not decoded again, and matched afresh. That is
+the common case at the outbound door: the instance fetches the media of an activity
+Sluice has just checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -17,6 +23,7 @@ import structlog
 
 from relay.errors import DecodeError
 from relay.evidence import EvidenceStore, MediaItem
+from relay.media.fetch import HashCache
 from relay.media.hasher import MediaHasher, OverBudget
 from relay.media.inspect import Inspector
 from relay.media.media import Media
@@ -45,13 +52,22 @@ async def inspect_bytes(
     hasher: MediaHasher,
     sender: str,
     source: str,
+    cache: HashCache | None = None,
 ) -> Inspected:
-    """The signals about ``data``; ``source`` names the door in problem signals."""
+    """The signals about ``data``; ``source`` names the door in problem signals.
+    ``cache``: the hold's, by SHA-256 (a file decoded is remembered; one known is not
+    decoded again)."""
     where = {"url": ref.url, "where": ref.where, "role": ref.role}
     problem: Signal | None = None
     undecodable = False
+    known = cache.by_sha256(hashlib.sha256(data).hexdigest()) if cache is not None else None
     try:
-        media = Media.of(data, await hasher.hash(data, sender=sender), ref=ref)
+        if known is not None:
+            media = replace(known, data=data, ref=ref)
+        else:
+            media = Media.of(data, await hasher.hash(data, sender=sender), ref=ref)
+            if cache is not None:
+                cache.put(None, media.remembered())
     except OverBudget as exc:
         media = Media.of(data, ref=ref)
         problem = Signal(OVER_BUDGET, source, {**where, "error": str(exc)})

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from relay.effects.notify import right_away
 from relay.evidence import EvidenceStore, MediaItem
+from relay.media.fetch import HashCache
 from relay.media.hasher import MediaHasher
 from relay.media.inspect import Inspector
 from relay.media.judge import decide, inspect_bytes, keep_evidence
@@ -88,7 +89,10 @@ class MediaGuard:
         max_bytes: int = 33_554_432,
         timeout: float = 20.0,
         concurrency: int = 4,
+        cache: HashCache | None = None,
     ) -> None:
+        """``cache``: the hold's hashes by SHA-256, so that a file the hold just checked
+        is not decoded again when the instance fetches it."""
         if on_error not in ("accept", "refuse"):
             raise ValueError(f"on_error must be accept or refuse, not {on_error!r}")
         if max_bytes < 1 or concurrency < 1:
@@ -97,6 +101,7 @@ class MediaGuard:
         self.inspector = inspector
         self.policy = policy
         self.hasher = hasher
+        self.cache = cache
         self.evidence = evidence
         self.outbox = outbox
         self.webhooks = tuple(webhooks)
@@ -177,6 +182,7 @@ class MediaGuard:
                     hasher=self.hasher,
                     sender=f"host:{url.host}",
                     source="outbound",
+                    cache=self.cache,
                 )
             chosen = Disposition.REJECT if self.on_error == "refuse" else Disposition.DELIVER
             verdict = decide(

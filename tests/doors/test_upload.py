@@ -157,6 +157,21 @@ async def test_pictrs_hook_accepts_a_clean_image_and_refuses_a_known_one(start: 
     no_hash_in(answer)
 
 
+async def test_a_file_uploaded_again_is_not_decoded_again(start: Start) -> None:
+    """pict-rs asks about each file it ingests, also the remote images Lemmy proxies,
+    which the hold has mostly checked already: known by SHA-256, not decoded twice."""
+    sluice = await start()
+    upload = sluice.parts.upload
+    assert upload is not None
+    before = upload.hasher.decoded
+    for _ in range(2):
+        status, _ = await send(sluice, "POST", "/_sluice/validate", PEN, "image/png")
+        assert 200 <= status < 300
+        status, _ = await send(sluice, "POST", "/_sluice/validate", BRIDGE_EDIT, "image/jpeg")
+        assert not 200 <= status < 300
+    assert upload.hasher.decoded == before + 2
+
+
 async def test_pictrs_hook_undecidable_file_follows_on_error(start: Start) -> None:
     closed = await start()
     status, answer = await send(closed, "POST", "/_sluice/validate", BROKEN, "image/png")

@@ -173,6 +173,25 @@ async def test_a_clean_image_arrives_byte_identical_after_one_checked_fetch(
     assert media_origin[1]["pen.png"] == 1  # fetched once, by Sluice, for the instance
 
 
+async def test_a_file_already_checked_is_not_decoded_again_but_matched_again(
+    proxied: tuple[Running, Fetch], media_origin: tuple[int, dict[str, int]]
+) -> None:
+    """The instance fetching what the hold (or an earlier fetch) checked: the hashes are
+    known by SHA-256, so no second decode; the banks are asked afresh, so a hash listed
+    since then is refused."""
+    sluice, fetch = proxied
+    before = _decoded(sluice)
+    assert (await fetch("pen.png"))[2] == PEN
+    assert (await fetch("pen.png"))[2] == PEN
+    assert _decoded(sluice) == before + 1
+    assert media_origin[1]["pen.png"] == 2  # each fetch is the origin's bytes, checked
+    await BankStore(sluice.parts.pool).add("test-known", [("md5", hash_media(PEN).md5, "pen")])
+    await wait_for(lambda: len(sluice.parts.banks.index) >= 3, timeout=5)
+    status, _, body = await fetch("pen.png")
+    assert status.startswith(b"HTTP/1.1 403") and body.decode().strip() == KNOWN
+    assert _decoded(sluice) == before + 1
+
+
 @pytest.mark.parametrize("name", ["bridge.jpg", "bridge.html"])
 async def test_a_known_image_gets_403_and_its_bytes_never_reach_the_instance(
     proxied: tuple[Running, Fetch], name: str
