@@ -5,7 +5,9 @@
   quarantine's effects run (notify, and a receipt once Sluice has an actor: a human
   confirmed, so a perceptual-only match may now have irreversible effects), and on
   request its files' hashes go into a local bank of the match's category, so the
-  same material is known next time.
+  same material is known next time: a video's (or an animation's) vPDQ frames too,
+  hashed again from the sealed copy, so a re-encoded, resized or trimmed copy of it
+  is caught as well.
 - **false positive**: the item is delivered (or, if it was quarantined, released)
   and its files' SHA-256 go into the ``allow`` bank: an exact allow match
   suppresses every bank match of the same file, so it never holds again. Only
@@ -18,6 +20,8 @@ Every decision is audited (who, what, why) and written into the row's verdict.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +31,9 @@ import structlog
 from relay.banks import ALLOW
 from relay.banks.store import BankStore
 from relay.effects import Decided
-from relay.evidence import EvidenceStore
+from relay.errors import DecodeError
+from relay.evidence import EvidenceError, EvidenceStore
+from relay.media.hashes import hash_media
 from relay.outbox import Outbox, Pending
 from relay.people import AuditLog, Principal
 from relay.release import ReleaseError, release
@@ -154,7 +160,8 @@ class Decisions:
         if bank and category:
             name = f"confirmed-{category}"
             await self.banks.ensure(name, category, "moderators' confirmed cases")
-            banked = await self.banks.add(name, _hashes(signals))
+            entries = _hashes(signals) + await self._played(evidence_id, signals, who)
+            banked = await self.banks.add(name, entries)
         await self.audit.record(
             who.name,
             "review.confirm",
@@ -204,6 +211,40 @@ class Decisions:
         )
         log.info("false_positive", row=row, moderator=who.name, allowed=banked)
         return Outcome(row, moved, banked=banked)
+
+    async def _played(
+        self, evidence_id: int, signals: Sequence[Signal], who: Principal
+    ) -> list[tuple[str, str, str | None]]:
+        """The usable vPDQ frames of each matched video or animation, as PDQ entries,
+        hashed from the sealed copy (the verdict keeps only their count); none when the
+        evidence cannot be read or a file no longer decodes."""
+        played = {s.detail.get("sha256") for s in _matched_files(signals)}
+        played &= {
+            s.detail.get("sha256")
+            for s in signals
+            if s.kind == "hashed" and s.detail.get("vpdq_usable")
+        }
+        if not played or self.evidence is None:
+            return []
+        try:
+            _, files = await self.evidence.read(
+                evidence_id, who=who.name, why="confirmed: bank its video frames", what="hash"
+            )
+        except EvidenceError as exc:
+            log.warning("confirm_frames_unread", evidence=evidence_id, error=str(exc))
+            return []
+        entries: list[tuple[str, str, str | None]] = []
+        for data in files:
+            if hashlib.sha256(data).hexdigest() not in played:
+                continue
+            try:
+                value = (await asyncio.to_thread(hash_media, data)).vpdq
+            except DecodeError:
+                continue
+            for f in value.usable() if value is not None else ():
+                note = f"vpdq frame {f.number} at {f.timestamp:.3f} s, confirmed by a moderator"
+                entries.append(("pdq", f.hash, note))
+        return entries
 
     async def _quarantined_sha256(self, evidence_id: int, who: Principal) -> list[str]:
         """The quarantined files' SHA-256, from the evidence's summary (no decryption)."""
@@ -281,13 +322,17 @@ def _category(signals: Sequence[Signal]) -> str | None:
 def _hashes(signals: Sequence[Signal]) -> list[tuple[str, str, str | None]]:
     """The matched files' hashes, every kind the hashing gave (bank entries): never
     those of a clean file posted beside them."""
-    matched = {s.detail.get("url") for s in signals if s.kind == "match"}
     entries: list[tuple[str, str, str | None]] = []
-    for s in signals:
-        if s.kind != "hashed" or s.detail.get("url") not in matched:
-            continue
+    for s in _matched_files(signals):
         for kind in ("sha256", "md5", "pdq"):
             value = s.detail.get(kind)
             if isinstance(value, str) and value:
                 entries.append((kind, value, "confirmed by a moderator"))
     return entries
+
+
+def _matched_files(signals: Sequence[Signal]) -> list[Signal]:
+    """The ``hashed`` signals of the files a bank matched: never a clean file posted
+    beside them."""
+    matched = {s.detail.get("url") for s in signals if s.kind == "match"}
+    return [s for s in signals if s.kind == "hashed" and s.detail.get("url") in matched]
