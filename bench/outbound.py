@@ -36,12 +36,19 @@ nor any worker process's).
 
 ``--profile FILE`` (not with ``--sluice``) runs the proxy under cProfile and writes its
 stats to FILE (then ``python -m pstats FILE``); its figures are then not the proxy's own.
+
+``--pin`` gives the proxy a core of its own, as a deployment does (Sluice beside the
+instance, the origin elsewhere): every thread of the proxy (and of its PostgreSQL, with
+``--sluice``) on CPU 1, the clients and the origin on CPU 0. Direct then runs on one core
+and via the proxy on two: the ratio says whether the proxy slows the instance's fetches
+when it is not also taking the instance's CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
@@ -308,6 +315,27 @@ async def measure(args: argparse.Namespace, ports: tuple[int, int], cpu: Cpu, ca
     return out
 
 
+def pin(pids: set[int], cpu: int) -> None:
+    """Every thread of ``pids`` on ``cpu`` (a thread made later inherits its parent's)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setaffinity(int(task.name), {cpu})
+
+
+def _postgres(workdir: Path) -> set[int]:
+    """The embedded PostgreSQL's processes under ``workdir`` (``--sluice``), if any."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(workdir) in (proc / "cmdline").read_text(errors="replace"):
+                    found.add(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-outbound-"))
     create_ca(workdir / "public", label="a public root")
@@ -347,6 +375,9 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await wait_listening(origin_port, "origin")
         await wait_listening(proxy_port, "proxy")
+        if args.pin:
+            pin({os.getpid(), origin.pid}, 0)
+            pin({proxy_pid, *_postgres(workdir)}, 1)
         cpu = Cpu(origin.pid, proxy_pid)
         cas = public_cafile, sluice_cafile
         r = await measure(args, (origin_port, proxy_port), cpu, cas)
@@ -373,6 +404,7 @@ async def main(args: argparse.Namespace) -> None:
             else "handler: the default Forwarder (no checks)"
         )
         + ("; PROFILED (figures not the proxy's own)" if args.profile else "")
+        + ("; PINNED: clients and origin on CPU 0, the proxy on CPU 1" if args.pin else "")
     )
     print(
         f"deliveries: {args.deliveries} sequential signed POSTs of {len(delivery(ACTOR, 0))} "
@@ -424,6 +456,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--media-bytes", type=int, default=1_000_000)
     parser.add_argument("--profile", metavar="FILE", default=None)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the proxy on CPU 1, the clients and the origin on CPU 0 (a core of its own)",
+    )
     parser.add_argument(
         "--sluice",
         action="store_true",
