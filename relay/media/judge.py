@@ -42,6 +42,8 @@ class Inspected:
     signals: list[Signal]
     undecodable: bool = False
     """A picture that did not decode: its exact hashes met the banks, nothing else."""
+    sha256: str = ""
+    """The file's SHA-256, computed once here for the doors' evidence."""
 
 
 async def inspect_bytes(
@@ -60,7 +62,8 @@ async def inspect_bytes(
     where = {"url": ref.url, "where": ref.where, "role": ref.role}
     problem: Signal | None = None
     undecodable = False
-    known = cache.by_sha256(hashlib.sha256(data).hexdigest()) if cache is not None else None
+    sha256 = hashlib.sha256(data).hexdigest()
+    known = cache.by_sha256(sha256) if cache is not None else None
     try:
         if known is not None:
             media = replace(known, data=data, ref=ref)
@@ -79,7 +82,7 @@ async def inspect_bytes(
     signals = await inspector.inspect(media)
     if problem is not None:
         signals = [*signals[:1], problem, *signals[1:]]
-    return Inspected(signals, undecodable)
+    return Inspected(signals, undecodable, sha256)
 
 
 def decide(

@@ -23,7 +23,6 @@ evidence when an evidence key is set, and the verdict's effects go through the o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -194,7 +193,7 @@ class MediaGuard:
         except Exception as exc:
             log.exception("outbound_media_check_failed", **facts, error=type(exc).__name__)
             return None if self.on_error == "accept" else _refused(UNCHECKED)
-        evidence_id = await self._preserve(url, upstream, data, verdict)
+        evidence_id = await self._preserve(url, upstream, data, inspected.sha256, verdict)
         await self._effects(url, verdict, evidence_id)
         log.info(
             "outbound_media",
@@ -209,14 +208,19 @@ class MediaGuard:
         return _refused(_reason(verdict))
 
     async def _preserve(
-        self, url: yarl.URL, upstream: aiohttp.ClientResponse, data: bytes, verdict: Verdict
+        self,
+        url: yarl.URL,
+        upstream: aiohttp.ClientResponse,
+        data: bytes,
+        sha256: str,
+        verdict: Verdict,
     ) -> int | None:
         """A refused match keeps its evidence (when a key is set): the facts and the file."""
         facts: dict[str, object] = {
             "fetch": {"url": str(url), "destination": url.host, "status": upstream.status},
             "headers": dict(upstream.headers),
         }
-        item = MediaItem(str(url), data, {"sha256": hashlib.sha256(data).hexdigest()})
+        item = MediaItem(str(url), data, {"sha256": sha256})
         return await keep_evidence(self.evidence, verdict, facts, [item], host=url.host)
 
     async def _effects(self, url: yarl.URL, verdict: Verdict, evidence_id: int | None) -> None:
