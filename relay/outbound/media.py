@@ -57,7 +57,6 @@ _OTHER = "Sluice refused this file: this server's rules do not accept it."
 
 _MEDIA_TYPES = ("image/", "video/", "audio/")
 _PEEK = 512  # enough for relay.media.sniff (an MPEG transport stream needs 377)
-_CHUNK = 64 * 1024
 _WHOLE = ("Range", "If-Range", "Accept-Encoding")  # what would make a body partial or coded
 
 
@@ -155,7 +154,7 @@ class MediaGuard:
         """The whole body, or None as soon as it exceeds ``max_bytes``."""
         chunks = [head]
         size = len(head)
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
+        async for chunk in upstream.content.iter_any():
             size += len(chunk)
             if size > self.max_bytes:
                 return None

@@ -56,7 +56,6 @@ Handler = Callable[[web.BaseRequest, yarl.URL], Awaitable[web.StreamResponse]]
 #: What ``Forwarder.exchange`` hands the origin's response to, to answer the instance.
 Answer = Callable[[web.BaseRequest, aiohttp.ClientResponse], Awaitable[web.StreamResponse]]
 
-_CHUNK = 64 * 1024
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 # RFC 9110 §7.6.1 hop-by-hop fields (relay.envelope's), Expect answered here; the
 # length passes on with the body it measures, as the proxy streams it unchanged.
@@ -232,7 +231,7 @@ async def stream(
     await response.prepare(request)
     if prefix:
         await response.write(prefix)
-    async for chunk in upstream.content.iter_chunked(_CHUNK):
+    async for chunk in upstream.content.iter_any():  # as read: no re-joining into chunks
         await response.write(chunk)
     await response.write_eof()
     return response
