@@ -93,6 +93,10 @@ MAX_PIXELS_PER_BYTE = 256
 #: Pillow formats whose frames are an animation played in time (a TIFF's pages and
 #: an MPO's views are not).
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+# What an animation's frame costs at the least, in pixels of decoding: seeking to it and
+# loading it take 20-40 us however small it is (as long as decoding 64x64 pixels), so a
+# file of many tiny frames is priced, and its frames reached, as if each had this many.
+_MIN_FRAME_PIXELS = 4096
 # Browsers show a frame of 10 ms or less (GIF's "as fast as you can") for 100 ms.
 _FASTEST_MS = 10
 _SHOWN_MS = 100
@@ -271,9 +275,10 @@ def _plan(img: ImageFile, size: int, limits: Limits) -> _Plan:
             memory += int(width * height * _coefficient_bytes(img))
         scale = _draft_scale((width, height), img.size)
         return _Plan(frames, [0], scale, pixels, memory)
-    chosen = _frames_to_hash(frames, width * height, limits.max_pixels, limits.max_frames)
+    frame_pixels = width * height if frames == 1 else max(width * height, _MIN_FRAME_PIXELS)
+    chosen = _frames_to_hash(frames, frame_pixels, limits.max_pixels, limits.max_frames)
     # Reaching a frame decodes the ones before it (a TIFF page is the exception).
-    pixels = (chosen[-1] + 1) * width * height
+    pixels = (chosen[-1] + 1) * frame_pixels
     return _Plan(frames, chosen, 1, pixels, _memory(img, width * height, animated=frames > 1))
 
 

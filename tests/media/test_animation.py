@@ -16,6 +16,7 @@ from PIL import Image
 from relay.banks import BankIndex
 from relay.hashing.pdq import Pdq
 from relay.hashing.vpdq import hash_video, match
+from relay.media.decode import survey
 from relay.media.hasher import MediaHasher
 from relay.media.hashes import hash_media
 from relay.media.inspect import Inspector
@@ -143,3 +144,18 @@ async def test_an_animation_whose_hashed_frames_are_title_cards_matches_by_its_p
     assert found.source == "known-videos" and detail["hash_kind"] == "vpdq"
     assert detail["exact"] is False and detail["query_percent"] >= 80
     assert detail["usable_frames"] == 5  # the card at 0 s is too flat to count
+
+
+def test_many_tiny_frames_are_priced_as_frames_not_pixels() -> None:
+    """Seeking to a frame costs as much as decoding 64x64 pixels however small it is: a
+    GIF of thousands of 2x2 frames is priced and reached as if each had 4096 pixels."""
+    tiny = [Image.new("P", (2, 2), i % 256) for i in range(3000)]
+    buf = io.BytesIO()
+    tiny[0].save(
+        buf, "GIF", save_all=True, append_images=tiny[1:], duration=20, loop=0, optimize=False
+    )
+    data = buf.getvalue()
+    assert survey(data).pixels == 3000 * 4096  # not 3000 x 4
+    value = hash_media(data, max_pixels=100 * 4096).vpdq
+    assert value is not None and not value.complete
+    assert max(f.number for f in value.frames) < 100  # the start only: 100 frames reached
