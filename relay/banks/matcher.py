@@ -8,8 +8,9 @@ file, so that the same file never holds again; the matcher says so with one
 A video's vPDQ hash (``relay.hashing.vpdq``), or an animated picture's, is matched
 frame by frame against the PDQ banks: a bank matches when at least ``THRESHOLD``
 percent of the video's usable frames (quality >= ``QUALITY``) are within the bank's
-PDQ distance of its entries. A perceptual match, never an exact one; a bank that
-already matched one of an animation's frames on its own says so once, not twice.
+PDQ distance of its entries. A perceptual match, never an exact one. A bank that
+already matched the file itself (exactly, or by one of an animation's frames) says so
+once: its vPDQ match is left out.
 
 vpdq also asks the other way ("compared match percent": how much of the listed video
 the query holds). Sluice does not, by design: a clip cut from a listed video, or a
