@@ -23,12 +23,20 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Unpack
 from urllib.parse import urljoin
 
 import aiohttp
 
-from relay.checkers.base import MAX_LIST, Checker, CheckFailed, category_name, number, text
+from relay.checkers.base import (
+    MAX_LIST,
+    Checker,
+    CheckerLimits,
+    CheckFailed,
+    category_name,
+    number,
+    text,
+)
 from relay.media.media import Media
 from relay.signal import Signal
 
@@ -52,6 +60,13 @@ class ArachnidShield(Checker):
     """Arachnid Shield's ``v1/media/`` or ``v1/pdq/``; ``credentials`` is
     ``USERNAME:PASSWORD``."""
 
+    #: This service's own rate, timeout and answer bound (``**limits`` overrides them).
+    limits: ClassVar[CheckerLimits] = {
+        "rate_per_second": 5.0,
+        "timeout_seconds": 10.0,
+        "max_answer_bytes": 262_144,
+    }
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -60,21 +75,10 @@ class ArachnidShield(Checker):
         name: str = "arachnid",
         url: str = DEFAULT_URL,
         send: Send = "bytes",
-        rate_per_second: float = 5.0,
-        timeout_seconds: float = 10.0,
-        max_answer_bytes: int = 262_144,
-        cache_seconds: float = 86_400,
-        cache_entries: int = 100_000,
+        **limits: Unpack[CheckerLimits],
     ) -> None:
-        super().__init__(
-            name,
-            session,
-            rate_per_second=rate_per_second,
-            timeout_seconds=timeout_seconds,
-            max_answer_bytes=max_answer_bytes,
-            cache_seconds=cache_seconds,
-            cache_entries=cache_entries,
-        )
+        merged: CheckerLimits = {**self.limits, **limits}
+        super().__init__(name, session, **merged)
         if send not in ("bytes", "pdq"):
             raise ValueError(f'send must be "bytes" or "pdq", not {send!r}')
         username, colon, password = credentials.partition(":")

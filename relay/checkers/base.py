@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 import structlog
@@ -46,6 +46,7 @@ __all__ = [
     "Answers",
     "CheckFailed",
     "Checker",
+    "CheckerLimits",
     "Pace",
     "category_name",
     "number",
@@ -194,6 +195,17 @@ class Answer:
         if not isinstance(document, dict):
             raise CheckFailed("unreadable answer: not a JSON object")
         return document
+
+
+class CheckerLimits(TypedDict, total=False):
+    """What bounds a checker (``Checker``'s keywords): each subclass takes them as
+    ``**limits`` over its service's own defaults, and the config's sections give them."""
+
+    rate_per_second: float
+    timeout_seconds: float
+    max_answer_bytes: int
+    cache_seconds: float
+    cache_entries: int
 
 
 class Checker:

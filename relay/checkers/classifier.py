@@ -19,11 +19,11 @@ score; ``true``/``false`` count as 1 and 0, so a service answering fedi-safety's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Unpack
 
 import aiohttp
 
-from relay.checkers.base import Checker, CheckFailed, number
+from relay.checkers.base import Checker, CheckerLimits, CheckFailed, number
 from relay.media.media import Media
 from relay.signal import Signal
 
@@ -52,6 +52,13 @@ def score_at(document: Any, path: str) -> float | None:
 class Classifier(Checker):
     """A score from a service; above the thresholds, a signal (perceptual, never exact)."""
 
+    #: This service's own rate, timeout and answer bound (``**limits`` overrides them).
+    limits: ClassVar[CheckerLimits] = {
+        "rate_per_second": 10.0,
+        "timeout_seconds": 10.0,
+        "max_answer_bytes": 65_536,
+    }
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -66,21 +73,10 @@ class Classifier(Checker):
         review_at: float | None = None,
         category: str = "csam",
         kinds: Sequence[str] = ("image",),
-        rate_per_second: float = 10.0,
-        timeout_seconds: float = 10.0,
-        max_answer_bytes: int = 65_536,
-        cache_seconds: float = 86_400,
-        cache_entries: int = 100_000,
+        **limits: Unpack[CheckerLimits],
     ) -> None:
-        super().__init__(
-            name,
-            session,
-            rate_per_second=rate_per_second,
-            timeout_seconds=timeout_seconds,
-            max_answer_bytes=max_answer_bytes,
-            cache_seconds=cache_seconds,
-            cache_entries=cache_entries,
-        )
+        merged: CheckerLimits = {**self.limits, **limits}
+        super().__init__(name, session, **merged)
         if not score_key or any(not part for part in score_key.split(".")):
             raise ValueError(f"score_key must be a dotted path of keys, not {score_key!r}")
         if review_at is not None and review_at > match_at:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 import aiohttp
 
 from relay.checkers.arachnid import ArachnidShield
-from relay.checkers.base import Checker
+from relay.checkers.base import Checker, CheckerLimits
 from relay.checkers.classifier import Classifier
 from relay.checkers.photodna import PhotoDna
 from relay.config import Config
 from relay.config.sluice import ArachnidConfig, ClassifierConfig, PhotoDnaConfig
 
 __all__ = ["checkers"]
-
-#: What every checker's section bounds alike (relay.checkers.base.Checker's arguments).
-_LIMITS = ("rate_per_second", "timeout_seconds", "max_answer_bytes", "cache_seconds",
-           "cache_entries")  # fmt: skip
 
 
 def checkers(config: Config, session: aiohttp.ClientSession) -> list[Checker]:
@@ -69,6 +65,8 @@ def checkers(config: Config, session: aiohttp.ClientSession) -> list[Checker]:
     return found
 
 
-def _limits(section: PhotoDnaConfig | ArachnidConfig | ClassifierConfig) -> dict[str, Any]:
+def _limits(section: PhotoDnaConfig | ArachnidConfig | ClassifierConfig) -> CheckerLimits:
     """A section's rate, timeout, answer bound and cache, as the checker takes them."""
-    return {name: getattr(section, name) for name in _LIMITS}
+    return cast(
+        CheckerLimits, {name: getattr(section, name) for name in CheckerLimits.__annotations__}
+    )

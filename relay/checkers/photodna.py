@@ -28,12 +28,12 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 import aiohttp
 from PIL import Image, ImageOps
 
-from relay.checkers.base import MAX_LIST, Checker, CheckFailed, text, texts
+from relay.checkers.base import MAX_LIST, Checker, CheckerLimits, CheckFailed, text, texts
 from relay.errors import DecodeError
 from relay.media.decode import DENSE_ABOVE, MAX_PIXELS, MAX_PIXELS_PER_BYTE, Limits, opened
 from relay.media.media import Media
@@ -57,6 +57,13 @@ Small = Literal["upscale", "skip"]
 class PhotoDna(Checker):
     """PhotoDNA's Match: a match is a ``match`` signal of ``category`` (perceptual)."""
 
+    #: This service's own rate, timeout and answer bound (``**limits`` overrides them).
+    limits: ClassVar[CheckerLimits] = {
+        "rate_per_second": 5.0,
+        "timeout_seconds": 10.0,
+        "max_answer_bytes": 65_536,
+    }
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -67,21 +74,10 @@ class PhotoDna(Checker):
         category: str = "csam",
         small: Small = "upscale",
         enhance: bool = False,
-        rate_per_second: float = 5.0,
-        timeout_seconds: float = 10.0,
-        max_answer_bytes: int = 65_536,
-        cache_seconds: float = 86_400,
-        cache_entries: int = 100_000,
+        **limits: Unpack[CheckerLimits],
     ) -> None:
-        super().__init__(
-            name,
-            session,
-            rate_per_second=rate_per_second,
-            timeout_seconds=timeout_seconds,
-            max_answer_bytes=max_answer_bytes,
-            cache_seconds=cache_seconds,
-            cache_entries=cache_entries,
-        )
+        merged: CheckerLimits = {**self.limits, **limits}
+        super().__init__(name, session, **merged)
         if small not in ("upscale", "skip"):
             raise ValueError(f'small must be "upscale" or "skip", not {small!r}')
         self.url = url
