@@ -248,6 +248,7 @@ class _Upload:
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (label, bytes)
     signals: list[Signal] = field(default_factory=list)
     undecodable: bool = False
+    sha256: list[str] = field(default_factory=list)  # each file's, as inspected
 
     @property
     def uploader(self) -> str:
@@ -493,6 +494,7 @@ class UploadDoor:
             )
             upload.signals += inspected.signals
             upload.undecodable = upload.undecodable or inspected.undecodable
+            upload.sha256.append(inspected.sha256)
         # What cannot be decided is [upload] on_error's, not the hold's.
         chosen = Disposition.REJECT if self.on_error == "refuse" else Disposition.DELIVER
         return decide(self.policy(), upload.signals, on_error=chosen, rule="upload.on_error")
@@ -506,12 +508,8 @@ class UploadDoor:
             "headers": upload.headers,
         }
         media = [
-            MediaItem(
-                f"upload:{upload.path}#{label}",
-                data,
-                {"sha256": hashlib.sha256(data).hexdigest()},
-            )
-            for label, data in upload.files
+            MediaItem(f"upload:{upload.path}#{label}", data, {"sha256": sha256})
+            for (label, data), sha256 in zip(upload.files, upload.sha256, strict=True)
         ]
         return await keep_evidence(self.evidence, verdict, facts, media, path=upload.path)
 
