@@ -517,3 +517,18 @@ async def test_an_indicator_every_member_calls_non_malicious_is_not_banked(
     after = await entries(migrated_pool, "tx")
     assert ("md5", cleared) not in after and ("pdq", never) not in after
     assert after == before - {("md5", cleared)}
+
+
+async def test_an_answer_past_the_bound_is_a_failure_not_a_hang(
+    migrated_pool: asyncpg.Pool, threatexchange: ThreatExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ThreatExchange sends is read up to a bound (16 MiB; 64 KiB here)."""
+    monkeypatch.setattr("relay.banks.sync._MAX_GRAPH_ANSWER", 65_536)
+    await BankStore(migrated_pool).ensure("tx", category="csam", source="threatexchange")
+    threatexchange.fault = Fault(200, '{"data": [' + "0," * 100_000 + "0]}")
+    sync = tx_sync(migrated_pool, threatexchange)
+    with pytest.raises(SyncError, match="over 65536 bytes"):
+        await sync.run()
+    status = await sync.status()
+    assert status is not None and "over 65536 bytes" in status["last_error"]
+    assert await entries(migrated_pool, "tx") == set()

@@ -59,6 +59,9 @@ _MAX_KEY = 512  # characters of an upstream record key; longer records are ignor
 _MAX_VALUE = 1024  # characters of a hash value before it is validated
 _MAX_NOTE = 200
 _MAX_ERROR = 1000
+# The most of one ThreatExchange answer read (a page of up to 100 indicators with their
+# descriptors is well under a megabyte); past it, the page is a failure, not a hang.
+_MAX_GRAPH_ANSWER = 16 << 20
 
 # Upstream names for the kinds Sluice knows; every other hash is counted as ignored.
 _NCMEC_KINDS = {"md5": "md5", "pdq": "pdq"}
@@ -573,20 +576,24 @@ def _graph_get(url: str, params: Any = None, *, json_obj_hook: Any = None) -> An
     errors that name the Graph API's error, never the URL: it carries the access token."""
     requests = _tx("requests")
     try:
-        response = requests.get(url, params=params or {}, timeout=60)
-    except requests.RequestException as exc:
+        with requests.get(url, params=params or {}, timeout=60, stream=True) as response:
+            body = response.raw.read(_MAX_GRAPH_ANSWER + 1, decode_content=True)
+    except (requests.RequestException, OSError) as exc:
         raise SyncError(f"ThreatExchange cannot be reached ({type(exc).__name__})") from None
-    if response.status_code >= 400:
+    status = response.status_code
+    if len(body) > _MAX_GRAPH_ANSWER:
+        raise SyncError(f"ThreatExchange answered {status} with over {_MAX_GRAPH_ANSWER} bytes")
+    if status >= 400:
         try:
-            error = response.json()["error"]
+            error = json.loads(body)["error"]
             said = _note(error.get("type"), "code", error.get("code"), error.get("message"))
         except Exception:
             said = "no Graph API error in the answer"
-        raise SyncError(f"ThreatExchange answered {response.status_code}: {said}")
+        raise SyncError(f"ThreatExchange answered {status}: {said}")
     try:
-        return response.json(object_hook=json_obj_hook)
+        return json.loads(body, object_hook=json_obj_hook)
     except ValueError:
-        raise SyncError(f"ThreatExchange answered {response.status_code}, not JSON") from None
+        raise SyncError(f"ThreatExchange answered {status}, not JSON") from None
 
 
 @dataclass(frozen=True)
