@@ -473,7 +473,7 @@ async def test_a_server_error_or_malformed_page_is_a_recorded_failure_and_resume
 async def test_a_stalled_answer_is_bounded_by_the_page_timeout(
     migrated_pool: asyncpg.Pool, threatexchange: ThreatExchange
 ) -> None:
-    """The client's GET has no timeout of its own: Sluice's page timeout is the bound."""
+    """Sluice's page timeout bounds a page before the request's own (60 s) would."""
     await BankStore(migrated_pool).ensure("tx", category="csam", source="threatexchange")
     threatexchange.put("HASH_PDQ", pdq(), int(time.time()))
     threatexchange.stall = asyncio.Event()
