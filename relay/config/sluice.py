@@ -239,6 +239,8 @@ class MediaConfig:
     per_host_concurrency: int
     fetch_timeout_seconds: float
     cache_seconds: int
+    video_max_seconds: float = 3600.0
+    video_time_budget_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -933,6 +935,12 @@ SCHEMA: tuple[Section, ...] = (
         Field("cache_seconds", INTEGER, 86_400,
               "how long a URL's or a file's result is reused without fetching again",
               check=not_negative),
+        Field("video_max_seconds", NUMBER, 3600.0,
+              "seconds of a video (or an animation) read and hashed; the rest is unchecked",
+              check=positive),
+        Field("video_time_budget_seconds", NUMBER, 120.0,
+              "the longest reading one video may take; past it, the rest is unchecked",
+              check=positive),
     ), "Fetching and hashing the media of held activities."),
     Section("evidence", EvidenceConfig, (
         Field("key_file", OPTIONAL_PATH, "",

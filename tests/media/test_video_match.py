@@ -203,3 +203,25 @@ async def test_a_corrupt_video_goes_where_on_error_says(
     assert kinds["error"]["stage"] == "decode"
     assert kinds["unchecked"]["kind"] == "video"
     assert upstream.requests == []
+
+
+async def test_a_video_past_video_max_seconds_is_checked_from_its_start_and_says_so(
+    sluice_factory: Any, fediverse: Fediverse, upstream: Upstream, origin: Origin
+) -> None:
+    """``[media] video_max_seconds = 2``: of the 6 s film, two seconds are hashed; the
+    rest is an ``unchecked`` signal, which this policy sends to review."""
+    sluice = await sluice_factory(
+        media={"fetch_timeout_seconds": 5.0, "video_max_seconds": 2.0},
+        hold={"max_seconds": 30.0, "on_error": "reject"},
+        rule=[{"match": "signal:unchecked", "action": "review"}],
+    )
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url("other.mp4"), media_type="video/mp4")
+    assert (await sluice.post(alice, activity))[0] == 202
+    record = await _settled(sluice, activity["id"])
+    assert record["state"] == "review", record["verdict"]
+    kinds = {s["kind"]: s["detail"] for s in record["verdict"]["signals"]}
+    assert kinds["hashed"]["vpdq_complete"] is False
+    assert kinds["hashed"]["vpdq_frames"] <= 3
+    assert "read in part" in kinds["unchecked"]["reason"]
+    assert upstream.requests == []
