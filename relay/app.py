@@ -460,6 +460,7 @@ def build_app(
                         "quarantine", ()
                     ),
                     report_categories=config.review.report_categories,
+                    video=hasher.video,
                 ),
             )
             app[SLUICE] = parts

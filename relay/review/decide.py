@@ -34,6 +34,7 @@ from relay.effects import Decided
 from relay.errors import DecodeError
 from relay.evidence import EvidenceError, EvidenceStore
 from relay.media.hashes import hash_media
+from relay.media.video import VideoLimits
 from relay.outbox import Outbox, Pending
 from relay.people import AuditLog, Principal
 from relay.release import ReleaseError, release
@@ -72,7 +73,8 @@ class Outcome:
 class Decisions:
     """``quarantine_effects``: what every quarantine does (``[notify] on``, the receipt
     when Sluice speaks); ``plans``: the effects' planners, the flow's own;
-    ``report_categories``: whose confirmed cases get NCMEC and UK drafts."""
+    ``report_categories``: whose confirmed cases get NCMEC and UK drafts; ``video``: what
+    hashing a confirmed video again may cost (``[media]``'s, as when it was held)."""
 
     def __init__(
         self,
@@ -84,8 +86,10 @@ class Decisions:
         *,
         quarantine_effects: Sequence[str] = (),
         report_categories: Sequence[str] = ("csam",),
+        video: VideoLimits | None = None,
     ) -> None:
         self.store = store
+        self.video = video or VideoLimits()
         self.evidence = evidence
         self.banks = banks
         self.outbox = outbox
@@ -238,7 +242,7 @@ class Decisions:
             if hashlib.sha256(data).hexdigest() not in played:
                 continue
             try:
-                value = (await asyncio.to_thread(hash_media, data)).vpdq
+                value = (await asyncio.to_thread(hash_media, data, video=self.video)).vpdq
             except DecodeError:
                 continue
             for f in value.usable() if value is not None else ():
