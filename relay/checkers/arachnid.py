@@ -60,7 +60,6 @@ class ArachnidShield(Checker):
     """Arachnid Shield's ``v1/media/`` or ``v1/pdq/``; ``credentials`` is
     ``USERNAME:PASSWORD``."""
 
-    #: This service's own rate, timeout and answer bound (``**limits`` overrides them).
     limits: ClassVar[CheckerLimits] = {
         "rate_per_second": 5.0,
         "timeout_seconds": 10.0,
@@ -77,8 +76,7 @@ class ArachnidShield(Checker):
         send: Send = "bytes",
         **limits: Unpack[CheckerLimits],
     ) -> None:
-        merged: CheckerLimits = {**self.limits, **limits}
-        super().__init__(name, session, **merged)
+        super().__init__(name, session, **limits)
         if send not in ("bytes", "pdq"):
             raise ValueError(f'send must be "bytes" or "pdq", not {send!r}')
         username, colon, password = credentials.partition(":")

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import aiohttp
 import structlog
@@ -198,8 +198,8 @@ class Answer:
 
 
 class CheckerLimits(TypedDict, total=False):
-    """What bounds a checker (``Checker``'s keywords): each subclass takes them as
-    ``**limits`` over its service's own defaults, and the config's sections give them."""
+    """What bounds a checker: each subclass states its service's own (``Checker.limits``),
+    a caller's keywords and the config's sections override them."""
 
     rate_per_second: float
     timeout_seconds: float
@@ -208,34 +208,39 @@ class CheckerLimits(TypedDict, total=False):
     cache_entries: int
 
 
+#: What a service that does not say otherwise gets.
+_DEFAULT_LIMITS: CheckerLimits = {
+    "rate_per_second": 5.0,
+    "timeout_seconds": 10.0,
+    "max_answer_bytes": 262_144,
+    "cache_seconds": 86_400,
+    "cache_entries": 100_000,
+}
+
+
 class Checker:
     """A matcher that asks a service. Subclasses implement ``ask``; ``match`` adds the
     cache, the sharing of requests, and turns every failure into one error signal."""
 
     #: A rule may name it (``[[rule]] match``); it is the signals' source and matcher.
     name: str
+    #: This service's own rate, timeout, answer bound and cache (``**limits`` overrides).
+    limits: ClassVar[CheckerLimits] = {}
 
     def __init__(
-        self,
-        name: str,
-        session: aiohttp.ClientSession,
-        *,
-        rate_per_second: float,
-        timeout_seconds: float,
-        max_answer_bytes: int = 262_144,
-        cache_seconds: float = 86_400,
-        cache_entries: int = 100_000,
+        self, name: str, session: aiohttp.ClientSession, **limits: Unpack[CheckerLimits]
     ) -> None:
-        if not timeout_seconds > 0:
+        given: CheckerLimits = {**_DEFAULT_LIMITS, **self.limits, **limits}
+        if not given["timeout_seconds"] > 0:
             raise ValueError("timeout_seconds must be positive")
-        if max_answer_bytes <= 0:
+        if given["max_answer_bytes"] <= 0:
             raise ValueError("max_answer_bytes must be positive")
         self.name = name
         self.session = session
-        self.timeout = float(timeout_seconds)
-        self.max_answer_bytes = max_answer_bytes
-        self.pace = Pace(rate_per_second)
-        self.answers = Answers(cache_seconds, cache_entries)
+        self.timeout = float(given["timeout_seconds"])
+        self.max_answer_bytes = given["max_answer_bytes"]
+        self.pace = Pace(given["rate_per_second"])
+        self.answers = Answers(given["cache_seconds"], given["cache_entries"])
         #: Requests made (tests and metrics read it).
         self.requests = 0
         self._asking: dict[str, asyncio.Future[tuple[Signal, ...]]] = {}

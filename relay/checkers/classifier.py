@@ -52,7 +52,6 @@ def score_at(document: Any, path: str) -> float | None:
 class Classifier(Checker):
     """A score from a service; above the thresholds, a signal (perceptual, never exact)."""
 
-    #: This service's own rate, timeout and answer bound (``**limits`` overrides them).
     limits: ClassVar[CheckerLimits] = {
         "rate_per_second": 10.0,
         "timeout_seconds": 10.0,
@@ -75,8 +74,7 @@ class Classifier(Checker):
         kinds: Sequence[str] = ("image",),
         **limits: Unpack[CheckerLimits],
     ) -> None:
-        merged: CheckerLimits = {**self.limits, **limits}
-        super().__init__(name, session, **merged)
+        super().__init__(name, session, **limits)
         if not score_key or any(not part for part in score_key.split(".")):
             raise ValueError(f"score_key must be a dotted path of keys, not {score_key!r}")
         if review_at is not None and review_at > match_at:

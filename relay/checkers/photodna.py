@@ -57,7 +57,6 @@ Small = Literal["upscale", "skip"]
 class PhotoDna(Checker):
     """PhotoDNA's Match: a match is a ``match`` signal of ``category`` (perceptual)."""
 
-    #: This service's own rate, timeout and answer bound (``**limits`` overrides them).
     limits: ClassVar[CheckerLimits] = {
         "rate_per_second": 5.0,
         "timeout_seconds": 10.0,
@@ -76,8 +75,7 @@ class PhotoDna(Checker):
         enhance: bool = False,
         **limits: Unpack[CheckerLimits],
     ) -> None:
-        merged: CheckerLimits = {**self.limits, **limits}
-        super().__init__(name, session, **merged)
+        super().__init__(name, session, **limits)
         if small not in ("upscale", "skip"):
             raise ValueError(f'small must be "upscale" or "skip", not {small!r}')
         self.url = url
