@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from relay.media.actors import FreshActors
 from relay.media.check import MediaCheck
 from relay.media.fetch import HashCache, MediaFetcher
 from relay.media.hasher import MediaHasher
-from relay.media.video import MAX_SAMPLES, VideoLimits
+from relay.media.video import VideoLimits
 from relay.metrics import Metrics
 from relay.network import (
     DEFAULT_USER_AGENT,
@@ -191,10 +190,8 @@ def build_app(
                 workers=config.media.hash_workers or None,
                 memory=config.media.hash_memory_bytes,
                 sender_pixels_per_minute=config.media.sender_pixels_per_minute,
-                video=VideoLimits(
-                    max_samples=min(MAX_SAMPLES, math.ceil(config.media.video_max_seconds)),
-                    max_duration=config.media.video_max_seconds,
-                    time_budget=config.media.video_time_budget_seconds,
+                video=VideoLimits.lasting(
+                    config.media.video_max_seconds, config.media.video_time_budget_seconds
                 ),
             )
             opened.callback(hasher.close)

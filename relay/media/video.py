@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import av
@@ -77,6 +77,16 @@ class VideoLimits:
     """Wall-clock seconds for the whole reading, demuxing and decoding included."""
     threads: int = 2
     """Decoder threads (each holds frames of its own; the hasher's pool runs several)."""
+
+    @classmethod
+    def lasting(cls, max_duration: float, time_budget: float) -> VideoLimits:
+        """At most ``max_duration`` seconds read within ``time_budget`` ([media]
+        video_max_seconds, video_time_budget_seconds), and as many samples as they hold."""
+        base = cls()
+        samples = min(base.max_samples, math.ceil(max_duration / base.seconds_per_hash))
+        return replace(
+            base, max_samples=samples, max_duration=max_duration, time_budget=time_budget
+        )
 
     @property
     def max_decoded(self) -> int:
