@@ -208,7 +208,8 @@ class InstanceActions:
                 permanent=True,
                 status=status,
             )
-        if any(code in text for code in missing) if missing else status == 404:
+        missing_object = any(code in text for code in missing) if missing else status == 404
+        if missing_object:
             raise _Missing(said, permanent=True, status=status)
         raise InstanceRefused(
             said, permanent=not (status >= 500 or status in _RETRIED), status=status

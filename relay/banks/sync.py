@@ -567,8 +567,9 @@ def _threatexchange(
 
 def _all_negative(record: Any) -> bool:
     """Every opinion on the indicator is NEGATIVE_CLASS (a false positive, test data)."""
+    negative = _tx("threatexchange.exchanges.fetch_state").SignalOpinionCategory.NEGATIVE_CLASS
     opinions = getattr(record, "opinions", None) or ()
-    return bool(opinions) and all(int(o.category) == 0 for o in opinions)
+    return bool(opinions) and all(o.category == negative for o in opinions)
 
 
 def _graph_get(url: str, params: Any = None, *, json_obj_hook: Any = None) -> Any:
