@@ -144,6 +144,22 @@ async def _settled(sluice: Running, ap_id: str, timeout: float = 15) -> dict[str
     return await wait_for(done, timeout=timeout)
 
 
+async def posted(
+    sluice: Running,
+    fediverse: Fediverse,
+    origin: Origin,
+    name: str,
+    *,
+    media_type: str | None = "image/jpeg",
+    timeout: float = 15,
+) -> dict[str, Any]:
+    """alice posts the origin's file ``name``; its row once the hold has decided."""
+    alice = fediverse.actor("alice")
+    activity = with_media(alice, origin.url(name), media_type=media_type)
+    assert (await sluice.post(alice, activity))[0] == 202
+    return await _settled(sluice, activity["id"], timeout=timeout)
+
+
 async def test_known_image_is_quarantined_never_delivered_and_evidence_kept(
     guarded: Running,
     fediverse: Fediverse,
@@ -269,10 +285,7 @@ async def test_an_unreadable_video_is_unchecked_and_follows_on_error(
 ) -> None:
     # An MP4 header and nothing else: its frames cannot be read (a readable video is
     # matched by vPDQ: tests/media/test_video_match.py).
-    alice = fediverse.actor("alice")
-    activity = with_media(alice, origin.url("clip.mp4"), media_type="video/mp4")
-    assert (await guarded.post(alice, activity))[0] == 202
-    record = await _settled(guarded, activity["id"])
+    record = await posted(guarded, fediverse, origin, "clip.mp4", media_type="video/mp4")
     assert record["state"] == "rejected"
     assert record["verdict"]["rule"] == "hold.on_error"
     kinds = {s["kind"]: s["detail"] for s in record["verdict"]["signals"]}

@@ -26,7 +26,7 @@ from relay.media.media import Media
 from relay.policy import exact
 from tests.conftest import Fediverse, Running, Upstream, start_server, wait_for
 from tests.doors import test_media_hold as media_hold
-from tests.doors.test_media_hold import Origin, with_media
+from tests.doors.test_media_hold import Origin
 from tests.media.test_video import encode, mp4, other, reencoded
 
 
@@ -155,17 +155,16 @@ async def guarded(sluice_factory: Any, vpdq_file: Path) -> Running:
     return sluice
 
 
-async def _settled(sluice: Running, ap_id: str) -> dict[str, Any]:
-    return await media_hold._settled(sluice, ap_id, timeout=30)  # decoding video takes longer
+async def posted_video(sluice: Running, fediverse: Fediverse, origin: Origin, name: str) -> Any:
+    """alice posts the origin's video ``name``; its row once decided (decoding takes longer)."""
+    kind = "video/webm" if name.endswith(".webm") else "video/mp4"
+    return await media_hold.posted(sluice, fediverse, origin, name, media_type=kind, timeout=30)
 
 
 async def test_a_known_video_is_held_for_review_never_delivered(
     guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
 ) -> None:
-    alice = fediverse.actor("alice")
-    activity = with_media(alice, origin.url("known.webm"), media_type="video/webm")
-    assert (await guarded.post(alice, activity))[0] == 202
-    record = await _settled(guarded, activity["id"])
+    record = await posted_video(guarded, fediverse, origin, "known.webm")
     assert record["state"] == "review"
     assert record["verdict"]["rule"] == "rule[0] category:test -> review"
     [found] = [s for s in record["verdict"]["signals"] if s["kind"] == "match"]
@@ -180,10 +179,7 @@ async def test_a_known_video_is_held_for_review_never_delivered(
 async def test_another_video_is_delivered(
     guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
 ) -> None:
-    alice = fediverse.actor("alice")
-    activity = with_media(alice, origin.url("other.mp4"), media_type="video/mp4")
-    assert (await guarded.post(alice, activity))[0] == 202
-    record = await _settled(guarded, activity["id"])
+    record = await posted_video(guarded, fediverse, origin, "other.mp4")
     assert record["state"] == "delivered", record["verdict"]
     [hashed] = [s for s in record["verdict"]["signals"] if s["kind"] == "hashed"]
     assert hashed["detail"]["kind"] == "video"
@@ -193,10 +189,7 @@ async def test_another_video_is_delivered(
 async def test_a_corrupt_video_goes_where_on_error_says(
     guarded: Running, fediverse: Fediverse, upstream: Upstream, origin: Origin
 ) -> None:
-    alice = fediverse.actor("alice")
-    activity = with_media(alice, origin.url("broken.mp4"), media_type="video/mp4")
-    assert (await guarded.post(alice, activity))[0] == 202
-    record = await _settled(guarded, activity["id"])
+    record = await posted_video(guarded, fediverse, origin, "broken.mp4")
     assert record["state"] == "rejected"
     assert record["verdict"]["rule"] == "hold.on_error"
     kinds = {s["kind"]: s["detail"] for s in record["verdict"]["signals"]}
@@ -215,10 +208,7 @@ async def test_a_video_past_video_max_seconds_is_checked_from_its_start_and_says
         hold={"max_seconds": 30.0, "on_error": "reject"},
         rule=[{"match": "signal:unchecked", "action": "review"}],
     )
-    alice = fediverse.actor("alice")
-    activity = with_media(alice, origin.url("other.mp4"), media_type="video/mp4")
-    assert (await sluice.post(alice, activity))[0] == 202
-    record = await _settled(sluice, activity["id"])
+    record = await posted_video(sluice, fediverse, origin, "other.mp4")
     assert record["state"] == "review", record["verdict"]
     kinds = {s["kind"]: s["detail"] for s in record["verdict"]["signals"]}
     assert kinds["hashed"]["vpdq_complete"] is False

@@ -6,7 +6,6 @@ The films are drawn and encoded in memory (tests/media/test_video.py): moving ba
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,14 @@ from relay.banks import BankStore
 from relay.hashing.vpdq import hash_video
 from relay.media.hashes import hash_media
 from relay.people import ApiTokens
-from tests.conftest import Fediverse, Running, wait_for
+from tests.conftest import Fediverse, wait_for
 from tests.doors import test_media_hold as media_hold
-from tests.doors.test_media_hold import Origin, with_media
+from tests.doors.test_media_hold import Origin
 from tests.media.test_video import mp4, reencoded
+from tests.media.test_video_match import posted_video
 from tests.review.support import reviewing
 
-origin, evidence_key, settled = media_hold.origin, media_hold.evidence_key, media_hold._settled
-
-
-async def _post(sluice: Running, fediverse: Fediverse, origin: Origin, name: str) -> Any:
-    alice = fediverse.actor("alice")
-    activity = with_media(alice, origin.url(name), media_type="video/mp4")
-    assert (await sluice.post(alice, json.dumps(activity).encode()))[0] == 202
-    return await settled(sluice, activity["id"])
+origin, evidence_key = media_hold.origin, media_hold.evidence_key
 
 
 async def test_a_confirmed_video_banks_its_frames_and_a_reencoded_copy_is_caught(
@@ -48,10 +41,10 @@ async def test_a_confirmed_video_banks_its_frames_and_a_reencoded_copy_is_caught
     origin.files["copy.webm"] = (reencoded(), "video/webm")
 
     # Before: the re-encoded copy is not the listed file, and no frame of it is banked.
-    before = await _post(sluice, fediverse, origin, "copy.webm")
+    before = await posted_video(sluice, fediverse, origin, "copy.webm")
     assert before["state"] == "delivered"
 
-    held = await _post(sluice, fediverse, origin, "film.mp4")
+    held = await posted_video(sluice, fediverse, origin, "film.mp4")
     assert held["state"] == "review"
     token = (await ApiTokens(sluice.parts.pool).issue("mo")).secret
     async with sluice.session.post(
@@ -75,7 +68,7 @@ async def test_a_confirmed_video_banks_its_frames_and_a_reencoded_copy_is_caught
     assert ("mo", "hash") in {(a["who"], a["what"]) for a in access}  # the read is on record
 
     await wait_for(lambda: "confirmed-test" in sluice.parts.banks.index.counts(), timeout=5)
-    after = await _post(sluice, fediverse, origin, "copy.webm")
+    after = await posted_video(sluice, fediverse, origin, "copy.webm")
     assert after["state"] == "review"
     [found] = [s for s in after["verdict"]["signals"] if s["kind"] == "match"]
     assert found["source"] == "confirmed-test" and found["detail"]["hash_kind"] == "vpdq"
